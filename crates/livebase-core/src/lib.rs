@@ -1,0 +1,24 @@
+//! Livebase's core: plain data and pure functions.
+//!
+//! # Layout
+//! - [`schema`]: collection definitions, their checks and migrations between versions.
+//! - [`record`]: the record value, canonical timestamps, time-ordered ids.
+//! - [`validate`]: incoming data checked and normalized against a collection.
+//! - [`filter`]: the filter grammar (PostgREST operators) shared by REST, realtime and rules;
+//!   parsing, binding to a schema and evaluation.
+//! - [`event`]: change events, the entries of the change log.
+//! - [`conflict`]: optimistic concurrency decisions (reject, last-write-wins, field merge).
+//!
+//! Nothing here does IO or knows HTTP, WebSockets or SQL: storage backends and wire protocols
+//! are adapters around these types.
+
+pub mod conflict;
+pub mod event;
+pub mod filter;
+pub mod record;
+pub mod schema;
+pub mod validate;
+
+pub use event::{ChangeEvent, ChangeOp};
+pub use record::Record;
+pub use schema::{Collection, ConflictStrategy, Field, FieldType, OnDelete, Schema};
