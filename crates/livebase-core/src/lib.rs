@@ -6,6 +6,7 @@
 //! - [`validate`]: incoming data checked and normalized against a collection.
 //! - [`filter`]: the filter grammar (PostgREST operators) shared by REST, realtime and rules;
 //!   parsing, binding to a schema and evaluation.
+//! - [`query`]: list queries (filter, order, paging, select, count) and record order.
 //! - [`event`]: change events, the entries of the change log.
 //! - [`conflict`]: optimistic concurrency decisions (reject, last-write-wins, field merge).
 //!
@@ -15,6 +16,7 @@
 pub mod conflict;
 pub mod event;
 pub mod filter;
+pub mod query;
 pub mod record;
 pub mod schema;
 pub mod validate;

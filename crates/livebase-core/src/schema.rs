@@ -123,7 +123,10 @@ pub struct SchemaError {
 }
 
 fn schema_err(path: impl Into<String>, message: impl Into<String>) -> SchemaError {
-    SchemaError { path: path.into(), message: message.into() }
+    SchemaError {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 /// A lower-case identifier: `[a-z][a-z0-9_]*`, at most 63 bytes.
@@ -160,16 +163,28 @@ impl Collection {
                 ));
             }
             if SYSTEM_FIELDS.contains(&f.name.as_str()) {
-                return Err(schema_err(at("name"), format!("'{}' is a system field", f.name)));
+                return Err(schema_err(
+                    at("name"),
+                    format!("'{}' is a system field", f.name),
+                ));
             }
             if self.fields[..i].iter().any(|g| g.name == f.name) {
-                return Err(schema_err(at("name"), format!("duplicate field '{}'", f.name)));
+                return Err(schema_err(
+                    at("name"),
+                    format!("duplicate field '{}'", f.name),
+                ));
             }
-            let bounded = matches!(f.ty, FieldType::Text | FieldType::Integer | FieldType::Number);
+            let bounded = matches!(
+                f.ty,
+                FieldType::Text | FieldType::Integer | FieldType::Number
+            );
             if (f.min.is_some() || f.max.is_some()) && !bounded {
                 return Err(schema_err(
                     at("min"),
-                    format!("min/max apply to text, integer and number, not {}", f.ty.as_str()),
+                    format!(
+                        "min/max apply to text, integer and number, not {}",
+                        f.ty.as_str()
+                    ),
                 ));
             }
             if let (Some(lo), Some(hi)) = (f.min, f.max) {
@@ -190,7 +205,10 @@ impl Collection {
                 _ => {}
             }
             if f.ty != FieldType::Select && !f.values.is_empty() {
-                return Err(schema_err(at("values"), "values apply to select fields only"));
+                return Err(schema_err(
+                    at("values"),
+                    "values apply to select fields only",
+                ));
             }
             if f.ty != FieldType::Relation && (f.collection.is_some() || f.on_delete.is_some()) {
                 return Err(schema_err(
@@ -206,7 +224,10 @@ impl Collection {
             }
             if let Some(d) = &f.default {
                 if f.unique {
-                    return Err(schema_err(at("default"), "a unique field cannot have a default"));
+                    return Err(schema_err(
+                        at("default"),
+                        "a unique field cannot have a default",
+                    ));
                 }
                 crate::validate::check_value(f, d).map_err(|e| {
                     schema_err(at("default"), format!("default is invalid: {}", e.message))
@@ -218,9 +239,9 @@ impl Collection {
 
     /// Relation fields of `self` pointing at `target`.
     pub fn relations_to<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
-        self.fields.iter().filter(move |f| {
-            f.ty == FieldType::Relation && f.collection.as_deref() == Some(target)
-        })
+        self.fields
+            .iter()
+            .filter(move |f| f.ty == FieldType::Relation && f.collection.as_deref() == Some(target))
     }
 }
 
@@ -290,7 +311,8 @@ impl Schema {
     /// Checks every collection, and that every relation points at an existing collection.
     pub fn check(&self) -> Result<(), SchemaError> {
         for c in self.collections.values() {
-            c.check().map_err(|e| schema_err(format!("{}.{}", c.name, e.path), e.message))?;
+            c.check()
+                .map_err(|e| schema_err(format!("{}.{}", c.name, e.path), e.message))?;
             for (i, f) in c.fields.iter().enumerate() {
                 if let Some(target) = &f.collection {
                     if !self.collections.contains_key(target) {
@@ -334,7 +356,8 @@ mod tests {
         let mut s = Schema::default();
         s.collections.insert(c.name.clone(), c.clone());
         assert!(s.check().unwrap_err().message.contains("users"));
-        s.collections.insert("users".into(), coll(json!({"name": "users"})));
+        s.collections
+            .insert("users".into(), coll(json!({"name": "users"})));
         s.check().unwrap();
         assert_eq!(s.referrers("users").len(), 1);
     }
@@ -347,15 +370,21 @@ mod tests {
         assert_eq!(e.unwrap_err().path, "fields[0].name");
         let e = coll(json!({"name": "a", "fields": [{"name": "s", "type": "select"}]})).check();
         assert_eq!(e.unwrap_err().path, "fields[0].values");
-        let e = coll(json!({"name": "a", "fields": [{"name": "n", "type": "integer", "default": "x"}]}))
-            .check();
+        let e = coll(
+            json!({"name": "a", "fields": [{"name": "n", "type": "integer", "default": "x"}]}),
+        )
+        .check();
         assert_eq!(e.unwrap_err().path, "fields[0].default");
     }
 
     #[test]
     fn migration_classifies_changes() {
-        let a = coll(json!({"name": "a", "fields": [{"name": "x", "type": "text"}, {"name": "y", "type": "integer"}]}));
-        let b = coll(json!({"name": "a", "fields": [{"name": "x", "type": "text", "required": true}, {"name": "z", "type": "boolean"}]}));
+        let a = coll(
+            json!({"name": "a", "fields": [{"name": "x", "type": "text"}, {"name": "y", "type": "integer"}]}),
+        );
+        let b = coll(
+            json!({"name": "a", "fields": [{"name": "x", "type": "text", "required": true}, {"name": "z", "type": "boolean"}]}),
+        );
         let m = Migration::between(&a, &b);
         assert_eq!(m.added.len(), 1);
         assert_eq!(m.dropped, vec!["y".to_string()]);

@@ -1,1 +1,249 @@
+//! Storage adapters for Livebase.
+//!
+//! # Layout
+//! - this file: the [`Store`] trait every backend implements, and the plain-data requests and
+//!   results that cross it. Nothing here names a SQL dialect.
+//! - [`tail`]: [`LogTail`], the in-memory end of the change log that committed events are
+//!   handed to; the realtime hub and resuming clients read it by sequence number.
+//! - [`sqlite`]: the embedded backend: one writer thread that group-commits, a pool of readers.
+//! - [`sqlite_filter`]: filters and sort orders translated to SQLite SQL.
+//!
+//! Invariant: every committed mutation appends exactly one change event in the same
+//! transaction, with a sequence number one greater than the previous committed event.
 
+pub mod sqlite;
+pub mod sqlite_filter;
+pub mod tail;
+
+use livebase_core::filter::FilterError;
+use livebase_core::query::ListQuery;
+use livebase_core::schema::{Collection, SchemaError};
+use livebase_core::validate::FieldError;
+use livebase_core::{ChangeEvent, Record, Schema};
+use serde_json::{Map, Value};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use tail::LogTail;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One mutation of a write request.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Create {
+        collection: String,
+        id: Option<String>,
+        data: Map<String, Value>,
+    },
+    /// Partial update. `base_version` is the version the client last saw, if it sent one.
+    Update {
+        collection: String,
+        id: String,
+        data: Map<String, Value>,
+        base_version: Option<i64>,
+    },
+    Delete {
+        collection: String,
+        id: String,
+        base_version: Option<i64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpOutcome {
+    Created(Record),
+    Updated(Record),
+    Deleted(Record),
+}
+
+impl OpOutcome {
+    pub fn record(&self) -> &Record {
+        match self {
+            OpOutcome::Created(r) | OpOutcome::Updated(r) | OpOutcome::Deleted(r) => r,
+        }
+    }
+}
+
+/// Why an operation was refused. Every variant leaves the data unchanged.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("collection '{0}' does not exist")]
+    NoCollection(String),
+    #[error("record '{id}' does not exist in '{collection}'")]
+    NotFound { collection: String, id: String },
+    #[error("record '{id}' already exists in '{collection}'")]
+    AlreadyExists { collection: String, id: String },
+    #[error("invalid record data")]
+    Validation(Vec<FieldError>),
+    /// Stale base version; `fields` names overlapping fields under the merge strategy.
+    #[error("{}", conflict_message(fields))]
+    Conflict {
+        current: Box<Record>,
+        fields: Vec<String>,
+    },
+    #[error("{field} must be unique: another record already has this value")]
+    Unique { field: String },
+    #[error("{field} points at '{target_id}', which does not exist in '{target}'")]
+    MissingRelation {
+        field: String,
+        target: String,
+        target_id: String,
+    },
+    #[error("record is still referenced by {count} record(s) in {collection}.{field}")]
+    Referenced {
+        collection: String,
+        field: String,
+        count: u64,
+    },
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("{0}")]
+    BadQuery(#[from] FilterError),
+    #[error("{0}")]
+    Schema(#[from] SchemaError),
+    #[error("collection '{0}' already exists")]
+    CollectionExists(String),
+    #[error("{0}")]
+    Destructive(String),
+    #[error("the change log no longer holds events after {since}; oldest retained is {oldest}")]
+    Trimmed { since: u64, oldest: u64 },
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+fn conflict_message(fields: &[String]) -> String {
+    if fields.is_empty() {
+        "version conflict: the record changed since the version you sent".into()
+    } else {
+        format!("version conflict on fields: {}", fields.join(", "))
+    }
+}
+
+/// A failed operation within a request: which op and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpError {
+    pub index: usize,
+    pub error: StoreError,
+}
+
+pub type OpsResult = Result<Vec<OpOutcome>, OpError>;
+
+/// A response kept under an idempotency key and replayed for retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Turns a request's result into the response to remember for it. Runs inside the
+/// transaction, so the stored response and the mutation commit together.
+pub type Render = Box<dyn FnOnce(&OpsResult) -> StoredResponse + Send>;
+
+pub struct Idempotency {
+    /// The client's key, scoped by the caller (e.g. prefixed with the actor).
+    pub key: String,
+    /// A digest of the request (method, path, body): same key + other request is refused.
+    pub fingerprint: String,
+    pub render: Render,
+}
+
+/// Ops applied atomically: all commit, or none and the first failure is returned.
+pub struct WriteRequest {
+    pub ops: Vec<WriteOp>,
+    pub actor: Option<String>,
+    pub idempotency: Option<Idempotency>,
+}
+
+#[derive(Debug)]
+pub enum WriteResult {
+    Applied(OpsResult),
+    /// A retry of a request already applied: the stored response, nothing applied again.
+    Replayed(StoredResponse),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub items: Vec<Record>,
+    pub next_cursor: Option<String>,
+    pub total: Option<u64>,
+}
+
+/// A read of the change log (catch-up and audit).
+#[derive(Debug, Clone, Default)]
+pub struct ChangeQuery {
+    pub since: u64,
+    pub limit: usize,
+    pub collection: Option<String>,
+    pub record_id: Option<String>,
+    pub actor: Option<String>,
+    /// Inclusive bounds on `committed_at` (canonical timestamps).
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangePage {
+    pub events: Vec<ChangeEvent>,
+    /// The newest committed sequence number.
+    pub head: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum SchemaChange {
+    Create(Collection),
+    /// Replace a collection's definition; `force` allows dropping or retyping fields.
+    Update {
+        collection: Collection,
+        force: bool,
+    },
+    /// Drop a collection; `force` is needed when it still holds records.
+    Drop {
+        name: String,
+        force: bool,
+    },
+}
+
+/// How long the change log and idempotency keys are kept.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Keep at most this many events (None: no count limit).
+    pub max_events: Option<u64>,
+    /// Drop events older than this many seconds (None: no age limit).
+    pub max_age_secs: Option<u64>,
+    /// How long a stored idempotent response is replayed.
+    pub idempotency_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_events: Some(1_000_000),
+            max_age_secs: None,
+            idempotency_secs: 24 * 3600,
+        }
+    }
+}
+
+/// A storage backend. Implementations apply each [`WriteRequest`] in one transaction that
+/// also appends its change events (and idempotency record), then hand the committed events to
+/// their [`LogTail`].
+pub trait Store: Send + Sync + 'static {
+    fn schema(&self) -> Arc<Schema>;
+    fn write(&self, req: WriteRequest) -> BoxFuture<'static, Result<WriteResult, StoreError>>;
+    fn get(&self, collection: &str, id: &str) -> BoxFuture<'static, Result<Record, StoreError>>;
+    fn list(&self, collection: &str, q: ListQuery) -> BoxFuture<'static, Result<Page, StoreError>>;
+    /// Records matching `q` and the sequence number they are current at, read in one snapshot:
+    /// every event after that sequence is not reflected in the rows, every event up to it is.
+    fn snapshot(
+        &self,
+        collection: &str,
+        q: ListQuery,
+    ) -> BoxFuture<'static, Result<(Page, u64), StoreError>>;
+    fn changes(&self, q: ChangeQuery) -> BoxFuture<'static, Result<ChangePage, StoreError>>;
+    fn change_schema(&self, c: SchemaChange)
+        -> BoxFuture<'static, Result<Arc<Schema>, StoreError>>;
+    /// The end of the change log: committed events in order, by sequence number.
+    fn tail(&self) -> &LogTail;
+}

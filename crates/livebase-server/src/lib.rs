@@ -1,0 +1,24 @@
+//! The Livebase server.
+//!
+//! # Layout
+//! - [`config`]: flags and environment.
+//! - [`server`]: opening the store, building the router, listening, shutting down.
+//! - [`app`]: shared state and the caller's identity ([`app::Principal`]).
+//! - [`error`]: the JSON error shape and the mapping from store errors to HTTP statuses.
+//! - [`rest`]: REST handlers for collections, records, batches and the change log.
+//! - [`schema_file`]: collections declared in a JSON/TOML file.
+//! - [`demo`]: the example logistics schema and data behind `serve --demo`.
+//!
+//! Only this crate knows HTTP, WebSockets and JSON wire shapes; it adapts them onto
+//! `livebase-core` (plain data) and a `livebase-store` backend.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod rest;
+pub mod schema_file;
+pub mod server;
+
+pub use config::Config;
+pub use server::{start, Server};

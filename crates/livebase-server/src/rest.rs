@@ -1,0 +1,607 @@
+//! REST: collections (admin), records, batches and the change log.
+
+use crate::app::{App, Principal};
+use crate::error::ApiError;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use livebase_core::query::ListQuery;
+use livebase_core::schema::Collection;
+use livebase_core::Record;
+use livebase_store::{
+    ChangeQuery, Idempotency, OpOutcome, OpsResult, SchemaChange, StoredResponse, WriteOp,
+    WriteRequest, WriteResult,
+};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route(
+            "/api/collections",
+            get(list_collections).post(create_collection),
+        )
+        .route(
+            "/api/collections/{name}",
+            get(get_collection)
+                .patch(update_collection)
+                .delete(drop_collection),
+        )
+        .route(
+            "/api/collections/{name}/records",
+            get(list_records).post(create_record),
+        )
+        .route(
+            "/api/collections/{name}/records/{id}",
+            get(get_record).patch(update_record).delete(delete_record),
+        )
+        .route("/api/collections/{name}/batch", post(batch))
+        .route("/api/changes", get(changes))
+}
+
+/// Reads a body of at most `max_body` bytes and parses it as a JSON object.
+pub async fn read_object(app: &App, body: Body) -> Result<(Bytes, Map<String, Value>), ApiError> {
+    let bytes = axum::body::to_bytes(body, app.config.max_body)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body is larger than {} bytes", app.config.max_body),
+            )
+        })?;
+    if bytes.is_empty() {
+        return Ok((bytes, Map::new()));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    match v {
+        Value::Object(m) => Ok((bytes, m)),
+        _ => Err(ApiError::bad_request(
+            "malformed_json",
+            "request body must be a JSON object",
+        )),
+    }
+}
+
+fn query_pairs(q: &Option<String>) -> Vec<(String, String)> {
+    q.as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn flag(pairs: &[(String, String)], name: &str) -> bool {
+    pairs
+        .iter()
+        .any(|(k, v)| k == name && (v == "true" || v == "1"))
+}
+
+// ---------- collections ----------
+
+async fn list_collections(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
+    let schema = app.store.schema();
+    let items: Vec<&Collection> = schema.collections.values().collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+async fn get_collection(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
+    let schema = app.store.schema();
+    let c = schema.get(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "collection_not_found",
+            format!("collection '{name}' does not exist"),
+        )
+    })?;
+    Ok(Json(c).into_response())
+}
+
+fn parse_collection(v: Value) -> Result<Collection, ApiError> {
+    serde_json::from_value(v).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_schema",
+            format!("invalid collection: {e}"),
+        )
+    })
+}
+
+async fn create_collection(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
+    let (_, obj) = read_object(&app, body).await?;
+    let c = parse_collection(Value::Object(obj))?;
+    let schema = app
+        .store
+        .change_schema(SchemaChange::Create(c.clone()))
+        .await?;
+    Ok((StatusCode::CREATED, Json(schema.get(&c.name))).into_response())
+}
+
+async fn update_collection(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
+    let (_, patch) = read_object(&app, body).await?;
+    let schema = app.store.schema();
+    let current = schema.get(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "collection_not_found",
+            format!("collection '{name}' does not exist"),
+        )
+    })?;
+    // PATCH replaces the top-level keys it names (e.g. the whole `fields` list).
+    let mut merged = serde_json::to_value(current).unwrap_or_default();
+    for (k, v) in patch {
+        merged[k] = v;
+    }
+    let c = parse_collection(merged)?;
+    if c.name != name {
+        return Err(ApiError::bad_request(
+            "rename_unsupported",
+            "a collection cannot be renamed",
+        ));
+    }
+    let force = flag(&query_pairs(&q), "force");
+    let schema = app
+        .store
+        .change_schema(SchemaChange::Update {
+            collection: c,
+            force,
+        })
+        .await?;
+    Ok(Json(schema.get(&name)).into_response())
+}
+
+async fn drop_collection(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
+    let force = flag(&query_pairs(&q), "force");
+    app.store
+        .change_schema(SchemaChange::Drop { name, force })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---------- records ----------
+
+async fn list_records(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let _who = app.principal(&headers)?;
+    let pairs = query_pairs(&q);
+    let query = ListQuery::from_pairs(&pairs)
+        .map_err(|e| ApiError::bad_request("bad_filter", e.message))?;
+    let page = app.store.list(&name, query).await?;
+    let mut body = json!({ "items": page.items, "next_cursor": page.next_cursor });
+    if let Some(t) = page.total {
+        body["total"] = json!(t);
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn get_record(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let _who = app.principal(&headers)?;
+    let r = app.store.get(&name, &id).await?;
+    let mut resp = Json(&r).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", r.version())) {
+        resp.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+/// The base version a client sent: `If-Match: 3` / `If-Match: "3"` or `expected_version`.
+fn base_version(
+    headers: &HeaderMap,
+    data: &mut Map<String, Value>,
+) -> Result<Option<i64>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "bad_version",
+            "If-Match / expected_version must be a record version (an integer)",
+        )
+    };
+    let from_body = match data.remove("expected_version") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().ok_or_else(bad)?),
+    };
+    let from_header = match headers.get(axum::http::header::IF_MATCH) {
+        None => None,
+        Some(h) => {
+            let s = h
+                .to_str()
+                .map_err(|_| bad())?
+                .trim()
+                .trim_start_matches("W/")
+                .trim_matches('"');
+            Some(s.parse::<i64>().map_err(|_| bad())?)
+        }
+    };
+    Ok(from_header.or(from_body))
+}
+
+async fn create_record(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = app.principal(&headers)?;
+    let (bytes, mut data) = read_object(&app, body).await?;
+    let id = match data.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "id must be a string",
+            ))
+        }
+    };
+    let op = WriteOp::Create {
+        collection: name.clone(),
+        id,
+        data,
+    };
+    mutate(
+        &app,
+        &who,
+        &headers,
+        Method::POST,
+        &name,
+        &bytes,
+        vec![op],
+        single_response,
+    )
+    .await
+}
+
+async fn update_record(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = app.principal(&headers)?;
+    let (bytes, mut data) = read_object(&app, body).await?;
+    let base_version = base_version(&headers, &mut data)?;
+    let op = WriteOp::Update {
+        collection: name.clone(),
+        id: id.clone(),
+        data,
+        base_version,
+    };
+    let path = format!("{name}/{id}");
+    mutate(
+        &app,
+        &who,
+        &headers,
+        Method::PATCH,
+        &path,
+        &bytes,
+        vec![op],
+        single_response,
+    )
+    .await
+}
+
+async fn delete_record(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let who = app.principal(&headers)?;
+    let base_version = base_version(&headers, &mut Map::new())?;
+    let op = WriteOp::Delete {
+        collection: name.clone(),
+        id: id.clone(),
+        base_version,
+    };
+    let path = format!("{name}/{id}");
+    mutate(
+        &app,
+        &who,
+        &headers,
+        Method::DELETE,
+        &path,
+        &[],
+        vec![op],
+        single_response,
+    )
+    .await
+}
+
+async fn batch(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = app.principal(&headers)?;
+    let (bytes, mut body) = read_object(&app, body).await?;
+    let Some(Value::Array(raw)) = body.remove("ops") else {
+        return Err(ApiError::bad_request(
+            "bad_batch",
+            "body must be {\"ops\": [...]}",
+        ));
+    };
+    if raw.len() > 1000 {
+        return Err(ApiError::bad_request(
+            "bad_batch",
+            "a batch holds at most 1000 ops",
+        ));
+    }
+    let mut ops = Vec::with_capacity(raw.len());
+    for (index, op) in raw.into_iter().enumerate() {
+        ops.push(parse_batch_op(&name, op).map_err(|e| {
+            let msg = format!("op {index}: {}", e.message);
+            ApiError { message: msg, ..e }.with_details(json!({ "index": index }))
+        })?);
+    }
+    mutate(
+        &app,
+        &who,
+        &headers,
+        Method::POST,
+        &format!("{name}/batch"),
+        &bytes,
+        ops,
+        batch_response,
+    )
+    .await
+}
+
+fn parse_batch_op(collection: &str, op: Value) -> Result<WriteOp, ApiError> {
+    let Value::Object(mut m) = op else {
+        return Err(ApiError::bad_request(
+            "bad_batch",
+            "each op must be an object",
+        ));
+    };
+    let kind = m
+        .remove("op")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let id = match m.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(ApiError::bad_request("bad_batch", "id must be a string")),
+    };
+    let base_version = match m
+        .remove("if_version")
+        .or_else(|| m.remove("expected_version"))
+    {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| {
+            ApiError::bad_request("bad_version", "if_version must be an integer")
+        })?),
+    };
+    let data = match m.remove("data") {
+        None => Map::new(),
+        Some(Value::Object(d)) => d,
+        Some(_) => return Err(ApiError::bad_request("bad_batch", "data must be an object")),
+    };
+    if let Some(k) = m.keys().next() {
+        return Err(ApiError::bad_request(
+            "bad_batch",
+            format!("unknown key '{k}'"),
+        ));
+    }
+    let collection = collection.to_string();
+    let need_id = || {
+        id.clone()
+            .ok_or_else(|| ApiError::bad_request("bad_batch", format!("{kind} needs an id")))
+    };
+    match kind.as_str() {
+        "create" => Ok(WriteOp::Create {
+            collection,
+            id,
+            data,
+        }),
+        "update" => Ok(WriteOp::Update {
+            collection,
+            id: need_id()?,
+            data,
+            base_version,
+        }),
+        "delete" => Ok(WriteOp::Delete {
+            collection,
+            id: need_id()?,
+            base_version,
+        }),
+        other => Err(ApiError::bad_request(
+            "bad_batch",
+            format!("unknown op '{other}': use create, update or delete"),
+        )),
+    }
+}
+
+/// The response of a single-record mutation.
+fn single_response(r: &OpsResult) -> (StatusCode, Value) {
+    match r {
+        Ok(outcomes) => match outcomes.first() {
+            Some(OpOutcome::Created(rec)) => (StatusCode::CREATED, json!(rec)),
+            Some(o) => (StatusCode::OK, json!(o.record())),
+            None => (StatusCode::OK, Value::Null),
+        },
+        Err(e) => {
+            let mut a = ApiError::from(e.error.clone());
+            if let Some(d) = a.details.as_mut() {
+                d.as_object_mut().map(|m| m.remove("index"));
+            }
+            (a.status, a.body())
+        }
+    }
+}
+
+fn batch_response(r: &OpsResult) -> (StatusCode, Value) {
+    match r {
+        Ok(outcomes) => {
+            let results: Vec<Value> = outcomes
+                .iter()
+                .map(|o| {
+                    let (op, rec): (&str, &Record) = match o {
+                        OpOutcome::Created(r) => ("create", r),
+                        OpOutcome::Updated(r) => ("update", r),
+                        OpOutcome::Deleted(r) => ("delete", r),
+                    };
+                    json!({"op": op, "record": rec})
+                })
+                .collect();
+            (StatusCode::OK, json!({ "results": results }))
+        }
+        Err(e) => {
+            let a = ApiError::from(e.clone());
+            (a.status, a.body())
+        }
+    }
+}
+
+/// Applies ops as one request: idempotency key, actor, response rendering.
+#[allow(clippy::too_many_arguments)]
+async fn mutate(
+    app: &App,
+    who: &Principal,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: &[u8],
+    ops: Vec<WriteOp>,
+    respond: fn(&OpsResult) -> (StatusCode, Value),
+) -> Result<Response, ApiError> {
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(k) => {
+            let k = k
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible characters",
+                    )
+                })?;
+            let mut h = Sha256::new();
+            h.update(method.as_str());
+            h.update([0]);
+            h.update(path);
+            h.update([0]);
+            h.update(body);
+            Some(Idempotency {
+                key: format!("{}:{k}", who.scope()),
+                fingerprint: hex::encode(h.finalize()),
+                render: Box::new(move |r: &OpsResult| {
+                    let (status, body) = respond(r);
+                    StoredResponse {
+                        status: status.as_u16(),
+                        body: body.to_string(),
+                    }
+                }),
+            })
+        }
+    };
+    let req = WriteRequest {
+        ops,
+        actor: who.actor(),
+        idempotency,
+    };
+    match app.store.write(req).await? {
+        WriteResult::Applied(r) => {
+            let (status, body) = respond(&r);
+            Ok((status, Json(body)).into_response())
+        }
+        WriteResult::Replayed(s) => {
+            let status = StatusCode::from_u16(s.status).unwrap_or(StatusCode::OK);
+            let mut resp = (status, s.body).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(resp)
+        }
+    }
+}
+
+// ---------- change log ----------
+
+async fn changes(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
+    let pairs = query_pairs(&q);
+    let mut cq = ChangeQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    for (k, v) in pairs {
+        let num = |v: &str| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request("bad_query", format!("{k} must be a non-negative integer"))
+            })
+        };
+        let ts = |v: &str| {
+            livebase_core::record::normalize_timestamp(v).ok_or_else(|| {
+                ApiError::bad_request("bad_query", format!("{k} must be an RFC 3339 timestamp"))
+            })
+        };
+        match k.as_str() {
+            "since" => cq.since = num(&v)?,
+            "limit" => cq.limit = num(&v)?.clamp(1, 10_000) as usize,
+            "collection" => cq.collection = Some(v),
+            "record_id" | "id" => cq.record_id = Some(v),
+            "actor" => cq.actor = Some(v),
+            "from" => cq.from = Some(ts(&v)?),
+            "to" => cq.to = Some(ts(&v)?),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!("unknown parameter '{k}'"),
+                ))
+            }
+        }
+    }
+    let page = app.store.changes(cq).await?;
+    let next = page.events.last().map(|e| e.seq);
+    Ok(Json(json!({"events": page.events, "head": page.head, "next_since": next})).into_response())
+}

@@ -1,0 +1,161 @@
+//! Starting and stopping a server: store, router, listener.
+
+use crate::app::{App, AppInner};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::{demo, rest, schema_file};
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use livebase_store::sqlite::{SqliteOptions, SqliteStore};
+use livebase_store::{Retention, Store};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_key: String,
+    pub app: App,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+
+    /// Runs until the task ends (Ctrl-C handling is the caller's).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// The admin key: from config, else from `<data>/admin.key`, else generated, stored and
+/// printed once.
+fn admin_key(config: &Config) -> anyhow::Result<String> {
+    if let Some(k) = &config.admin_key {
+        return Ok(k.clone());
+    }
+    let path = config.data.join("admin.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_string());
+    }
+    let key = format!("lb_admin_{}", hex::encode(rand::random::<[u8; 24]>()));
+    std::fs::create_dir_all(&config.data)?;
+    std::fs::write(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    eprintln!(
+        "Generated admin key (shown once, stored in {}):\n  {key}",
+        path.display()
+    );
+    Ok(key)
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .merge(rest::routes())
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(app)
+}
+
+async fn ready(axum::extract::State(app): axum::extract::State<App>) -> impl IntoResponse {
+    let q = livebase_store::ChangeQuery {
+        since: app.store.tail().head(),
+        limit: 1,
+        ..Default::default()
+    };
+    match app.store.changes(q).await {
+        Ok(p) if p.head == app.store.tail().head() => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "head": p.head})),
+        ),
+        Ok(p) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "catching_up", "head": p.head, "published": app.store.tail().head()}),
+            ),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "store_unavailable", "error": e.to_string()})),
+        ),
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let admin_key = admin_key(&config)?;
+    let opts = SqliteOptions {
+        retention: Retention {
+            max_events: (config.retain_events > 0).then_some(config.retain_events),
+            max_age_secs: (config.retain_secs > 0).then_some(config.retain_secs),
+            idempotency_secs: config.idempotency_secs,
+        },
+        ..Default::default()
+    };
+    let dir = config.data.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, opts))
+        .await?
+        .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    if let Some(path) = &config.schema {
+        schema_file::apply(store.as_ref(), path).await?;
+    }
+    if config.demo {
+        demo::load(store.as_ref()).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    let app = App {
+        inner: Arc::new(AppInner {
+            store,
+            config,
+            admin_key: admin_key.clone(),
+        }),
+    };
+    let router = router(app.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let r = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "server stopped with an error");
+        }
+    });
+    tracing::info!(%addr, "livebase listening");
+    Ok(Server {
+        addr,
+        admin_key,
+        app,
+        stop: Some(stop),
+        task,
+    })
+}

@@ -1,0 +1,474 @@
+//! The embedded backend: SQLite in WAL mode, one writer thread, a pool of readers.
+//!
+//! Layout on disk: `<data dir>/livebase.db` (+ `-wal`, `-shm`). One table per collection, named
+//! like it; internal tables start with `_lb_`: `_lb_collections` (definitions),
+//! `_lb_changes` (the change log), `_lb_idempotency` (stored responses).
+//!
+//! Durability: `synchronous=FULL`, so a COMMIT has reached the disk before any caller is
+//! answered; an acknowledged write survives `kill -9` and power loss.
+
+mod ddl;
+pub mod rows;
+mod writer;
+
+use crate::sqlite_filter::{order_sql, quote_ident, where_sql};
+use crate::{
+    BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
+    WriteRequest, WriteResult,
+};
+use livebase_core::query::{ListQuery, OrderBy, DEFAULT_LIMIT};
+use livebase_core::schema::Collection;
+use livebase_core::{ChangeEvent, ChangeOp, Record, Schema};
+use parking_lot::{Mutex, RwLock};
+use rows::{field_type, row_to_record, select_columns, to_sql};
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use writer::{internal, Job, Writer};
+
+pub use writer::{BatchObserver, MAX_BATCH};
+
+pub struct SqliteOptions {
+    pub retention: Retention,
+    /// Events kept in memory for fast fan-out and resume.
+    pub tail_capacity: usize,
+    pub on_batch: Option<BatchObserver>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            retention: Retention::default(),
+            tail_capacity: 100_000,
+            on_batch: None,
+        }
+    }
+}
+
+pub struct SqliteStore {
+    jobs: crossbeam_channel::Sender<Job>,
+    schema: Arc<RwLock<Arc<Schema>>>,
+    tail: Arc<LogTail>,
+    readers: Arc<ReaderPool>,
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.idle.lock().pop();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(&self.path).map_err(internal)?;
+                c.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")
+                    .map_err(internal)?;
+                c.set_prepared_statement_cache_capacity(128);
+                c
+            }
+        };
+        let r = f(&mut conn);
+        // A reader left inside a transaction by an error is not reused.
+        if conn.is_autocommit() {
+            let mut idle = self.idle.lock();
+            if idle.len() < 16 {
+                idle.push(conn);
+            }
+        }
+        r
+    }
+}
+
+const INTERNAL_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS _lb_collections (name TEXT PRIMARY KEY NOT NULL, definition TEXT NOT NULL, position INTEGER);
+CREATE TABLE IF NOT EXISTS _lb_changes (
+    seq INTEGER PRIMARY KEY NOT NULL, collection TEXT NOT NULL, op TEXT NOT NULL, record_id TEXT NOT NULL,
+    version INTEGER NOT NULL, actor TEXT, committed_at TEXT NOT NULL, new TEXT, old TEXT);
+CREATE INDEX IF NOT EXISTS _lb_changes_record ON _lb_changes (collection, record_id, seq);
+CREATE TABLE IF NOT EXISTS _lb_idempotency (
+    key TEXT PRIMARY KEY NOT NULL, fingerprint TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
+    created_at INTEGER NOT NULL);
+";
+
+impl SqliteStore {
+    pub fn open(dir: &Path, opts: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("livebase.db");
+        let conn = Connection::open(&path).map_err(internal)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;",
+        )
+        .map_err(internal)?;
+        conn.execute_batch(INTERNAL_TABLES).map_err(internal)?;
+        conn.set_prepared_statement_cache_capacity(256);
+        let mut schema = Schema::default();
+        {
+            let mut stmt = conn
+                .prepare("SELECT definition FROM _lb_collections")
+                .map_err(internal)?;
+            let defs = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(internal)?;
+            for d in defs {
+                let c: Collection = serde_json::from_str(&d.map_err(internal)?).map_err(|e| {
+                    StoreError::Internal(format!("stored collection definition is unreadable: {e}"))
+                })?;
+                schema.collections.insert(c.name.clone(), c);
+            }
+        }
+        let (start, head): (i64, i64) = conn
+            .query_row(
+                "SELECT coalesce(min(seq), 1), coalesce(max(seq), 0) FROM _lb_changes",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(internal)?;
+        let head = head as u64;
+        let tail = Arc::new(LogTail::new(head, opts.tail_capacity.max(1)));
+        let schema = Arc::new(RwLock::new(Arc::new(schema)));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = Writer {
+            conn,
+            schema: schema.clone(),
+            tail: tail.clone(),
+            next_seq: head + 1,
+            retention: opts.retention,
+            on_batch: opts.on_batch,
+            log_start: start as u64,
+        };
+        std::thread::Builder::new()
+            .name("livebase-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore {
+            jobs: tx,
+            schema,
+            tail,
+            readers: Arc::new(ReaderPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Schema) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let pool = self.readers.clone();
+        let schema = self.schema();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || pool.with(|c| f(c, &schema)))
+                .await
+                .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
+        })
+    }
+}
+
+pub(crate) fn load_record(
+    conn: &Connection,
+    c: &Collection,
+    id: &str,
+) -> Result<Option<Record>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE \"id\" = ?",
+        select_columns(c),
+        quote_ident(&c.name)
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
+    stmt.query_row([id], |r| row_to_record(c, r))
+        .optional()
+        .map_err(internal)
+}
+
+fn coll<'s>(schema: &'s Schema, name: &str) -> Result<&'s Collection, StoreError> {
+    schema
+        .get(name)
+        .ok_or_else(|| StoreError::NoCollection(name.to_string()))
+}
+
+/// The sort keys actually used: the requested ones, then `id` so the order is total.
+fn effective_order(order: &[OrderBy]) -> Vec<OrderBy> {
+    let mut o = order.to_vec();
+    if !o.iter().any(|k| k.field == "id") {
+        o.push(OrderBy {
+            field: "id".into(),
+            descending: false,
+            nulls_first: false,
+        });
+    }
+    o
+}
+
+/// A cursor is the sort-key values of the last row returned, hex-encoded JSON.
+fn encode_cursor(order: &[OrderBy], r: &Record) -> String {
+    let vals: Vec<&serde_json::Value> = order
+        .iter()
+        .map(|k| r.get(&k.field).unwrap_or(&serde_json::Value::Null))
+        .collect();
+    let json = serde_json::to_string(&vals).unwrap_or_default();
+    json.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(s: &str, n: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+    let bad = || {
+        StoreError::BadQuery(livebase_core::filter::FilterError {
+            message: "invalid cursor".into(),
+        })
+    };
+    if s.len() % 2 != 0 || s.len() > 16_384 {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let vals: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if vals.len() != n {
+        return Err(bad());
+    }
+    Ok(vals)
+}
+
+/// Rows strictly after the cursor position in the given order (nulls placed as ordered).
+fn cursor_sql(
+    c: &Collection,
+    order: &[OrderBy],
+    vals: &[serde_json::Value],
+    params: &mut Vec<Sql>,
+) -> String {
+    let mut alts = Vec::new();
+    for i in 0..order.len() {
+        let mut parts = Vec::new();
+        for (k, v) in order[..i].iter().zip(vals) {
+            parts.push(format!("{} IS ?", quote_ident(&k.field)));
+            params.push(to_sql(
+                field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text),
+                v,
+            ));
+        }
+        let (k, v) = (&order[i], &vals[i]);
+        let col = quote_ident(&k.field);
+        let cmp = if k.descending { "<" } else { ">" };
+        let after = match (v.is_null(), k.nulls_first) {
+            (true, true) => format!("{col} IS NOT NULL"),
+            (true, false) => "0".to_string(),
+            (false, true) => {
+                params.push(to_sql(
+                    field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text),
+                    v,
+                ));
+                format!("{col} {cmp} ?")
+            }
+            (false, false) => {
+                params.push(to_sql(
+                    field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text),
+                    v,
+                ));
+                format!("({col} {cmp} ? OR {col} IS NULL)")
+            }
+        };
+        parts.push(after);
+        alts.push(format!("({})", parts.join(" AND ")));
+    }
+    format!("({})", alts.join(" OR "))
+}
+
+fn list_in(conn: &Connection, c: &Collection, q: &ListQuery) -> Result<Page, StoreError> {
+    q.check(c)?;
+    let mut params = Vec::new();
+    let mut conds = Vec::new();
+    if let Some(f) = &q.filter {
+        conds.push(where_sql(&f.bind(c)?, &mut params));
+    }
+    let count_sql_where = conds.clone();
+    let count_params = params.clone();
+    let order = effective_order(&q.order);
+    if let Some(cur) = &q.cursor {
+        let vals = decode_cursor(cur, order.len())?;
+        conds.push(cursor_sql(c, &order, &vals, &mut params));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    let mut sql = format!("SELECT {} FROM {}", select_columns(c), quote_ident(&c.name));
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(" ORDER BY ");
+    sql.push_str(&order_sql(&order));
+    sql.push_str(" LIMIT ? OFFSET ?");
+    params.push(Sql::Integer(limit as i64 + 1));
+    params.push(Sql::Integer(q.offset.unwrap_or(0) as i64));
+    let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params), |r| row_to_record(c, r))
+        .map_err(internal)?;
+    let mut items: Vec<Record> = rows.collect::<Result<_, _>>().map_err(internal)?;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|r| encode_cursor(&order, r))
+    } else {
+        None
+    };
+    let total = if q.count {
+        let mut sql = format!("SELECT count(*) FROM {}", quote_ident(&c.name));
+        if !count_sql_where.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&count_sql_where.join(" AND "));
+        }
+        let n: i64 = conn
+            .query_row(&sql, rusqlite::params_from_iter(count_params), |r| r.get(0))
+            .map_err(internal)?;
+        Some(n as u64)
+    } else {
+        None
+    };
+    if let Some(sel) = &q.select {
+        items = items.iter().map(|r| r.project(sel)).collect();
+    }
+    Ok(Page {
+        items,
+        next_cursor,
+        total,
+    })
+}
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeEvent> {
+    let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Record>(&s).ok());
+    Ok(ChangeEvent {
+        seq: r.get::<_, i64>(0)? as u64,
+        collection: r.get(1)?,
+        op: ChangeOp::parse(&r.get::<_, String>(2)?).unwrap_or(ChangeOp::Update),
+        id: r.get(3)?,
+        version: r.get(4)?,
+        actor: r.get(5)?,
+        committed_at: r.get(6)?,
+        new: parse(r.get(7)?),
+        old: parse(r.get(8)?),
+    })
+}
+
+fn changes_in(conn: &Connection, q: &ChangeQuery) -> Result<ChangePage, StoreError> {
+    let (oldest, head): (i64, i64) = conn
+        .query_row(
+            "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM _lb_changes",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(internal)?;
+    let (oldest, head) = (oldest as u64, head as u64);
+    if q.since < head && q.since + 1 < oldest {
+        return Err(StoreError::Trimmed {
+            since: q.since,
+            oldest,
+        });
+    }
+    let mut sql = String::from(
+        "SELECT seq, collection, op, record_id, version, actor, committed_at, new, old FROM _lb_changes WHERE seq > ?",
+    );
+    let mut params: Vec<Sql> = vec![Sql::Integer(q.since as i64)];
+    for (col, v) in [
+        ("collection = ?", &q.collection),
+        ("record_id = ?", &q.record_id),
+        ("actor = ?", &q.actor),
+        ("committed_at >= ?", &q.from),
+        ("committed_at <= ?", &q.to),
+    ] {
+        if let Some(v) = v {
+            sql.push_str(" AND ");
+            sql.push_str(col);
+            params.push(Sql::Text(v.clone()));
+        }
+    }
+    sql.push_str(" ORDER BY seq LIMIT ?");
+    params.push(Sql::Integer(q.limit.clamp(1, 10_000) as i64));
+    let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params), event_from_row)
+        .map_err(internal)?;
+    let events = rows.collect::<Result<_, _>>().map_err(internal)?;
+    Ok(ChangePage { events, head })
+}
+
+impl Store for SqliteStore {
+    fn schema(&self) -> Arc<Schema> {
+        self.schema.read().clone()
+    }
+
+    fn write(&self, req: WriteRequest) -> BoxFuture<'static, Result<WriteResult, StoreError>> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            jobs.send(Job::Write(req, tx))
+                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?
+        })
+    }
+
+    fn get(&self, collection: &str, id: &str) -> BoxFuture<'static, Result<Record, StoreError>> {
+        let (collection, id) = (collection.to_string(), id.to_string());
+        self.read(move |conn, schema| {
+            let c = coll(schema, &collection)?;
+            load_record(conn, c, &id)?.ok_or(StoreError::NotFound { collection, id })
+        })
+    }
+
+    fn list(&self, collection: &str, q: ListQuery) -> BoxFuture<'static, Result<Page, StoreError>> {
+        let collection = collection.to_string();
+        self.read(move |conn, schema| list_in(conn, coll(schema, &collection)?, &q))
+    }
+
+    fn snapshot(
+        &self,
+        collection: &str,
+        q: ListQuery,
+    ) -> BoxFuture<'static, Result<(Page, u64), StoreError>> {
+        let collection = collection.to_string();
+        self.read(move |conn, schema| {
+            let c = coll(schema, &collection)?;
+            // One read transaction: the rows and the sequence come from the same snapshot.
+            let tx = conn.transaction().map_err(internal)?;
+            let seq: i64 = tx
+                .query_row("SELECT coalesce(max(seq), 0) FROM _lb_changes", [], |r| {
+                    r.get(0)
+                })
+                .map_err(internal)?;
+            let page = list_in(&tx, c, &q)?;
+            tx.commit().map_err(internal)?;
+            Ok((page, seq as u64))
+        })
+    }
+
+    fn changes(&self, q: ChangeQuery) -> BoxFuture<'static, Result<ChangePage, StoreError>> {
+        self.read(move |conn, _| changes_in(conn, &q))
+    }
+
+    fn change_schema(
+        &self,
+        c: SchemaChange,
+    ) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            jobs.send(Job::Schema(c, tx))
+                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?
+        })
+    }
+
+    fn tail(&self) -> &LogTail {
+        &self.tail
+    }
+}
