@@ -3,6 +3,8 @@
 use crate::config::Config;
 use crate::error::ApiError;
 use axum::http::HeaderMap;
+use crate::metrics::Metrics;
+use crate::realtime::hub::Hub;
 use livebase_store::Store;
 use std::sync::Arc;
 
@@ -14,6 +16,8 @@ pub struct App {
 
 pub struct AppInner {
     pub store: Arc<dyn Store>,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
     pub config: Config,
     pub admin_key: String,
 }

@@ -33,6 +33,18 @@ pub struct Config {
     /// How long a stored idempotent response is replayed, in seconds.
     #[arg(long, env = "LIVEBASE_IDEMPOTENCY_SECS", default_value_t = 86_400)]
     pub idempotency_secs: u64,
+    /// Frames queued per WebSocket before the connection counts as a slow consumer.
+    #[arg(long, env = "LIVEBASE_WS_QUEUE", default_value_t = 4096)]
+    pub ws_queue: usize,
+    /// How often the server pings each WebSocket, in milliseconds.
+    #[arg(long, env = "LIVEBASE_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub heartbeat_ms: u64,
+    /// A WebSocket silent for this long is closed and its presence removed, in milliseconds.
+    #[arg(long, env = "LIVEBASE_HEARTBEAT_TIMEOUT_MS", default_value_t = 45_000)]
+    pub heartbeat_timeout_ms: u64,
+    /// Most rows a live query's snapshot may return.
+    #[arg(long, env = "LIVEBASE_MAX_SNAPSHOT_ROWS", default_value_t = 10_000)]
+    pub max_snapshot_rows: usize,
     /// Log filter, e.g. `info`, `livebase=debug`.
     #[arg(long, env = "LIVEBASE_LOG", default_value = "info")]
     pub log: String,
@@ -51,7 +63,23 @@ impl Config {
             retain_events: 1_000_000,
             retain_secs: 0,
             idempotency_secs: 86_400,
+            ws_queue: 4096,
+            heartbeat_ms: 15_000,
+            heartbeat_timeout_ms: 45_000,
+            max_snapshot_rows: 10_000,
             log: "warn".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn limits(&self) -> crate::realtime::Limits {
+        crate::realtime::Limits {
+            queue_frames: self.ws_queue.max(1),
+            heartbeat_interval: std::time::Duration::from_millis(self.heartbeat_ms.max(10)),
+            heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms.max(10)),
+            max_snapshot_rows: self.max_snapshot_rows,
+            ..Default::default()
         }
     }
 }

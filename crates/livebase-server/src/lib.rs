@@ -5,6 +5,8 @@
 //! - [`server`]: opening the store, building the router, listening, shutting down.
 //! - [`app`]: shared state and the caller's identity ([`app::Principal`]).
 //! - [`error`]: the JSON error shape and the mapping from store errors to HTTP statuses.
+//! - [`realtime`]: the WebSocket protocol, the hub (fan-out, resume, live queries), presence.
+//! - [`metrics`]: Prometheus metrics of one server.
 //! - [`rest`]: REST handlers for collections, records, batches and the change log.
 //! - [`schema_file`]: collections declared in a JSON/TOML file.
 //! - [`demo`]: the example logistics schema and data behind `serve --demo`.
@@ -16,6 +18,8 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod metrics;
+pub mod realtime;
 pub mod rest;
 pub mod schema_file;
 pub mod server;

@@ -3,6 +3,8 @@
 use crate::app::{App, AppInner};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::realtime::hub::Hub;
 use crate::{demo, rest, schema_file};
 use anyhow::Context;
 use axum::http::StatusCode;
@@ -75,8 +77,33 @@ pub fn router(app: App) -> Router {
         .merge(rest::routes())
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/api/realtime", get(crate::realtime::conn::upgrade))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), record_request))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(app)
+}
+
+async fn metrics_text(axum::extract::State(app): axum::extract::State<App>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render())
+}
+
+/// Records each HTTP request's latency by route template (not raw path), method and status.
+async fn record_request(
+    axum::extract::State(app): axum::extract::State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    app.metrics.http_request(&route, method.as_str(), resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn ready(axum::extract::State(app): axum::extract::State<App>) -> impl IntoResponse {
@@ -105,7 +132,10 @@ async fn ready(axum::extract::State(app): axum::extract::State<App>) -> impl Int
 
 pub async fn start(config: Config) -> anyhow::Result<Server> {
     let admin_key = admin_key(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let observer = metrics.clone();
     let opts = SqliteOptions {
+        on_batch: Some(Arc::new(move |n, took| observer.commit_batch(n, took.as_secs_f64()))),
         retention: Retention {
             max_events: (config.retain_events > 0).then_some(config.retain_events),
             max_age_secs: (config.retain_secs > 0).then_some(config.retain_secs),
@@ -128,12 +158,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
+    let hub = Hub::new(store.clone(), config.limits(), metrics.clone());
+    let dispatcher = hub.spawn_dispatcher();
+    let sampler = {
+        let (hub, metrics) = (hub.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                metrics.set_queue_depth(hub.queue_depth());
+            }
+        })
+    };
     let app = App {
-        inner: Arc::new(AppInner {
-            store,
-            config,
-            admin_key: admin_key.clone(),
-        }),
+        inner: Arc::new(AppInner { store, hub, metrics, config, admin_key: admin_key.clone() }),
     };
     let router = router(app.clone());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -149,6 +187,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         if let Err(e) = r {
             tracing::error!(error = %e, "server stopped with an error");
         }
+        dispatcher.abort();
+        sampler.abort();
     });
     tracing::info!(%addr, "livebase listening");
     Ok(Server {

@@ -1,6 +1,8 @@
 //! Test harness: real servers on free ports with temp data dirs, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use livebase_server::{Config, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

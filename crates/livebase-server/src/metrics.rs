@@ -1,0 +1,440 @@
+//! Per-server metrics, rendered in the Prometheus / OpenMetrics text format.
+//!
+//! Each [`Metrics`] is its own registry, not a process-global recorder: tests start several
+//! servers in one process and each must count only its own traffic.
+//!
+//! Recording is cheap and lock-free on the hot paths: counters and gauges are single atomics
+//! (from `prometheus-client`), and histograms are [`AtomicHistogram`]s — one atomic per
+//! bucket plus a CAS loop for the sum — rather than `prometheus-client`'s mutex-guarded
+//! histogram. Labelled series (`route`/`method`/`status`, close `reason`) are found under a
+//! read lock that writers take only the first time a label combination is seen.
+//!
+//! [`Metrics::render`] produces OpenMetrics text (it ends with `# EOF`, counters carry the
+//! `_total` suffix on their samples); serve it with [`CONTENT_TYPE`]. Prometheus scrapes
+//! that content type natively.
+
+use parking_lot::RwLock;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds (seconds) of the latency histograms: 50 µs to 5 s in 1-2.5-5 steps. The
+/// targets sit at a few milliseconds, so the resolution is finest there.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0,
+];
+
+/// Upper bounds of the commit batch size histogram (requests per group commit).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// The metrics of one server. Share it behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Labeled<AtomicHistogram>,
+    commit_batch_size: AtomicHistogram,
+    commit_duration: AtomicHistogram,
+    events_committed: Counter,
+    events_delivered: Counter,
+    fanout_latency: AtomicHistogram,
+    connections: Gauge,
+    connections_opened: Counter,
+    connections_closed: Labeled<Counter>,
+    slow_consumers_dropped: Counter,
+    subscriptions: Gauge,
+    presence_members: Gauge,
+    queue_depth: Gauge,
+    log_head: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::default(),
+            http_requests: Labeled::new(&["route", "method", "status"], || {
+                AtomicHistogram::new(SECONDS_BUCKETS)
+            }),
+            commit_batch_size: AtomicHistogram::new(BATCH_BUCKETS),
+            commit_duration: AtomicHistogram::new(SECONDS_BUCKETS),
+            events_committed: Counter::default(),
+            events_delivered: Counter::default(),
+            fanout_latency: AtomicHistogram::new(SECONDS_BUCKETS),
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            connections_closed: Labeled::new(&["reason"], Counter::default),
+            slow_consumers_dropped: Counter::default(),
+            subscriptions: Gauge::default(),
+            presence_members: Gauge::default(),
+            queue_depth: Gauge::default(),
+            log_head: Gauge::default(),
+        };
+        // The registry holds handles to the same atomics as the fields. Counter names get
+        // their `_total` suffix from the encoder.
+        let mut r = Registry::default();
+        r.register(
+            "livebase_http_request_duration_seconds",
+            "HTTP request duration by route template, method and status",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "livebase_commit_batch_size",
+            "Write requests per group commit",
+            m.commit_batch_size.clone(),
+        );
+        r.register(
+            "livebase_commit_duration_seconds",
+            "Duration of one group commit (transaction and fsync)",
+            m.commit_duration.clone(),
+        );
+        r.register(
+            "livebase_events_committed",
+            "Change events appended to the log",
+            m.events_committed.clone(),
+        );
+        r.register(
+            "livebase_events_delivered",
+            "Change frames queued to subscribers (one per subscriber per event)",
+            m.events_delivered.clone(),
+        );
+        r.register(
+            "livebase_fanout_latency_seconds",
+            "Time from commit until an event's frames are queued to every matching subscriber",
+            m.fanout_latency.clone(),
+        );
+        r.register(
+            "livebase_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "livebase_connections_opened",
+            "WebSocket connections accepted",
+            m.connections_opened.clone(),
+        );
+        r.register(
+            "livebase_connections_closed",
+            "WebSocket connections closed, by reason",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "livebase_slow_consumers_dropped",
+            "Connections closed because their outbound queue overflowed",
+            m.slow_consumers_dropped.clone(),
+        );
+        r.register(
+            "livebase_subscriptions",
+            "Active subscriptions",
+            m.subscriptions.clone(),
+        );
+        r.register(
+            "livebase_presence_members",
+            "Presence entries over all channels",
+            m.presence_members.clone(),
+        );
+        r.register(
+            "livebase_outbound_queue_depth",
+            "Frames waiting in outbound queues, summed over connections (sampled)",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "livebase_log_head_seq",
+            "Sequence number of the newest committed change event",
+            m.log_head.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The whole registry as OpenMetrics text (see [`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// One HTTP request: `route` is the route template (`/api/collections/{name}/records`),
+    /// never the raw path, so the number of series stays bounded.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let status = StatusText::new(status);
+        self.http_requests
+            .with(&[route, method, status.as_str()], |h| h.observe(seconds));
+    }
+
+    /// One group commit of `requests` write requests that took `seconds`.
+    pub fn commit_batch(&self, requests: usize, seconds: f64) {
+        self.commit_batch_size.observe(requests as f64);
+        self.commit_duration.observe(seconds);
+    }
+
+    pub fn events_committed(&self, n: u64) {
+        self.events_committed.inc_by(n);
+    }
+
+    pub fn events_delivered(&self, n: u64) {
+        self.events_delivered.inc_by(n);
+    }
+
+    /// Commit until the event's frames are queued to every matching subscriber.
+    pub fn fanout_latency(&self, seconds: f64) {
+        self.fanout_latency.observe(seconds);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+        self.connections_opened.inc();
+    }
+
+    /// `reason`: a short fixed word (`client`, `slow_consumer`, `heartbeat_timeout`,
+    /// `shutdown`, ...), never free text.
+    pub fn connection_closed(&self, reason: &str) {
+        self.connections.dec();
+        self.connections_closed.with(&[reason], |c| {
+            c.inc();
+        });
+    }
+
+    pub fn slow_consumer_dropped(&self) {
+        self.slow_consumers_dropped.inc();
+    }
+
+    pub fn set_subscriptions(&self, n: i64) {
+        self.subscriptions.set(n);
+    }
+
+    pub fn set_presence_members(&self, n: i64) {
+        self.presence_members.set(n);
+    }
+
+    pub fn set_queue_depth(&self, n: i64) {
+        self.queue_depth.set(n);
+    }
+
+    pub fn set_log_head(&self, seq: u64) {
+        self.log_head.set(i64::try_from(seq).unwrap_or(i64::MAX));
+    }
+}
+
+/// A status code as text without allocating.
+struct StatusText {
+    digits: [u8; 5],
+    start: usize,
+}
+
+impl StatusText {
+    fn new(mut v: u16) -> StatusText {
+        let mut digits = [b'0'; 5];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                return StatusText { digits, start };
+            }
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written.
+        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
+    }
+}
+
+// ---------- a lock-free histogram ----------
+
+/// A classic Prometheus histogram on atomics: `observe` is a bucket search over a short
+/// slice, one `fetch_add` and a CAS loop on the sum. The count is derived from the buckets
+/// at render time, so `_count` always equals the `+Inf` bucket.
+#[derive(Clone, Debug)]
+pub struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
+    bounds: &'static [f64],
+    /// One more than `bounds`: the last is `+Inf`. Not cumulative.
+    counts: Box<[AtomicU64]>,
+    sum_bits: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn new(bounds: &'static [f64]) -> AtomicHistogram {
+        AtomicHistogram {
+            inner: Arc::new(HistogramInner {
+                bounds,
+                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum_bits: AtomicU64::new(0f64.to_bits()),
+            }),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .inner
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.inner.bounds.len());
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .inner
+            .sum_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.inner
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Sum of the observed values.
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.inner.sum_bits.load(Ordering::Relaxed))
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self
+            .inner
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        encoder.encode_histogram::<NoLabelSet>(self.sum(), count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+// ---------- labelled series ----------
+
+/// A family of metrics keyed by label values. Lookup hashes the borrowed values and takes a
+/// read lock (no allocation); the write lock is taken only to add a new combination.
+#[derive(Clone)]
+struct Labeled<M> {
+    inner: Arc<LabeledInner<M>>,
+}
+
+struct LabeledInner<M> {
+    names: &'static [&'static str],
+    make: fn() -> M,
+    series: RwLock<HashMap<u64, Vec<(Vec<String>, M)>>>,
+}
+
+impl<M> std::fmt::Debug for Labeled<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Labeled")
+            .field("names", &self.inner.names)
+            .finish_non_exhaustive()
+    }
+}
+
+fn label_hash(values: &[&str]) -> u64 {
+    // SipHash with fixed keys: the inputs are our own route templates and reasons.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    for v in values {
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl<M> Labeled<M> {
+    fn new(names: &'static [&'static str], make: fn() -> M) -> Labeled<M> {
+        Labeled {
+            inner: Arc::new(LabeledInner {
+                names,
+                make,
+                series: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Runs `f` on the series for `values` (one per label name), creating it if needed.
+    fn with<R>(&self, values: &[&str], f: impl FnOnce(&M) -> R) -> R {
+        debug_assert_eq!(values.len(), self.inner.names.len());
+        let key = label_hash(values);
+        let same = |stored: &Vec<String>| stored.iter().map(String::as_str).eq(values.iter().copied());
+        {
+            let map = self.inner.series.read();
+            if let Some((_, m)) = map.get(&key).and_then(|v| v.iter().find(|(l, _)| same(l))) {
+                return f(m);
+            }
+        }
+        let mut map = self.inner.series.write();
+        let bucket = map.entry(key).or_default();
+        let i = match bucket.iter().position(|(l, _)| same(l)) {
+            Some(i) => i,
+            None => {
+                let labels = values.iter().map(|v| v.to_string()).collect();
+                bucket.push((labels, (self.inner.make)()));
+                bucket.len() - 1
+            }
+        };
+        f(&bucket[i].1)
+    }
+}
+
+impl<M: EncodeMetric + TypedMetric> TypedMetric for Labeled<M> {
+    const TYPE: MetricType = M::TYPE;
+}
+
+impl<M: EncodeMetric + TypedMetric> EncodeMetric for Labeled<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let map = self.inner.series.read();
+        let mut all: Vec<&(Vec<String>, M)> = map.values().flatten().collect();
+        // Stable output: series sorted by label values.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        for (values, m) in all {
+            let labels: Vec<(&str, &str)> = self
+                .inner
+                .names
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str))
+                .collect();
+            let family = encoder.encode_family(&labels)?;
+            m.encode(family)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}

@@ -1,0 +1,167 @@
+//! One WebSocket connection: a single task that reads client frames, writes the frames queued
+//! for it (coalesced: many frames, one flush), sends heartbeats and enforces the timeout.
+
+use super::hub::{CloseSignal, ConnHandle, Hub, Start};
+use super::protocol::{self, ClientMsg, ProtoError};
+use crate::app::{App, Principal};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Hard cap handed to the WebSocket codec: beyond it the connection itself fails. Frames
+/// between [`super::Limits::max_frame_bytes`] and this are refused politely.
+const CODEC_MAX_MESSAGE: usize = 1 << 20;
+/// Frames written per flush at most.
+const COALESCE: usize = 64;
+
+pub async fn upgrade(State(app): State<App>, headers: HeaderMap, RawQuery(q): RawQuery, ws: WebSocketUpgrade) -> Response {
+    let token: Option<String> = q
+        .as_deref()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()));
+    let principal = match token {
+        Some(t) => app.principal_from_token(Some(&t)),
+        None => app.principal(&headers),
+    };
+    let principal = match principal {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(CODEC_MAX_MESSAGE)
+        .max_frame_size(CODEC_MAX_MESSAGE)
+        .on_upgrade(move |socket| run(app, socket, principal))
+}
+
+async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
+    let hub = app.hub.clone();
+    let limits = hub.limits().clone();
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(limits.queue_frames);
+    let close = Arc::new(CloseSignal::default());
+    let (conn, name) = hub.connect(ConnHandle { tx: tx.clone(), close: close.clone() });
+    tracing::debug!(conn = %name, "realtime connection opened");
+    let welcome = protocol::encode(&json!({
+        "type": "welcome", "conn_id": name, "server_time": livebase_core::record::now_timestamp(),
+        "heartbeat_ms": limits.heartbeat_interval.as_millis() as u64,
+        "timeout_ms": limits.heartbeat_timeout.as_millis() as u64,
+    }));
+    let mut reason = "client_closed";
+    if socket.send(Message::Text(welcome)).await.is_err() {
+        hub.disconnect(conn, "write_failed");
+        return;
+    }
+    let mut ticker = tokio::time::interval_at(Instant::now() + limits.heartbeat_interval, limits.heartbeat_interval);
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = close.notify.notified() => {
+                let (code, why) = (*close.reason.lock()).unwrap_or((1000, "closed"));
+                reason = why;
+                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                break;
+            }
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                let write = async {
+                    socket.feed(Message::Text(frame)).await?;
+                    for _ in 1..COALESCE {
+                        match rx.try_recv() {
+                            Ok(f) => socket.feed(Message::Text(f)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    socket.flush().await
+                };
+                // A client that stops reading must not pin this task: a close wins.
+                tokio::select! {
+                    r = write => if r.is_err() { reason = "write_failed"; break },
+                    _ = close.notify.notified() => {
+                        reason = (*close.reason.lock()).map(|r| r.1).unwrap_or("closed");
+                        break;
+                    }
+                }
+            }
+            msg = socket.recv() => {
+                let Some(Ok(msg)) = msg else { reason = "client_gone"; break };
+                last_seen = Instant::now();
+                match msg {
+                    Message::Text(t) => handle(&app, &hub, conn, &tx, &mut principal, t.as_str()),
+                    Message::Binary(_) => reply(&tx, ProtoError::new(&None, "bad_request", "frames must be JSON text").frame()),
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => break,
+                }
+            }
+            _ = ticker.tick() => {
+                if last_seen.elapsed() > limits.heartbeat_timeout {
+                    reason = "heartbeat_timeout";
+                    let frame = CloseFrame { code: 4002, reason: Utf8Bytes::from_static("heartbeat_timeout") };
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                    break;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    reason = "write_failed";
+                    break;
+                }
+            }
+        }
+    }
+    hub.disconnect(conn, reason);
+    tracing::debug!(conn = %name, reason, "realtime connection closed");
+}
+
+fn reply(tx: &mpsc::Sender<Utf8Bytes>, frame: Utf8Bytes) {
+    // A full queue means the hub is already closing this connection as a slow consumer.
+    let _ = tx.try_send(frame);
+}
+
+fn handle(app: &App, hub: &Hub, conn: u64, tx: &mpsc::Sender<Utf8Bytes>, principal: &mut Principal, text: &str) {
+    let max = hub.limits().max_frame_bytes;
+    if text.len() > max {
+        let e = ProtoError::new(&None, "frame_too_large", format!("frames are limited to {max} bytes"));
+        return reply(tx, e.frame());
+    }
+    let msg = match protocol::parse(text) {
+        Ok(m) => m,
+        Err(e) => return reply(tx, e.frame()),
+    };
+    let r = match msg {
+        ClientMsg::Subscribe(s) => {
+            let start = match (s.since, s.snapshot) {
+                (Some(_), true) => Err(ProtoError::new(&s.reference, "bad_request", "use either since or snapshot, not both")),
+                (Some(n), false) => Ok(Start::Since(n)),
+                (None, true) => Ok(Start::Snapshot),
+                (None, false) => Ok(Start::Now),
+            };
+            start.and_then(|start| hub.subscribe(conn, s.reference.clone(), &s.collection, s.filter.as_deref(), start))
+        }
+        ClientMsg::Unsubscribe(u) => hub.unsubscribe(conn, &u.reference, u.sub_id).map(|_| reply(tx, protocol::ok(&u.reference))),
+        ClientMsg::Join(j) => hub.join(conn, &j.reference, &j.channel),
+        ClientMsg::Leave(l) => hub.leave(conn, &l.reference, &l.channel).map(|_| reply(tx, protocol::ok(&l.reference))),
+        ClientMsg::Broadcast(b) => hub.broadcast(conn, &b),
+        ClientMsg::Track(t) => hub.track(conn, &t),
+        ClientMsg::Untrack(u) => hub.untrack(conn, &u.reference, &u.channel),
+        ClientMsg::Ping(p) => {
+            reply(tx, protocol::pong(&p.reference));
+            Ok(())
+        }
+        ClientMsg::Auth(a) => match app.principal_from_token(Some(&a.token)) {
+            Ok(p) => {
+                *principal = p;
+                reply(tx, protocol::ok(&a.reference));
+                Ok(())
+            }
+            Err(e) => Err(ProtoError::new(&a.reference, "unauthorized", e.message)),
+        },
+    };
+    if let Err(e) = r {
+        reply(tx, e.frame());
+    }
+}

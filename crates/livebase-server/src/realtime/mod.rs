@@ -1,0 +1,39 @@
+//! Realtime: the WebSocket protocol of `docs/protocol.md` over the [`hub::Hub`].
+//!
+//! - [`protocol`]: request parsing and frame encoding (the only place that knows the JSON).
+//! - [`hub`]: subscriptions, their index, fan-out, catch-up stitching, channels and presence.
+//! - [`conn`]: one task per WebSocket: reads requests, writes queued frames, heartbeats.
+
+pub mod conn;
+pub mod hub;
+pub mod protocol;
+
+use std::time::Duration;
+
+/// Bounds on what one connection may hold or send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Frames queued for one connection before it counts as a slow consumer.
+    pub queue_frames: usize,
+    pub max_subscriptions: usize,
+    pub max_channels: usize,
+    /// Largest accepted client frame; larger ones get an error and are dropped.
+    pub max_frame_bytes: usize,
+    pub max_snapshot_rows: usize,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            queue_frames: 4096,
+            max_subscriptions: 100,
+            max_channels: 100,
+            max_frame_bytes: 64 * 1024,
+            max_snapshot_rows: 10_000,
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(45),
+        }
+    }
+}
