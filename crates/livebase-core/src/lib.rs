@@ -6,6 +6,8 @@
 //! - [`validate`]: incoming data checked and normalized against a collection.
 //! - [`filter`]: the filter grammar (PostgREST operators) shared by REST, realtime and rules;
 //!   parsing, binding to a schema and evaluation.
+//! - [`rules`]: per-collection access rules (`record.owner == auth.sub`): parsing, checks and
+//!   evaluation against the caller's claims, the stored record and the incoming data.
 //! - [`query`]: list queries (filter, order, paging, select, count) and record order.
 //! - [`event`]: change events, the entries of the change log.
 //! - [`conflict`]: optimistic concurrency decisions (reject, last-write-wins, field merge).
@@ -18,6 +20,7 @@ pub mod event;
 pub mod filter;
 pub mod query;
 pub mod record;
+pub mod rules;
 pub mod schema;
 pub mod validate;
 

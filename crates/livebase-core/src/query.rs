@@ -271,6 +271,47 @@ pub fn compare_records(order: &[OrderBy], a: &Record, b: &Record) -> Ordering {
     }
 }
 
+/// The sort keys actually used: the requested ones, then `id` so the order is total.
+pub fn effective_order(order: &[OrderBy]) -> Vec<OrderBy> {
+    let mut o = order.to_vec();
+    if !o.iter().any(|k| k.field == "id") {
+        o.push(OrderBy {
+            field: "id".into(),
+            descending: false,
+            nulls_first: false,
+        });
+    }
+    o
+}
+
+/// A cursor is the sort-key values of the last row returned, hex-encoded JSON.
+pub fn encode_cursor(order: &[OrderBy], r: &Record) -> String {
+    let vals: Vec<&serde_json::Value> = order
+        .iter()
+        .map(|k| r.get(&k.field).unwrap_or(&serde_json::Value::Null))
+        .collect();
+    let json = serde_json::to_string(&vals).unwrap_or_default();
+    json.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a cursor made by [`encode_cursor`] for an order of `n` keys.
+pub fn decode_cursor(s: &str, n: usize) -> Result<Vec<serde_json::Value>, FilterError> {
+    let bad = || FilterError { message: "invalid cursor".into() };
+    if !s.len().is_multiple_of(2) || s.len() > 16_384 {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let vals: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if vals.len() != n {
+        return Err(bad());
+    }
+    Ok(vals)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -234,6 +234,30 @@ impl Collection {
                 })?;
             }
         }
+        self.check_rules()
+    }
+
+    /// Rules: known actions, valid syntax, and `record.`/`data.` paths that name declared or
+    /// system fields.
+    fn check_rules(&self) -> Result<(), SchemaError> {
+        use crate::rules::{unknown_action, Root, Rule, RULE_ACTIONS};
+        for (action, src) in &self.rules {
+            let at = format!("rules.{action}");
+            if !RULE_ACTIONS.contains(&action.as_str()) {
+                return Err(schema_err(at, unknown_action(action)));
+            }
+            let rule = Rule::parse(src).map_err(|e| schema_err(&at, e.to_string()))?;
+            for root in [Root::Record, Root::Data] {
+                for f in rule.fields(root) {
+                    if !SYSTEM_FIELDS.contains(&f) && self.field(f).is_none() {
+                        return Err(schema_err(
+                            at,
+                            format!("{}.{f} is not a field of {}", root.as_str(), self.name),
+                        ));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -375,6 +399,63 @@ mod tests {
         )
         .check();
         assert_eq!(e.unwrap_err().path, "fields[0].default");
+    }
+
+    #[test]
+    fn rules_are_checked() {
+        let with_rules = |rules: Value| {
+            coll(json!({"name": "items", "fields": [
+                {"name": "owner", "type": "text"}, {"name": "status", "type": "text"}],
+                "rules": rules}))
+            .check()
+        };
+        with_rules(json!({
+            "list": "true",
+            "view": "record.owner == auth.sub || auth.role == 'admin'",
+            "create": "data.owner == auth.sub && data.status in ['open', 'draft']",
+            "update": "record.owner == auth.sub && record.version >= 1 && data.id == null",
+            "delete": "record.owner.nested == auth.org.id && record.created_at < '2030'"}))
+        .unwrap();
+        with_rules(json!({})).unwrap();
+
+        let e = with_rules(json!({"edit": "true"})).unwrap_err();
+        assert_eq!(e.path, "rules.edit");
+        assert_eq!(
+            e.message,
+            "unknown rule action 'edit'; use list, view, create, update, delete"
+        );
+
+        let e = with_rules(json!({"view": "record.owner = auth.sub"})).unwrap_err();
+        assert_eq!(e.path, "rules.view");
+        assert_eq!(
+            e.message,
+            "'=' is not an operator; use '==' to compare at line 1, column 14"
+        );
+        let e = with_rules(json!({"update": "true &&\n  user.id == 1"})).unwrap_err();
+        assert_eq!(e.path, "rules.update");
+        assert!(
+            e.message.starts_with("unknown name 'user'"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.ends_with("at line 2, column 3"), "{}", e.message);
+
+        let e = with_rules(json!({"view": "record.ownr == auth.sub"})).unwrap_err();
+        assert_eq!(e.path, "rules.view");
+        assert_eq!(e.message, "record.ownr is not a field of items");
+        let e = with_rules(json!({"create": "auth.x == 1 || data.titel != null"})).unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.message.as_str()),
+            ("rules.create", "data.titel is not a field of items")
+        );
+
+        // The schema-wide check prefixes the collection.
+        let mut s = Schema::default();
+        let c = coll(json!({"name": "items", "rules": {"list": "record.nope"}}));
+        s.collections.insert(c.name.clone(), c);
+        let e = s.check().unwrap_err();
+        assert_eq!(e.path, "items.rules.list");
+        assert_eq!(e.message, "record.nope is not a field of items");
     }
 
     #[test]

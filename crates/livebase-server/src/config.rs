@@ -21,6 +21,36 @@ pub struct Config {
     /// The service credential; generated and stored in the data dir when not given.
     #[arg(long, env = "LIVEBASE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// HS256 secret for user tokens.
+    #[arg(long, env = "LIVEBASE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A PEM public key (RSA or EC) for RS256/ES256 user tokens.
+    #[arg(long, env = "LIVEBASE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// A JWKS file with public keys for RS256/ES256 user tokens.
+    #[arg(long, env = "LIVEBASE_JWKS")]
+    pub jwks: Option<PathBuf>,
+    /// The role of requests without a token.
+    #[arg(long, env = "LIVEBASE_ANON_ROLE", default_value = "anon")]
+    pub anon_role: String,
+    /// REST requests per second per caller (token subject, or address when anonymous); 0: off.
+    #[arg(long, env = "LIVEBASE_RATE_LIMIT", default_value_t = 200.0)]
+    pub rate_limit: f64,
+    /// Requests a caller may burst above the rate.
+    #[arg(long, env = "LIVEBASE_RATE_BURST", default_value_t = 400.0)]
+    pub rate_burst: f64,
+    /// WebSocket messages per second per connection; 0: off.
+    #[arg(long, env = "LIVEBASE_WS_RATE_LIMIT", default_value_t = 100.0)]
+    pub ws_rate_limit: f64,
+    /// WebSocket messages a connection may burst above the rate.
+    #[arg(long, env = "LIVEBASE_WS_RATE_BURST", default_value_t = 200.0)]
+    pub ws_rate_burst: f64,
+    /// Most concurrent WebSocket connections.
+    #[arg(long, env = "LIVEBASE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Most subscriptions per WebSocket connection.
+    #[arg(long, env = "LIVEBASE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "LIVEBASE_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
@@ -59,6 +89,16 @@ impl Config {
             demo: false,
             schema: None,
             admin_key: None,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwks: None,
+            anon_role: "anon".into(),
+            rate_limit: 200.0,
+            rate_burst: 400.0,
+            ws_rate_limit: 100.0,
+            ws_rate_burst: 200.0,
+            max_connections: 100_000,
+            max_subscriptions: 100,
             max_body: 1 << 20,
             retain_events: 1_000_000,
             retain_secs: 0,
@@ -79,6 +119,10 @@ impl Config {
             heartbeat_interval: std::time::Duration::from_millis(self.heartbeat_ms.max(10)),
             heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms.max(10)),
             max_snapshot_rows: self.max_snapshot_rows,
+            max_subscriptions: self.max_subscriptions,
+            max_connections: self.max_connections,
+            ws_rate: self.ws_rate_limit,
+            ws_burst: self.ws_rate_burst,
             ..Default::default()
         }
     }

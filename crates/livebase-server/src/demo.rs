@@ -160,6 +160,7 @@ pub async fn load(store: &dyn Store) -> anyhow::Result<()> {
             ops,
             actor: Some("demo".into()),
             idempotency: None,
+            authorize: None,
         })
         .await?
     {

@@ -97,6 +97,7 @@ impl From<StoreError> for ApiError {
             StoreError::Destructive(_) => ApiError::new(S::CONFLICT, "destructive_change", msg),
             StoreError::Trimmed { since, oldest } => ApiError::new(S::GONE, "log_trimmed", msg)
                 .with_details(json!({"since": since, "oldest": oldest})),
+            StoreError::Forbidden(_) => ApiError::new(S::FORBIDDEN, "forbidden", msg),
             StoreError::Internal(m) => {
                 tracing::error!(error = %m, "storage failure");
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "storage failure")

@@ -3,10 +3,14 @@
 //! # Layout
 //! - [`config`]: flags and environment.
 //! - [`server`]: opening the store, building the router, listening, shutting down.
-//! - [`app`]: shared state and the caller's identity ([`app::Principal`]).
+//! - [`app`]: shared state.
+//! - [`auth`]: the caller's identity: admin key, verified JWT or anonymous.
+//! - [`access`]: collection and channel rules, checked on every path.
+//! - [`ratelimit`]: token buckets for REST callers and WebSocket messages.
 //! - [`error`]: the JSON error shape and the mapping from store errors to HTTP statuses.
 //! - [`realtime`]: the WebSocket protocol, the hub (fan-out, resume, live queries), presence.
 //! - [`metrics`]: Prometheus metrics of one server.
+//! - [`bench`]: `livebase bench`, the load generator behind the published figures.
 //! - [`rest`]: REST handlers for collections, records, batches and the change log.
 //! - [`schema_file`]: collections declared in a JSON/TOML file.
 //! - [`demo`]: the example logistics schema and data behind `serve --demo`.
@@ -14,12 +18,16 @@
 //! Only this crate knows HTTP, WebSockets and JSON wire shapes; it adapts them onto
 //! `livebase-core` (plain data) and a `livebase-store` backend.
 
+pub mod access;
 pub mod app;
+pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod realtime;
+pub mod ratelimit;
 pub mod rest;
 pub mod schema_file;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The `livebase` command.
 
 use clap::{Parser, Subcommand};
+use livebase_server::bench::{BenchOptions, Scenario};
 use livebase_server::Config;
 
 #[derive(Parser)]
@@ -18,11 +19,35 @@ struct Cli {
 enum Command {
     /// Start the server.
     Serve(Config),
+    /// Measure a server: writes, fanout, connections, catchup or presence (loopback only).
+    Bench {
+        #[arg(value_enum)]
+        scenario: Scenario,
+        #[command(flatten)]
+        opts: BenchOptions,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { scenario, mut opts } => {
+            if opts.url.is_none() && !opts.in_process {
+                // The server runs as a child process, so its memory and CPU are its own.
+                opts.server_exe = Some(std::env::current_exe()?);
+            }
+            let json = opts.json;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let figures = rt.block_on(livebase_server::bench::run(scenario, opts))?;
+            let table = livebase_server::bench::render_table(&figures);
+            if json {
+                eprint!("{table}");
+                println!("{figures}");
+            } else {
+                print!("{table}");
+            }
+            Ok(())
+        }
         Command::Serve(config) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -30,14 +30,13 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Upper bounds (seconds) of the latency histograms: 50 µs to 5 s in 1-2.5-5 steps. The
 /// targets sit at a few milliseconds, so the resolution is finest there.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
 ];
 
 /// Upper bounds of the commit batch size histogram (requests per group commit).
-const BATCH_BUCKETS: &[f64] = &[
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
-];
+const BATCH_BUCKETS: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
 
 /// The metrics of one server. Share it behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
@@ -119,11 +118,7 @@ impl Metrics {
             "Time from commit until an event's frames are queued to every matching subscriber",
             m.fanout_latency.clone(),
         );
-        r.register(
-            "livebase_connections",
-            "Open WebSocket connections",
-            m.connections.clone(),
-        );
+        r.register("livebase_connections", "Open WebSocket connections", m.connections.clone());
         r.register(
             "livebase_connections_opened",
             "WebSocket connections accepted",
@@ -139,11 +134,7 @@ impl Metrics {
             "Connections closed because their outbound queue overflowed",
             m.slow_consumers_dropped.clone(),
         );
-        r.register(
-            "livebase_subscriptions",
-            "Active subscriptions",
-            m.subscriptions.clone(),
-        );
+        r.register("livebase_subscriptions", "Active subscriptions", m.subscriptions.clone());
         r.register(
             "livebase_presence_members",
             "Presence entries over all channels",
@@ -174,8 +165,7 @@ impl Metrics {
     /// never the raw path, so the number of series stays bounded.
     pub fn http_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         let status = StatusText::new(status);
-        self.http_requests
-            .with(&[route, method, status.as_str()], |h| h.observe(seconds));
+        self.http_requests.with(&[route, method, status.as_str()], |h| h.observe(seconds));
     }
 
     /// One group commit of `requests` write requests that took `seconds`.
@@ -288,28 +278,16 @@ impl AtomicHistogram {
     }
 
     pub fn observe(&self, v: f64) {
-        let i = self
-            .inner
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.inner.bounds.len());
+        let i = self.inner.bounds.iter().position(|b| v <= *b).unwrap_or(self.inner.bounds.len());
         self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .inner
-            .sum_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + v).to_bits())
-            });
+        let _ = self.inner.sum_bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            Some((f64::from_bits(bits) + v).to_bits())
+        });
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.inner
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// Sum of the observed values.
@@ -358,9 +336,7 @@ struct LabeledInner<M> {
 
 impl<M> std::fmt::Debug for Labeled<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Labeled")
-            .field("names", &self.inner.names)
-            .finish_non_exhaustive()
+        f.debug_struct("Labeled").field("names", &self.inner.names).finish_non_exhaustive()
     }
 }
 
@@ -376,13 +352,7 @@ fn label_hash(values: &[&str]) -> u64 {
 
 impl<M> Labeled<M> {
     fn new(names: &'static [&'static str], make: fn() -> M) -> Labeled<M> {
-        Labeled {
-            inner: Arc::new(LabeledInner {
-                names,
-                make,
-                series: RwLock::new(HashMap::new()),
-            }),
-        }
+        Labeled { inner: Arc::new(LabeledInner { names, make, series: RwLock::new(HashMap::new()) }) }
     }
 
     /// Runs `f` on the series for `values` (one per label name), creating it if needed.
@@ -421,13 +391,8 @@ impl<M: EncodeMetric + TypedMetric> EncodeMetric for Labeled<M> {
         // Stable output: series sorted by label values.
         all.sort_by(|a, b| a.0.cmp(&b.0));
         for (values, m) in all {
-            let labels: Vec<(&str, &str)> = self
-                .inner
-                .names
-                .iter()
-                .copied()
-                .zip(values.iter().map(String::as_str))
-                .collect();
+            let labels: Vec<(&str, &str)> =
+                self.inner.names.iter().copied().zip(values.iter().map(String::as_str)).collect();
             let family = encoder.encode_family(&labels)?;
             m.encode(family)?;
         }

@@ -1,14 +1,16 @@
 //! REST: collections (admin), records, batches and the change log.
 
-use crate::app::{App, Principal};
+use crate::access::Access;
+use crate::app::App;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use livebase_core::query::ListQuery;
+use livebase_core::query::{effective_order, encode_cursor, ListQuery};
 use livebase_core::schema::Collection;
 use livebase_core::Record;
 use livebase_store::{
@@ -17,8 +19,9 @@ use livebase_store::{
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
-pub fn routes() -> Router<App> {
+pub fn routes(app: App) -> Router<App> {
     Router::new()
         .route(
             "/api/collections",
@@ -40,6 +43,52 @@ pub fn routes() -> Router<App> {
         )
         .route("/api/collections/{name}/batch", post(batch))
         .route("/api/changes", get(changes))
+        .route_layer(axum::middleware::from_fn_with_state(app, authenticate))
+}
+
+/// Resolves the caller once per request (401 on a bad token), applies its rate limit (429
+/// with Retry-After; the admin key is exempt) and hands the [`Principal`] to the handler.
+async fn authenticate(
+    State(app): State<App>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let who = match app.principal(req.headers()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let key = match &who {
+        Principal::Admin => None,
+        Principal::User(_) => Some(who.scope()),
+        Principal::Anonymous(_) => Some(format!("ip:{}", addr.ip())),
+    };
+    if let Some(key) = key {
+        if let Err(wait) = app.rest_limiter.check(&key) {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests; retry in {secs} s"),
+            )
+            .with_details(json!({ "retry_after_ms": wait.as_millis() as u64 }))
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+            return resp;
+        }
+    }
+    req.extensions_mut().insert(who);
+    next.run(req).await
+}
+
+fn require_admin(who: &Principal) -> Result<(), ApiError> {
+    if who.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("this endpoint needs the admin key: Authorization: Bearer <admin key>"))
+    }
 }
 
 /// Reads a body of at most `max_body` bytes and parses it as a JSON object.
@@ -87,9 +136,9 @@ fn flag(pairs: &[(String, String)], name: &str) -> bool {
 
 async fn list_collections(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
+    require_admin(&who)?;
     let schema = app.store.schema();
     let items: Vec<&Collection> = schema.collections.values().collect();
     Ok(Json(json!({ "items": items })).into_response())
@@ -97,10 +146,10 @@ async fn list_collections(
 
 async fn get_collection(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
+    require_admin(&who)?;
     let schema = app.store.schema();
     let c = schema.get(&name).ok_or_else(|| {
         ApiError::new(
@@ -124,10 +173,10 @@ fn parse_collection(v: Value) -> Result<Collection, ApiError> {
 
 async fn create_collection(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
+    require_admin(&who)?;
     let (_, obj) = read_object(&app, body).await?;
     let c = parse_collection(Value::Object(obj))?;
     let schema = app
@@ -139,12 +188,12 @@ async fn create_collection(
 
 async fn update_collection(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
+    require_admin(&who)?;
     let (_, patch) = read_object(&app, body).await?;
     let schema = app.store.schema();
     let current = schema.get(&name).ok_or_else(|| {
@@ -179,11 +228,11 @@ async fn update_collection(
 
 async fn drop_collection(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
+    require_admin(&who)?;
     let force = flag(&query_pairs(&q), "force");
     app.store
         .change_schema(SchemaChange::Drop { name, force })
@@ -195,15 +244,21 @@ async fn drop_collection(
 
 async fn list_records(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let _who = app.principal(&headers)?;
     let pairs = query_pairs(&q);
-    let query = ListQuery::from_pairs(&pairs)
-        .map_err(|e| ApiError::bad_request("bad_filter", e.message))?;
-    let page = app.store.list(&name, query).await?;
+    let query = ListQuery::from_pairs(&pairs).map_err(|e| ApiError::bad_request("bad_filter", e.message))?;
+    let access = app.access();
+    if app.store.schema().get(&name).is_some() && !access.can_list(&who, &name) {
+        return Err(ApiError::forbidden(format!("not allowed to list '{name}'")));
+    }
+    let page = if access.open_rows(&who, &name) {
+        app.store.list(&name, query).await?
+    } else {
+        visible_page(&app, &access, &who, &name, query).await?
+    };
     let mut body = json!({ "items": page.items, "next_cursor": page.next_cursor });
     if let Some(t) = page.total {
         body["total"] = json!(t);
@@ -211,13 +266,63 @@ async fn list_records(
     Ok(Json(body).into_response())
 }
 
+/// A page of the rows the caller may see. Rules are evaluated in memory, so the store is
+/// read page by page (by cursor) until `limit` visible rows are found; `offset` and the
+/// total count are applied to visible rows.
+async fn visible_page(
+    app: &App,
+    access: &Access,
+    who: &Principal,
+    name: &str,
+    q: ListQuery,
+) -> Result<livebase_store::Page, ApiError> {
+    let limit = q.effective_limit();
+    let mut skip = q.offset.unwrap_or(0);
+    let order = effective_order(&q.order);
+    let mut scan = ListQuery { limit: Some(livebase_core::query::MAX_LIMIT), offset: None, count: false, select: None, ..q.clone() };
+    let mut items = Vec::new();
+    let mut total = 0u64;
+    let mut next_cursor = None;
+    loop {
+        let page = app.store.list(name, scan.clone()).await?;
+        for r in page.items {
+            if !access.row_visible(who, name, &r) {
+                continue;
+            }
+            total += 1;
+            if skip > 0 {
+                skip -= 1;
+            } else if items.len() < limit {
+                items.push(r);
+            } else if next_cursor.is_none() {
+                // One visible row past the page: there is a next page, after the last one kept.
+                next_cursor = items.last().map(|l| encode_cursor(&order, l));
+                if !q.count {
+                    break;
+                }
+            }
+        }
+        let done = next_cursor.is_some() && !q.count;
+        match page.next_cursor {
+            Some(c) if !done => scan.cursor = Some(c),
+            _ => break,
+        }
+    }
+    if let Some(sel) = &q.select {
+        items = items.iter().map(|r| r.project(sel)).collect();
+    }
+    Ok(livebase_store::Page { items, next_cursor, total: q.count.then_some(total) })
+}
+
 async fn get_record(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let _who = app.principal(&headers)?;
     let r = app.store.get(&name, &id).await?;
+    if !app.access().can_view(&who, &name, &r) {
+        return Err(livebase_store::StoreError::NotFound { collection: name, id }.into());
+    }
     let mut resp = Json(&r).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", r.version())) {
         resp.headers_mut().insert(axum::http::header::ETAG, v);
@@ -257,11 +362,12 @@ fn base_version(
 
 async fn create_record(
     State(app): State<App>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let who = app.principal(&headers)?;
+    
     let (bytes, mut data) = read_object(&app, body).await?;
     let id = match data.remove("id") {
         None | Some(Value::Null) => None,
@@ -294,11 +400,12 @@ async fn create_record(
 
 async fn update_record(
     State(app): State<App>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     Path((name, id)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let who = app.principal(&headers)?;
+    
     let (bytes, mut data) = read_object(&app, body).await?;
     let base_version = base_version(&headers, &mut data)?;
     let op = WriteOp::Update {
@@ -323,10 +430,11 @@ async fn update_record(
 
 async fn delete_record(
     State(app): State<App>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let who = app.principal(&headers)?;
+    
     let base_version = base_version(&headers, &mut Map::new())?;
     let op = WriteOp::Delete {
         collection: name.clone(),
@@ -349,11 +457,12 @@ async fn delete_record(
 
 async fn batch(
     State(app): State<App>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let who = app.principal(&headers)?;
+    
     let (bytes, mut body) = read_object(&app, body).await?;
     let Some(Value::Array(raw)) = body.remove("ops") else {
         return Err(ApiError::bad_request(
@@ -452,12 +561,30 @@ fn parse_batch_op(collection: &str, op: Value) -> Result<WriteOp, ApiError> {
     }
 }
 
+/// Renders records in mutation responses as the caller may see them: a record its rules
+/// hide (e.g. created for someone else) shows only `id` and `version`.
+struct Show {
+    access: Arc<Access>,
+    who: Principal,
+    collection: String,
+}
+
+impl Show {
+    fn record(&self, r: &Record) -> Value {
+        if self.access.can_view(&self.who, &self.collection, r) {
+            json!(r)
+        } else {
+            json!({"id": r.id(), "version": r.version()})
+        }
+    }
+}
+
 /// The response of a single-record mutation.
-fn single_response(r: &OpsResult) -> (StatusCode, Value) {
+fn single_response(r: &OpsResult, show: &Show) -> (StatusCode, Value) {
     match r {
         Ok(outcomes) => match outcomes.first() {
-            Some(OpOutcome::Created(rec)) => (StatusCode::CREATED, json!(rec)),
-            Some(o) => (StatusCode::OK, json!(o.record())),
+            Some(OpOutcome::Created(rec)) => (StatusCode::CREATED, show.record(rec)),
+            Some(o) => (StatusCode::OK, show.record(o.record())),
             None => (StatusCode::OK, Value::Null),
         },
         Err(e) => {
@@ -470,7 +597,7 @@ fn single_response(r: &OpsResult) -> (StatusCode, Value) {
     }
 }
 
-fn batch_response(r: &OpsResult) -> (StatusCode, Value) {
+fn batch_response(r: &OpsResult, show: &Show) -> (StatusCode, Value) {
     match r {
         Ok(outcomes) => {
             let results: Vec<Value> = outcomes
@@ -481,7 +608,7 @@ fn batch_response(r: &OpsResult) -> (StatusCode, Value) {
                         OpOutcome::Updated(r) => ("update", r),
                         OpOutcome::Deleted(r) => ("delete", r),
                     };
-                    json!({"op": op, "record": rec})
+                    json!({"op": op, "record": show.record(rec)})
                 })
                 .collect();
             (StatusCode::OK, json!({ "results": results }))
@@ -503,8 +630,19 @@ async fn mutate(
     path: &str,
     body: &[u8],
     ops: Vec<WriteOp>,
-    respond: fn(&OpsResult) -> (StatusCode, Value),
+    respond: fn(&OpsResult, &Show) -> (StatusCode, Value),
 ) -> Result<Response, ApiError> {
+    // `path` is "{collection}" or "{collection}/{id or batch}".
+    let collection = path.split('/').next().unwrap_or_default().to_string();
+    let access = app.access();
+    let show = Show { access: access.clone(), who: who.clone(), collection };
+    let render_show = Show { access: access.clone(), who: who.clone(), collection: show.collection.clone() };
+    let authorize: Option<livebase_store::Authorize> = if who.is_admin() {
+        None
+    } else {
+        let who = who.clone();
+        Some(Arc::new(move |check: &livebase_store::AccessCheck<'_>| access.authorize(&who, check)))
+    };
     let idempotency = match headers.get("idempotency-key") {
         None => None,
         Some(k) => {
@@ -528,7 +666,7 @@ async fn mutate(
                 key: format!("{}:{k}", who.scope()),
                 fingerprint: hex::encode(h.finalize()),
                 render: Box::new(move |r: &OpsResult| {
-                    let (status, body) = respond(r);
+                    let (status, body) = respond(r, &render_show);
                     StoredResponse {
                         status: status.as_u16(),
                         body: body.to_string(),
@@ -537,14 +675,10 @@ async fn mutate(
             })
         }
     };
-    let req = WriteRequest {
-        ops,
-        actor: who.actor(),
-        idempotency,
-    };
+    let req = WriteRequest { ops, actor: who.actor(), idempotency, authorize };
     match app.store.write(req).await? {
         WriteResult::Applied(r) => {
-            let (status, body) = respond(&r);
+            let (status, body) = respond(&r, &show);
             Ok((status, Json(body)).into_response())
         }
         WriteResult::Replayed(s) => {
@@ -565,10 +699,9 @@ async fn mutate(
 
 async fn changes(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
     let pairs = query_pairs(&q);
     let mut cq = ChangeQuery {
         limit: 100,
@@ -602,6 +735,18 @@ async fn changes(
         }
     }
     let page = app.store.changes(cq).await?;
+    // Paging continues after the last event read, whether or not the caller may see it.
     let next = page.events.last().map(|e| e.seq);
-    Ok(Json(json!({"events": page.events, "head": page.head, "next_since": next})).into_response())
+    let events: Vec<_> = if who.is_admin() {
+        page.events
+    } else {
+        // Others see the events of rows their rules let them see, with hidden sides blanked.
+        let access = app.access();
+        page.events
+            .into_iter()
+            .filter(|e| access.can_list(&who, &e.collection))
+            .filter_map(|e| access.redact_event(&who, e))
+            .collect()
+    };
+    Ok(Json(json!({"events": events, "head": page.head, "next_since": next})).into_response())
 }

@@ -14,7 +14,11 @@ use std::path::Path;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaFile {
+    #[serde(default)]
     pub collections: Vec<Collection>,
+    /// Who may join which channels (broadcast and presence).
+    #[serde(default)]
+    pub channels: Vec<crate::access::ChannelRule>,
 }
 
 pub fn parse(text: &str, toml_syntax: bool) -> anyhow::Result<SchemaFile> {
@@ -25,13 +29,15 @@ pub fn parse(text: &str, toml_syntax: bool) -> anyhow::Result<SchemaFile> {
     })
 }
 
-pub async fn apply(store: &dyn Store, path: &Path) -> anyhow::Result<()> {
+/// Applies the file's collections and returns its channel rules.
+pub async fn apply(store: &dyn Store, path: &Path) -> anyhow::Result<Vec<crate::access::ChannelRule>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let file =
         parse(&text, is_toml).with_context(|| format!("invalid schema file {}", path.display()))?;
-    ensure(store, file.collections).await
+    ensure(store, file.collections).await?;
+    Ok(file.channels)
 }
 
 /// Creates missing collections and migrates changed ones (never destructively).

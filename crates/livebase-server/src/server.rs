@@ -2,7 +2,10 @@
 
 use crate::app::{App, AppInner};
 use crate::config::Config;
+use crate::access::AccessCache;
+use crate::auth::Verifier;
 use crate::error::ApiError;
+use crate::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::realtime::hub::Hub;
 use crate::{demo, rest, schema_file};
@@ -74,7 +77,7 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
 
 pub fn router(app: App) -> Router {
     Router::new()
-        .merge(rest::routes())
+        .merge(rest::routes(app.clone()))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
@@ -148,9 +151,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await?
         .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
     let store: Arc<dyn Store> = Arc::new(store);
+    let mut channels = Vec::new();
     if let Some(path) = &config.schema {
-        schema_file::apply(store.as_ref(), path).await?;
+        channels = schema_file::apply(store.as_ref(), path).await?;
     }
+    let read = |p: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
+        p.as_ref().map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))).transpose()
+    };
+    let pem = read(&config.jwt_public_key)?;
+    let jwks = read(&config.jwks)?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let verifier = Verifier::new(
+        admin_key.clone(),
+        config.jwt_secret.as_deref(),
+        pem.as_deref(),
+        jwks.as_deref(),
+        &config.anon_role,
+    )?;
+    let access = Arc::new(AccessCache::new(store.schema(), &channels)?);
+    let rest_limiter = RateLimiter::new(config.rate_limit, config.rate_burst);
     if config.demo {
         demo::load(store.as_ref()).await?;
     }
@@ -158,7 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
-    let hub = Hub::new(store.clone(), config.limits(), metrics.clone());
+    let hub = Hub::new(store.clone(), config.limits(), metrics.clone(), access.clone());
     let dispatcher = hub.spawn_dispatcher();
     let sampler = {
         let (hub, metrics) = (hub.clone(), metrics.clone());
@@ -171,7 +189,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         })
     };
     let app = App {
-        inner: Arc::new(AppInner { store, hub, metrics, config, admin_key: admin_key.clone() }),
+        inner: Arc::new(AppInner {
+            store,
+            hub,
+            metrics,
+            config,
+            admin_key: admin_key.clone(),
+            verifier,
+            access,
+            rest_limiter,
+        }),
     };
     let router = router(app.clone());
     let (stop, stopped) = oneshot::channel::<()>();

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 async fn subscriber_receives_each_rest_change_with_new_and_old() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
-    let mut b = Ws::connect(&t.url, None).await;
+    let mut b = Ws::connect(&t.url, Some(&t.admin_key)).await;
     let (sub, _) = b.subscribe("items", None, json!({})).await;
 
     let r = t.create("items", json!({"title": "a", "qty": 1})).await;
@@ -93,7 +93,7 @@ async fn live_queries_stay_equal_to_the_rest_list_for_every_filter_operator() {
         ids.push(t.create("items", random_item(&mut rng)).await["id"].as_str().unwrap().to_string());
     }
     // One connection holds all the live queries: sub_id tells them apart.
-    let mut ws = Ws::connect(&t.url, None).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
     let mut caches: BTreeMap<u64, (String, BTreeMap<String, Value>)> = BTreeMap::new();
     for f in FILTERS {
         let (sub, _) = ws.subscribe("items", Some(f), json!({"snapshot": true})).await;
@@ -169,7 +169,7 @@ async fn concurrent_writers_reach_every_subscriber_once_in_order() {
     t.create_collection(items_collection()).await;
     let mut subs = Vec::new();
     for _ in 0..20 {
-        let mut ws = Ws::connect(&t.url, None).await;
+        let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
         ws.subscribe("items", None, json!({})).await;
         subs.push(ws);
     }
@@ -219,7 +219,7 @@ async fn concurrent_writers_reach_every_subscriber_once_in_order() {
 async fn resumed_subscriber_receives_every_missed_event_once_in_order() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
-    let mut ws = Ws::connect(&t.url, None).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
     ws.subscribe("items", Some("qty=gte.0"), json!({})).await;
     for i in 0..5 {
         t.create("items", json!({"title": "x", "qty": i})).await;
@@ -234,7 +234,7 @@ async fn resumed_subscriber_receives_every_missed_event_once_in_order() {
         t.create("items", json!({"title": "y", "qty": i})).await;
     }
     t.create("items", json!({"title": "no qty"})).await; // does not match: never delivered
-    let mut ws = Ws::connect(&t.url, None).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
     let (_, start) = ws.subscribe("items", Some("qty=gte.0"), json!({"since": last})).await;
     assert_eq!(start, last);
     // Writes during and after the resume are stitched in too.
@@ -268,7 +268,7 @@ async fn resumed_subscriber_receives_every_missed_event_once_in_order() {
 async fn subscriber_resumes_across_a_server_restart_with_nothing_lost() {
     let mut t = TestServer::start().await;
     t.create_collection(items_collection()).await;
-    let mut ws = Ws::connect(&t.url, None).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
     ws.subscribe("items", None, json!({})).await;
     t.create("items", json!({"title": "before"})).await;
     let last = ws.next_change().await["seq"].as_u64().unwrap();
@@ -276,7 +276,7 @@ async fn subscriber_resumes_across_a_server_restart_with_nothing_lost() {
     for i in 0..10 {
         t.create("items", json!({"title": format!("after {i}")})).await;
     }
-    let mut ws = Ws::connect(&t.url, None).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
     ws.subscribe("items", None, json!({"since": last})).await;
     for i in 0..10 {
         let c = ws.next_change().await;
@@ -294,7 +294,7 @@ async fn resume_from_a_trimmed_position_requires_a_resync() {
     }
     // After a restart only the durable log answers, and it no longer holds events 2..=3.
     t.restart().await;
-    let mut ws = Ws::connect(&t.url, None).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
     let reply = ws.request(json!({"type": "subscribe", "collection": "items", "since": 1})).await;
     assert_eq!(reply["type"], "resync_required", "{reply}");
     assert_eq!(reply["reason"], "log_trimmed");
@@ -324,7 +324,7 @@ async fn live_query_snapshot_and_changes_leave_no_gap() {
             }
         })
     };
-    let mut ws = Ws::connect(&t.url, None).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
     let (sub, seq) = ws.subscribe("items", Some("qty=lt.5"), json!({"snapshot": true})).await;
     let mut cache = BTreeMap::new();
     loop {
@@ -362,8 +362,8 @@ async fn live_query_snapshot_and_changes_leave_no_gap() {
 async fn identical_queries_share_one_sub_id_across_connections() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
-    let mut a = Ws::connect(&t.url, None).await;
-    let mut b = Ws::connect(&t.url, None).await;
+    let mut a = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    let mut b = Ws::connect(&t.url, Some(&t.admin_key)).await;
     let (sa, _) = a.subscribe("items", Some("qty=gt.1"), json!({})).await;
     let (sb, _) = b.subscribe("items", Some("qty=gt.1"), json!({})).await;
     assert_eq!(sa, sb);
@@ -380,8 +380,8 @@ async fn identical_queries_share_one_sub_id_across_connections() {
 #[tokio::test]
 async fn broadcast_reaches_channel_members_but_not_the_sender_unless_asked() {
     let t = TestServer::start().await;
-    let mut a = Ws::connect(&t.url, None).await;
-    let mut b = Ws::connect(&t.url, None).await;
+    let mut a = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    let mut b = Ws::connect(&t.url, Some(&t.admin_key)).await;
     for ws in [&mut a, &mut b] {
         let r = ws.request(json!({"type": "join", "channel": "room:1"})).await;
         assert_eq!(r["type"], "ok");
@@ -402,9 +402,9 @@ async fn broadcast_reaches_channel_members_but_not_the_sender_unless_asked() {
 #[tokio::test]
 async fn presence_follows_tracks_and_vanishes_on_abrupt_disconnect() {
     let t = TestServer::start().await;
-    let mut a = Ws::connect(&t.url, None).await;
-    let mut b = Ws::connect(&t.url, None).await;
-    let mut b2 = Ws::connect(&t.url, None).await; // the same user in a second tab
+    let mut a = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    let mut b = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    let mut b2 = Ws::connect(&t.url, Some(&t.admin_key)).await; // the same user in a second tab
     a.request(json!({"type": "join", "channel": "doc:9"})).await;
     for ws in [&mut b, &mut b2] {
         ws.request(json!({"type": "join", "channel": "doc:9"})).await;
@@ -415,7 +415,7 @@ async fn presence_follows_tracks_and_vanishes_on_abrupt_disconnect() {
     assert_eq!(d1["joins"]["bob"][0]["meta"]["tab"], 1);
     a.recv_until(|v| v["type"] == "presence_diff").await;
     // A late joiner sees both entries in presence_state.
-    let mut c = Ws::connect(&t.url, None).await;
+    let mut c = Ws::connect(&t.url, Some(&t.admin_key)).await;
     c.send(json!({"type": "join", "channel": "doc:9", "ref": 1})).await;
     let (state, _) = c.recv_until(|v| v["type"] == "presence_state").await;
     assert_eq!(state["state"]["bob"].as_array().unwrap().len(), 2);
@@ -436,8 +436,8 @@ async fn presence_entry_of_a_silent_connection_expires_after_the_heartbeat_timeo
         c.heartbeat_timeout_ms = 400;
     })
     .await;
-    let mut a = Ws::connect(&t.url, None).await;
-    let mut silent = Ws::connect(&t.url, None).await;
+    let mut a = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    let mut silent = Ws::connect(&t.url, Some(&t.admin_key)).await;
     a.request(json!({"type": "join", "channel": "c"})).await;
     silent.request(json!({"type": "join", "channel": "c"})).await;
     silent.request(json!({"type": "presence_track", "channel": "c", "key": "ghost", "meta": {}})).await;
@@ -452,9 +452,9 @@ async fn presence_entry_of_a_silent_connection_expires_after_the_heartbeat_timeo
 async fn slow_consumer_is_cut_off_while_others_keep_receiving() {
     let t = TestServer::start_with(|c| c.ws_queue = 1024).await;
     t.create_collection(json!({"name": "logs", "fields": [{"name": "line", "type": "text"}]})).await;
-    let mut slow = Ws::connect(&t.url, None).await;
+    let mut slow = Ws::connect(&t.url, Some(&t.admin_key)).await;
     slow.subscribe("logs", None, json!({})).await;
-    let mut normal = Ws::connect(&t.url, None).await;
+    let mut normal = Ws::connect(&t.url, Some(&t.admin_key)).await;
     normal.subscribe("logs", None, json!({})).await;
     // ~8 MB of events: more than the socket buffers plus the queue of a client that never
     // reads can absorb, while a reading client keeps up.
@@ -487,7 +487,7 @@ async fn slow_consumer_is_cut_off_while_others_keep_receiving() {
 async fn bad_frames_get_errors_and_the_connection_stays_usable() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
-    let mut ws = Ws::connect(&t.url, None).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
     ws.send_raw("{not json".into()).await;
     assert_eq!(ws.recv().await["code"], "malformed_json");
     ws.send(json!({"type": "teleport", "ref": 7})).await;

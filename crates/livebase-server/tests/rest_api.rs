@@ -622,7 +622,7 @@ async fn admin_endpoints_require_the_admin_key() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let e: Value = r.json().await.unwrap();
-    assert_eq!(e["error"]["code"], "unauthorized");
+    assert_eq!(e["error"]["code"], "invalid_token");
 }
 
 #[tokio::test]

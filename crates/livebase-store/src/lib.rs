@@ -109,6 +109,8 @@ pub enum StoreError {
     Destructive(String),
     #[error("the change log no longer holds events after {since}; oldest retained is {oldest}")]
     Trimmed { since: u64, oldest: u64 },
+    #[error("{0}")]
+    Forbidden(String),
     #[error("storage failure: {0}")]
     Internal(String),
 }
@@ -149,11 +151,34 @@ pub struct Idempotency {
     pub render: Render,
 }
 
+/// What an access check is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+/// One mutation to authorize: the stored record (update, delete) and the validated incoming
+/// fields (create, update), read inside the write's transaction.
+pub struct AccessCheck<'a> {
+    pub collection: &'a str,
+    pub action: Action,
+    pub record: Option<&'a Record>,
+    pub data: Option<&'a Map<String, Value>>,
+}
+
+/// Decides whether a caller may apply a mutation; the store calls it for every op of a
+/// request (not for the cascades that follow from a permitted delete).
+pub type Authorize = Arc<dyn Fn(&AccessCheck<'_>) -> Result<(), StoreError> + Send + Sync>;
+
 /// Ops applied atomically: all commit, or none and the first failure is returned.
 pub struct WriteRequest {
     pub ops: Vec<WriteOp>,
     pub actor: Option<String>,
     pub idempotency: Option<Idempotency>,
+    /// None: every op is allowed (the service credential, internal writes).
+    pub authorize: Option<Authorize>,
 }
 
 #[derive(Debug)]

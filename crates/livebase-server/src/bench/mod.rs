@@ -245,12 +245,7 @@ pub async fn run(scenario: Scenario, opts: BenchOptions) -> anyhow::Result<Value
     progress.phase("starting the server", 1);
     let target = target::Target::start(&opts).await.context("cannot start or reach the server")?;
     let hard_cap = opts.duration() + HARD_CAP_EXTRA;
-    let ctx = Ctx {
-        target,
-        opts,
-        progress,
-        suffix: hex::encode(rand::random::<[u8; 3]>()),
-    };
+    let ctx = Ctx { target, opts, progress, suffix: hex::encode(rand::random::<[u8; 3]>()) };
     let result = tokio::time::timeout(hard_cap, async {
         match scenario {
             Scenario::Writes => writes::run(&ctx).await,

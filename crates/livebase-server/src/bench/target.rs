@@ -153,16 +153,23 @@ async fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
         .or_else(|| url.strip_prefix("ws://"))
         .with_context(|| format!("'{url}' is not an http:// URL"))?;
     let hostport = rest.split('/').next().unwrap_or(rest);
-    let hostport =
-        if hostport.contains(':') && !hostport.ends_with(']') { hostport.to_string() } else { format!("{hostport}:80") };
-    let addrs: Vec<SocketAddr> =
-        tokio::net::lookup_host(&hostport).await.with_context(|| format!("cannot resolve '{hostport}'"))?.collect();
+    let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&hostport)
+        .await
+        .with_context(|| format!("cannot resolve '{hostport}'"))?
+        .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4() && a.ip().is_loopback())
         .or_else(|| addrs.iter().find(|a| a.ip().is_loopback()))
         .copied()
-        .with_context(|| format!("'{url}' is not a loopback address: the bench only drives servers on this machine"))
+        .with_context(|| {
+            format!("'{url}' is not a loopback address: the bench only drives servers on this machine")
+        })
 }
 
 /// Raises this process's open-file limit to its hard limit (a child server inherits it) and

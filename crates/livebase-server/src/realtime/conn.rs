@@ -3,7 +3,9 @@
 
 use super::hub::{CloseSignal, ConnHandle, Hub, Start};
 use super::protocol::{self, ClientMsg, ProtoError};
-use crate::app::{App, Principal};
+use crate::app::App;
+use crate::auth::Principal;
+use crate::ratelimit::Bucket;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -28,6 +30,7 @@ pub async fn upgrade(State(app): State<App>, headers: HeaderMap, RawQuery(q): Ra
         Some(t) => app.principal_from_token(Some(&t)),
         None => app.principal(&headers),
     };
+
     let principal = match principal {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -44,7 +47,14 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
     let limits = hub.limits().clone();
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(limits.queue_frames);
     let close = Arc::new(CloseSignal::default());
-    let (conn, name) = hub.connect(ConnHandle { tx: tx.clone(), close: close.clone() });
+    let (conn, name) = match hub.connect(ConnHandle { tx: tx.clone(), close: close.clone() }, principal.clone()) {
+        Ok(c) => c,
+        Err(_) => {
+            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from_static("too_many_connections") };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return;
+        }
+    };
     tracing::debug!(conn = %name, "realtime connection opened");
     let welcome = protocol::encode(&json!({
         "type": "welcome", "conn_id": name, "server_time": livebase_core::record::now_timestamp(),
@@ -58,9 +68,18 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
     }
     let mut ticker = tokio::time::interval_at(Instant::now() + limits.heartbeat_interval, limits.heartbeat_interval);
     let mut last_seen = Instant::now();
+    let mut bucket = Bucket::new(limits.ws_burst);
+    let mut expired = false;
     loop {
+        let expiry = expires_in(&principal, expired);
         tokio::select! {
             biased;
+            _ = tokio::time::sleep(expiry) => {
+                // Deliveries stop until the client sends a fresh token with `auth`.
+                expired = true;
+                hub.pause(conn);
+                reply(&tx, ProtoError::new(&None, "token_expired", "the token has expired; send a fresh one with 'auth'").frame());
+            }
             _ = close.notify.notified() => {
                 let (code, why) = (*close.reason.lock()).unwrap_or((1000, "closed"));
                 reason = why;
@@ -93,7 +112,18 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                 let Some(Ok(msg)) = msg else { reason = "client_gone"; break };
                 last_seen = Instant::now();
                 match msg {
-                    Message::Text(t) => handle(&app, &hub, conn, &tx, &mut principal, t.as_str()),
+                    Message::Text(t) => {
+                        if limits.ws_rate > 0.0 {
+                            if let Err(wait) = bucket.take(limits.ws_rate, limits.ws_burst, std::time::Instant::now()) {
+                                let e = ProtoError::new(&None, "rate_limited", format!("too many messages; retry in {} ms", wait.as_millis().max(1)));
+                                reply(&tx, e.frame());
+                                continue;
+                            }
+                        }
+                        if handle(&app, &hub, conn, &tx, &mut principal, t.as_str()) {
+                            expired = false;
+                        }
+                    }
                     Message::Binary(_) => reply(&tx, ProtoError::new(&None, "bad_request", "frames must be JSON text").frame()),
                     Message::Ping(_) | Message::Pong(_) => {}
                     Message::Close(_) => break,
@@ -122,16 +152,34 @@ fn reply(tx: &mpsc::Sender<Utf8Bytes>, frame: Utf8Bytes) {
     let _ = tx.try_send(frame);
 }
 
-fn handle(app: &App, hub: &Hub, conn: u64, tx: &mpsc::Sender<Utf8Bytes>, principal: &mut Principal, text: &str) {
+/// Time until the connection's token expires (far away when it has none or already has).
+fn expires_in(p: &Principal, expired: bool) -> std::time::Duration {
+    const NEVER: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+    match p.expires_at() {
+        Some(exp) if !expired => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            std::time::Duration::from_secs(exp.saturating_sub(now))
+        }
+        _ => NEVER,
+    }
+}
+
+/// Handles one client frame. Returns true when it installed a fresh token.
+fn handle(app: &App, hub: &Hub, conn: u64, tx: &mpsc::Sender<Utf8Bytes>, principal: &mut Principal, text: &str) -> bool {
     let max = hub.limits().max_frame_bytes;
     if text.len() > max {
         let e = ProtoError::new(&None, "frame_too_large", format!("frames are limited to {max} bytes"));
-        return reply(tx, e.frame());
+        reply(tx, e.frame());
+        return false;
     }
     let msg = match protocol::parse(text) {
         Ok(m) => m,
-        Err(e) => return reply(tx, e.frame()),
+        Err(e) => {
+            reply(tx, e.frame());
+            return false;
+        }
     };
+    let mut refreshed = false;
     let r = match msg {
         ClientMsg::Subscribe(s) => {
             let start = match (s.since, s.snapshot) {
@@ -152,16 +200,24 @@ fn handle(app: &App, hub: &Hub, conn: u64, tx: &mpsc::Sender<Utf8Bytes>, princip
             reply(tx, protocol::pong(&p.reference));
             Ok(())
         }
-        ClientMsg::Auth(a) => match app.principal_from_token(Some(&a.token)) {
+        ClientMsg::Auth(a) => match app.verifier.principal(Some(&a.token)) {
             Ok(p) => {
-                *principal = p;
+                *principal = p.clone();
+                refreshed = true;
                 reply(tx, protocol::ok(&a.reference));
+                hub.reauthorize(conn, p);
                 Ok(())
             }
-            Err(e) => Err(ProtoError::new(&a.reference, "unauthorized", e.message)),
+            Err(crate::auth::TokenError::Expired) => {
+                Err(ProtoError::new(&a.reference, "token_expired", "that token has expired too"))
+            }
+            Err(crate::auth::TokenError::Invalid(m)) => {
+                Err(ProtoError::new(&a.reference, "unauthorized", format!("invalid token: {m}")))
+            }
         },
     };
     if let Err(e) = r {
         reply(tx, e.frame());
     }
+    refreshed
 }

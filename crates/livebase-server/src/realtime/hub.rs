@@ -14,6 +14,8 @@
 
 use super::protocol::{self, change_body, change_frame, ProtoError, Ref, View};
 use super::Limits;
+use crate::access::{Access, AccessCache};
+use crate::auth::Principal;
 use crate::metrics::Metrics;
 use axum::extract::ws::Utf8Bytes;
 use livebase_core::filter::{BoundFilter, Filter, Scalar};
@@ -57,6 +59,9 @@ impl CloseSignal {
 struct ConnEntry {
     handle: ConnHandle,
     name: String,
+    who: Principal,
+    /// The token expired: nothing is delivered until a fresh one arrives.
+    expired: bool,
     queries: HashSet<QueryId>,
     channels: HashSet<String>,
 }
@@ -65,6 +70,8 @@ enum SubState {
     Live,
     /// History is being sent; live frames wait here as (seq, frame).
     CatchingUp(Vec<(u64, Utf8Bytes)>),
+    /// The connection's token expired after every event up to this sequence was queued.
+    Paused(u64),
 }
 
 struct Query {
@@ -75,13 +82,53 @@ struct Query {
 }
 
 impl Query {
-    fn view(&self, e: &ChangeEvent) -> Option<View> {
+    /// Whether the event's old and new records match the filter.
+    fn matches(&self, e: &ChangeEvent) -> (bool, bool) {
         let m = |r: &Option<livebase_core::Record>| match (r, &self.filter) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(r), Some(f)) => f.matches(r),
         };
-        View::between(m(&e.old), m(&e.new))
+        (m(&e.old), m(&e.new))
+    }
+}
+
+/// How one subscriber sees one event: the effect on its result set, and which sides of the
+/// change it may see. Subscribers with the same answer share one encoded frame.
+type Seen = (View, bool, bool);
+
+fn seen_by(access: &Access, who: &Principal, open: bool, collection: &str, e: &ChangeEvent, m: (bool, bool)) -> Option<Seen> {
+    if open {
+        return View::between(m.0, m.1).map(|v| (v, e.new.is_some(), e.old.is_some()));
+    }
+    let vis = |r: &Option<livebase_core::Record>| r.as_ref().is_some_and(|r| access.row_visible(who, collection, r));
+    let (old_vis, new_vis) = (vis(&e.old), vis(&e.new));
+    View::between(m.0 && old_vis, m.1 && new_vis).map(|v| (v, new_vis, old_vis))
+}
+
+/// Frames of one event for one query, by what the receiver may see (encoded on first use).
+#[derive(Default)]
+struct Frames {
+    bodies: Vec<((bool, bool), String)>,
+    frames: Vec<(Seen, Utf8Bytes)>,
+}
+
+impl Frames {
+    fn get(&mut self, e: &ChangeEvent, qid: QueryId, seen: Seen) -> Utf8Bytes {
+        if let Some((_, f)) = self.frames.iter().find(|(s, _)| *s == seen) {
+            return f.clone();
+        }
+        let sides = (seen.1, seen.2);
+        let body = match self.bodies.iter().find(|(s, _)| *s == sides) {
+            Some((_, b)) => b,
+            None => {
+                self.bodies.push((sides, change_body(e, sides.0, sides.1)));
+                &self.bodies[self.bodies.len() - 1].1
+            }
+        };
+        let f = change_frame(body, qid, seen.0);
+        self.frames.push((seen, f.clone()));
+        f
     }
 }
 
@@ -146,6 +193,7 @@ struct HubInner {
     limits: Limits,
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
+    access: Arc<AccessCache>,
 }
 
 /// How a subscription starts.
@@ -156,11 +204,22 @@ pub enum Start {
 }
 
 impl Hub {
-    pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Arc<Metrics>) -> Hub {
+    pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Arc<Metrics>, access: Arc<AccessCache>) -> Hub {
         let reg = Registry { dispatched: store.tail().head(), next_query: 1, ..Default::default() };
         Hub {
-            inner: Arc::new(HubInner { store, reg: Mutex::new(reg), limits, next_conn: AtomicU64::new(1), metrics }),
+            inner: Arc::new(HubInner {
+                store,
+                reg: Mutex::new(reg),
+                limits,
+                next_conn: AtomicU64::new(1),
+                metrics,
+                access,
+            }),
         }
+    }
+
+    fn access(&self) -> Arc<Access> {
+        self.inner.access.get(&self.inner.store.schema())
     }
 
     pub fn limits(&self) -> &Limits {
@@ -215,6 +274,7 @@ impl Hub {
     fn dispatch(&self, events: &[Arc<ChangeEvent>]) {
         let mut delivered = 0u64;
         let mut slow = Vec::new();
+        let access = self.access();
         let mut reg = self.inner.reg.lock();
         let fresh = events.iter().filter(|e| e.seq > reg.dispatched).count();
         self.inner.metrics.events_committed(fresh as u64);
@@ -237,17 +297,27 @@ impl Hub {
                 candidates.sort_unstable();
                 candidates.dedup();
             }
-            let mut body: Option<String> = None;
+            // Rules that let everyone see every row need no per-subscriber work.
+            let anon_open = access.open_to_all(&ev.collection);
             for qid in candidates {
                 let Some(q) = reg.queries.get_mut(&qid) else { continue };
-                let Some(view) = q.view(ev) else { continue };
-                let body = body.get_or_insert_with(|| change_body(ev));
-                let frame = change_frame(body, qid, view);
+                let m = q.matches(ev);
+                if !m.0 && !m.1 {
+                    continue;
+                }
+                let mut frames = Frames::default();
                 for (conn, state) in q.subscribers.iter_mut() {
+                    let Some(c) = reg.conns.get(conn) else { continue };
+                    if matches!(state, SubState::Paused(_)) {
+                        continue;
+                    }
+                    let open = anon_open || c.who.is_admin();
+                    let Some(seen) = seen_by(&access, &c.who, open, &ev.collection, ev, m) else { continue };
+                    let frame = frames.get(ev, qid, seen);
                     match state {
+                        SubState::Paused(_) => {}
                         SubState::Live => {
-                            let Some(c) = reg.conns.get(conn) else { continue };
-                            if c.handle.tx.try_send(frame.clone()).is_ok() {
+                            if c.handle.tx.try_send(frame).is_ok() {
                                 delivered += 1;
                             } else {
                                 slow.push(*conn);
@@ -257,7 +327,7 @@ impl Hub {
                             if buf.len() >= self.inner.limits.queue_frames * 4 {
                                 slow.push(*conn);
                             } else {
-                                buf.push((ev.seq, frame.clone()));
+                                buf.push((ev.seq, frame));
                             }
                         }
                     }
@@ -284,13 +354,73 @@ impl Hub {
 
     // ---------- connections ----------
 
-    pub fn connect(&self, handle: ConnHandle) -> (ConnId, String) {
+    pub fn connect(&self, handle: ConnHandle, who: Principal) -> Result<(ConnId, String), ConnHandle> {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let name = format!("c{id}");
-        let entry = ConnEntry { handle, name: name.clone(), queries: HashSet::new(), channels: HashSet::new() };
-        self.inner.reg.lock().conns.insert(id, entry);
+        let entry = ConnEntry {
+            handle,
+            name: name.clone(),
+            who,
+            expired: false,
+            queries: HashSet::new(),
+            channels: HashSet::new(),
+        };
+        let mut reg = self.inner.reg.lock();
+        if reg.conns.len() >= self.inner.limits.max_connections {
+            return Err(entry.handle);
+        }
+        reg.conns.insert(id, entry);
+        drop(reg);
         self.inner.metrics.connection_opened();
-        (id, name)
+        Ok((id, name))
+    }
+
+    /// The token of a connection expired: stop delivering (subscriptions keep their place).
+    pub fn pause(&self, conn: ConnId) {
+        let mut reg = self.inner.reg.lock();
+        let reg = &mut *reg;
+        let at = reg.dispatched;
+        let Some(c) = reg.conns.get_mut(&conn) else { return };
+        c.expired = true;
+        for qid in &c.queries {
+            if let Some(state) = reg.queries.get_mut(qid).and_then(|q| q.subscribers.get_mut(&conn)) {
+                *state = match state {
+                    // Frames already parked were due before expiry: keep their place.
+                    SubState::CatchingUp(buf) => SubState::Paused(buf.first().map(|(s, _)| s - 1).unwrap_or(at)),
+                    _ => SubState::Paused(at),
+                };
+            }
+        }
+    }
+
+    /// A fresh token: new rules apply from now on; paused subscriptions catch up on what they
+    /// missed (under the new identity's rules) and go live again.
+    pub fn reauthorize(&self, conn: ConnId, who: Principal) {
+        let mut resumes = Vec::new();
+        {
+            let mut reg = self.inner.reg.lock();
+            let reg = &mut *reg;
+            let at = reg.dispatched;
+            let Some(c) = reg.conns.get_mut(&conn) else { return };
+            c.who = who;
+            c.expired = false;
+            for qid in &c.queries {
+                if let Some(state) = reg.queries.get_mut(qid).and_then(|q| q.subscribers.get_mut(&conn)) {
+                    if let SubState::Paused(since) = *state {
+                        *state = SubState::CatchingUp(Vec::new());
+                        resumes.push((*qid, since, at, c.handle.tx.clone()));
+                    }
+                }
+            }
+        }
+        for (qid, since, at, tx) in resumes {
+            let hub = self.clone();
+            tokio::spawn(async move { hub.catch_up(conn, qid, None, tx, since, at, false).await });
+        }
+    }
+
+    fn principal_of(&self, conn: ConnId) -> Option<Principal> {
+        self.inner.reg.lock().conns.get(&conn).map(|c| c.who.clone())
     }
 
     pub fn disconnect(&self, conn: ConnId, reason: &str) {
@@ -324,6 +454,10 @@ impl Hub {
         let Some(c) = schema.get(collection) else {
             return Err(err("collection_not_found", format!("collection '{collection}' does not exist")));
         };
+        let who = self.principal_of(conn).ok_or_else(|| err("internal", "connection is closing".into()))?;
+        if !self.access().can_list(&who, collection) {
+            return Err(err("forbidden", format!("not allowed to subscribe to '{collection}'")));
+        }
         let parsed = match filter.map(str::trim).filter(|f| !f.is_empty()) {
             None => None,
             Some(f) => Filter::parse(f).map_err(|e| err("bad_filter", e.message))?,
@@ -380,7 +514,7 @@ impl Hub {
                 q.subscribers.insert(conn, SubState::CatchingUp(Vec::new()));
                 let hub = self.clone();
                 let tx = entry.handle.tx.clone();
-                tokio::spawn(async move { hub.catch_up(conn, qid, reference, tx, since, at).await });
+                tokio::spawn(async move { hub.catch_up(conn, qid, reference, tx, since, at, true).await });
             }
             Start::Snapshot => {
                 q.subscribers.insert(conn, SubState::CatchingUp(Vec::new()));
@@ -441,13 +575,28 @@ impl Hub {
     }
 
     /// Sends the matching events in `(since, at]`, then goes live.
-    async fn catch_up(&self, conn: ConnId, qid: QueryId, reference: Ref, tx: mpsc::Sender<Utf8Bytes>, since: u64, at: u64) {
+    /// Sends the matching events in `(since, at]`, then goes live. `announce`: reply
+    /// `subscribed` first (not when resuming a paused subscription).
+    #[allow(clippy::too_many_arguments)]
+    async fn catch_up(
+        &self,
+        conn: ConnId,
+        qid: QueryId,
+        reference: Ref,
+        tx: mpsc::Sender<Utf8Bytes>,
+        since: u64,
+        at: u64,
+        announce: bool,
+    ) {
         let store = self.inner.store.clone();
         let Some((filter, collection)) = self.query_parts(qid) else { return };
+        let Some(who) = self.principal_of(conn) else { return };
+        let access = self.access();
+        let open = who.is_admin() || access.open_rows(&who, &collection);
         let q = Query { collection, filter, key: String::new(), subscribers: HashMap::new() };
         // `subscribed` goes out once the first read proved the history is still there;
         // otherwise the reply is `resync_required` instead.
-        let mut announced = false;
+        let mut announced = !announce;
         let mut cursor = since;
         while cursor < at {
             let events: Vec<Arc<ChangeEvent>> = match store.tail().read_after(cursor, 1000) {
@@ -488,8 +637,9 @@ impl Hub {
                 if ev.collection != q.collection {
                     continue;
                 }
-                if let Some(view) = q.view(&ev) {
-                    if tx.send(change_frame(&change_body(&ev), qid, view)).await.is_err() {
+                let m = q.matches(&ev);
+                if let Some(seen) = seen_by(&access, &who, open, &q.collection, &ev, m) {
+                    if tx.send(Frames::default().get(&ev, qid, seen)).await.is_err() {
                         return;
                     }
                 }
@@ -513,6 +663,13 @@ impl Hub {
                 return self.abandon(conn, qid, &tx, pe.frame());
             }
         };
+        let mut page = page;
+        if let Some(who) = self.principal_of(conn) {
+            let access = self.access();
+            if !access.open_rows(&who, &collection) {
+                page.items.retain(|r| access.row_visible(&who, &collection, r));
+            }
+        }
         if page.items.len() > max {
             let pe = ProtoError::new(
                 &reference,
@@ -542,7 +699,8 @@ impl Hub {
                 let mut reg = self.inner.reg.lock();
                 let Some(state) = reg.queries.get_mut(&qid).and_then(|q| q.subscribers.get_mut(&conn)) else { return };
                 match state {
-                    SubState::Live => return,
+                    // Live already, or paused again: `reauthorize` restarts the catch-up.
+                    SubState::Live | SubState::Paused(_) => return,
                     SubState::CatchingUp(buf) if buf.is_empty() => {
                         *state = SubState::Live;
                         return;
@@ -567,6 +725,10 @@ impl Hub {
 
     pub fn join(&self, conn: ConnId, reference: &Ref, channel: &str) -> Result<(), ProtoError> {
         check_channel(reference, channel)?;
+        let Some(who) = self.principal_of(conn) else { return Ok(()) };
+        if !self.access().channel_allowed(&who, channel) {
+            return Err(ProtoError::new(reference, "forbidden", format!("not allowed to join '{channel}'")));
+        }
         let mut reg = self.inner.reg.lock();
         let reg = &mut *reg;
         let limit = self.inner.limits.max_channels;
@@ -621,8 +783,11 @@ impl Hub {
             if *m == conn && !b.include_self {
                 continue;
             }
-            if let Some(tx) = entry_tx(&reg.conns, *m) {
-                let _ = tx.try_send(frame.clone());
+            match reg.conns.get(m) {
+                Some(c) if !c.expired => {
+                    let _ = c.handle.tx.try_send(frame.clone());
+                }
+                _ => {}
             }
         }
         if b.ack {

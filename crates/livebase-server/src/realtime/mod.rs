@@ -22,6 +22,10 @@ pub struct Limits {
     pub max_snapshot_rows: usize,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    pub max_connections: usize,
+    /// Messages per second per connection (0: unlimited) and the burst above it.
+    pub ws_rate: f64,
+    pub ws_burst: f64,
 }
 
 impl Default for Limits {
@@ -34,6 +38,9 @@ impl Default for Limits {
             max_snapshot_rows: 10_000,
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(45),
+            max_connections: 100_000,
+            ws_rate: 100.0,
+            ws_burst: 200.0,
         }
     }
 }

@@ -201,10 +201,14 @@ impl View {
 
 /// The part of a change frame common to every query that receives the event: encoded once
 /// per event, then prefixed per query with its `sub_id` and `view`.
-pub fn change_body(e: &ChangeEvent) -> String {
+/// `show_new` / `show_old`: whether the receiver may see each side (a hidden side is null).
+pub fn change_body(e: &ChangeEvent, show_new: bool, show_old: bool) -> String {
+    let none = &None;
     let v = json!({
         "seq": e.seq, "op": e.op.as_str(), "id": e.id, "version": e.version, "actor": e.actor,
-        "committed_at": e.committed_at, "new": e.new, "old": e.old,
+        "committed_at": e.committed_at,
+        "new": if show_new { &e.new } else { none },
+        "old": if show_old { &e.old } else { none },
     });
     let s = v.to_string();
     // Drop the opening brace: the frame prefix supplies it.
@@ -248,7 +252,7 @@ mod tests {
             actor: None,
             committed_at: "t".into(),
         };
-        let f = change_frame(&change_body(&e), 12, View::Add);
+        let f = change_frame(&change_body(&e, true, true), 12, View::Add);
         let v: Value = serde_json::from_str(f.as_str()).unwrap();
         assert_eq!(v["type"], "change");
         assert_eq!(v["sub_id"], 12);

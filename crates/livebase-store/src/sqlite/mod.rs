@@ -16,7 +16,7 @@ use crate::{
     BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
     WriteRequest, WriteResult,
 };
-use livebase_core::query::{ListQuery, OrderBy, DEFAULT_LIMIT};
+use livebase_core::query::{decode_cursor, effective_order, encode_cursor, ListQuery, OrderBy, DEFAULT_LIMIT};
 use livebase_core::schema::Collection;
 use livebase_core::{ChangeEvent, ChangeOp, Record, Schema};
 use parking_lot::{Mutex, RwLock};
@@ -196,50 +196,6 @@ fn coll<'s>(schema: &'s Schema, name: &str) -> Result<&'s Collection, StoreError
         .ok_or_else(|| StoreError::NoCollection(name.to_string()))
 }
 
-/// The sort keys actually used: the requested ones, then `id` so the order is total.
-fn effective_order(order: &[OrderBy]) -> Vec<OrderBy> {
-    let mut o = order.to_vec();
-    if !o.iter().any(|k| k.field == "id") {
-        o.push(OrderBy {
-            field: "id".into(),
-            descending: false,
-            nulls_first: false,
-        });
-    }
-    o
-}
-
-/// A cursor is the sort-key values of the last row returned, hex-encoded JSON.
-fn encode_cursor(order: &[OrderBy], r: &Record) -> String {
-    let vals: Vec<&serde_json::Value> = order
-        .iter()
-        .map(|k| r.get(&k.field).unwrap_or(&serde_json::Value::Null))
-        .collect();
-    let json = serde_json::to_string(&vals).unwrap_or_default();
-    json.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_cursor(s: &str, n: usize) -> Result<Vec<serde_json::Value>, StoreError> {
-    let bad = || {
-        StoreError::BadQuery(livebase_core::filter::FilterError {
-            message: "invalid cursor".into(),
-        })
-    };
-    if s.len() % 2 != 0 || s.len() > 16_384 {
-        return Err(bad());
-    }
-    let bytes: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<_>>()
-        .ok_or_else(bad)?;
-    let vals: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if vals.len() != n {
-        return Err(bad());
-    }
-    Ok(vals)
-}
-
 /// Rows strictly after the cursor position in the given order (nulls placed as ordered).
 fn cursor_sql(
     c: &Collection,
@@ -295,7 +251,7 @@ fn list_in(conn: &Connection, c: &Collection, q: &ListQuery) -> Result<Page, Sto
     let count_params = params.clone();
     let order = effective_order(&q.order);
     if let Some(cur) = &q.cursor {
-        let vals = decode_cursor(cur, order.len())?;
+        let vals = decode_cursor(cur, order.len()).map_err(StoreError::BadQuery)?;
         conds.push(cursor_sql(c, &order, &vals, &mut params));
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);

@@ -61,6 +61,26 @@ struct Batch<'a> {
     schema: &'a Schema,
     events: Vec<ChangeEvent>,
     actor: Option<String>,
+    authorize: Option<crate::Authorize>,
+}
+
+impl Batch<'_> {
+    fn check(
+        &self,
+        collection: &str,
+        action: crate::Action,
+        record: Option<&Record>,
+        data: Option<&Map<String, Value>>,
+    ) -> Result<(), StoreError> {
+        match &self.authorize {
+            None => Ok(()),
+            Some(f) => f(&crate::AccessCheck { collection, action, record, data }),
+        }
+    }
+}
+
+fn as_map(fields: &[(String, Value)]) -> Map<String, Value> {
+    fields.iter().cloned().collect()
 }
 
 impl Writer {
@@ -124,6 +144,7 @@ impl Writer {
                     schema: &schema,
                     events: Vec::new(),
                     actor: req.actor.clone(),
+                    authorize: req.authorize.clone(),
                 };
                 let r = self.apply_request(&mut batch, req);
                 events.append(&mut batch.events);
@@ -256,6 +277,7 @@ impl Writer {
             } => {
                 let c = coll(b.schema, &collection)?;
                 let current = self.load(c, &id)?;
+                b.check(&collection, crate::Action::Delete, Some(&current), None)?;
                 match decide(c.conflict, current.version(), base_version, &[], || {
                     self.changed_since(&collection, &id, base_version.unwrap_or(0))
                 }) {
@@ -290,6 +312,11 @@ impl Writer {
             None => generate_id(),
         };
         let fields = validate_create(c, data).map_err(StoreError::Validation)?;
+        if b.authorize.is_some() {
+            let mut m = as_map(&fields);
+            m.insert("id".into(), Value::String(id.clone()));
+            b.check(collection, crate::Action::Create, None, Some(&m))?;
+        }
         self.check_relations(b.schema, c, fields.iter())?;
         let mut sql = format!(
             "INSERT INTO {} (\"id\",\"version\",\"created_at\",\"updated_at\"",
@@ -339,6 +366,9 @@ impl Writer {
         }
         let patch = validate_patch(c, data).map_err(StoreError::Validation)?;
         let current = self.load(c, id)?;
+        if b.authorize.is_some() {
+            b.check(collection, crate::Action::Update, Some(&current), Some(&as_map(&patch)))?;
+        }
         let names: Vec<&str> = patch.iter().map(|(k, _)| k.as_str()).collect();
         match decide(c.conflict, current.version(), base_version, &names, || {
             self.changed_since(collection, id, base_version.unwrap_or(0))
@@ -520,13 +550,11 @@ impl Writer {
             })
             .ok()?;
         let mut out = BTreeSet::new();
-        let mut expected = base + 1;
-        for row in rows {
+        for (expected, row) in (base + 1..).zip(rows) {
             let (version, old, new) = row.ok()?;
             if version != expected {
                 return None;
             }
-            expected += 1;
             let parse = |s: Option<String>| -> Option<Record> { serde_json::from_str(&s?).ok() };
             match (parse(old), parse(new)) {
                 (Some(o), Some(n)) => out.extend(changed_fields(&o, &n)),

@@ -1,0 +1,1181 @@
+//! The connection's bookkeeping, free of I/O: commands and server frames go in, frames to
+//! send (the outbox) and events to subscribers come out. The task in `task.rs` moves bytes.
+
+use super::channel::ChannelMessage;
+use super::subscription::SubEvent;
+use crate::error::{Error, Result};
+use crate::protocol::{client, Change, Ref, ServerFrame, SubscribeMode};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// What a handle, subscription or channel asks the task to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Subscribe {
+        local: u64,
+        collection: String,
+        filter: Option<String>,
+        mode: SubscribeMode,
+        events: mpsc::UnboundedSender<SubEvent>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Unsubscribe {
+        local: u64,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    },
+    Join {
+        channel: String,
+        gen: u64,
+        messages: mpsc::UnboundedSender<ChannelMessage>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// `gen`: leave only if the channel is still this join (a dropped [`super::Channel`]).
+    Leave {
+        channel: String,
+        gen: Option<u64>,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    },
+    Track {
+        channel: String,
+        key: Option<String>,
+        meta: Value,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Untrack {
+        channel: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Broadcast {
+        channel: String,
+        event: String,
+        payload: Value,
+        self_: bool,
+        ack: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Ping {
+        reply: oneshot::Sender<Result<Duration>>,
+    },
+    Auth {
+        token: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Drop the socket and reconnect (handled by the task).
+    Reconnect,
+    /// Close for good (handled by the task).
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// A request waiting for its reply, by `ref`.
+#[derive(Debug)]
+enum Pending {
+    Subscribe { local: u64, mode: SubscribeMode },
+    Join { channel: String, gen: u64 },
+    Reply(oneshot::Sender<Result<()>>),
+    Ping(Instant, oneshot::Sender<Result<Duration>>),
+    Ignore,
+}
+
+/// Snapshot chunks collected until `done`.
+#[derive(Debug, Default)]
+struct SnapshotBuf {
+    seq: u64,
+    rows: Vec<Value>,
+    /// Changes that arrived before the last chunk (the protocol says they follow it).
+    held: Vec<Change>,
+}
+
+#[derive(Debug)]
+struct Sub {
+    collection: String,
+    filter: Option<String>,
+    /// Snapshot mode: (re)starts with a snapshot when there is no seq to resume from.
+    live: bool,
+    /// The highest seq delivered or established (subscribed / snapshot done); the resume point.
+    last_seq: Option<u64>,
+    /// The server's `sub_id` on the current connection.
+    server_id: Option<u64>,
+    snapshot: Option<SnapshotBuf>,
+    /// The caller of `subscribe`, until the first reply.
+    waiter: Option<oneshot::Sender<Result<()>>>,
+    events: mpsc::UnboundedSender<SubEvent>,
+}
+
+/// Tracked presence: the key (default: the connection id) and the meta.
+type Tracked = Option<(Option<String>, Value)>;
+
+#[derive(Debug)]
+struct Chan {
+    gen: u64,
+    messages: mpsc::UnboundedSender<ChannelMessage>,
+    waiter: Option<oneshot::Sender<Result<()>>>,
+    /// Re-sent after a reconnect.
+    tracked: Tracked,
+}
+
+fn request_error(code: &str, message: impl Into<String>) -> Error {
+    Error::Request {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Everything the connection remembers across sockets.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Welcomed on the current socket: frames in the outbox get sent.
+    pub online: bool,
+    /// Frames to send, in order.
+    pub outbox: Vec<String>,
+    next_ref: u64,
+    pending: HashMap<u64, Pending>,
+    subs: BTreeMap<u64, Sub>,
+    by_server: HashMap<u64, u64>,
+    channels: BTreeMap<String, Chan>,
+}
+
+impl State {
+    fn send(&mut self, frame: Value) {
+        self.outbox.push(frame.to_string());
+    }
+
+    fn request(&mut self, pending: Pending, frame: impl FnOnce(u64) -> Value) {
+        self.next_ref += 1;
+        let r = self.next_ref;
+        self.pending.insert(r, pending);
+        let f = frame(r);
+        self.send(f);
+    }
+
+    fn take_pending(&mut self, r: &Ref) -> Option<Pending> {
+        r.0.and_then(|r| self.pending.remove(&r))
+    }
+
+    /// Number of live subscriptions (for tests and diagnostics).
+    #[cfg(test)]
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Handles a command other than `Reconnect` / `Close`.
+    pub fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Subscribe {
+                local,
+                collection,
+                filter,
+                mode,
+                events,
+                reply,
+            } => {
+                if self
+                    .subs
+                    .values()
+                    .any(|s| s.collection == collection && s.filter == filter)
+                {
+                    let _ = reply.send(Err(request_error(
+                        "already_subscribed",
+                        format!(
+                            "this connection already subscribes to {collection} {}",
+                            filter.as_deref().unwrap_or("")
+                        ),
+                    )));
+                    return;
+                }
+                let sub = Sub {
+                    collection,
+                    filter,
+                    live: mode == SubscribeMode::Snapshot,
+                    last_seq: match mode {
+                        SubscribeMode::Since(n) => Some(n),
+                        _ => None,
+                    },
+                    server_id: None,
+                    snapshot: None,
+                    waiter: Some(reply),
+                    events,
+                };
+                self.subs.insert(local, sub);
+                if self.online {
+                    self.send_subscribe(local);
+                }
+            }
+            Command::Unsubscribe { local, reply } => {
+                let mut reply = reply;
+                if let Some(sub) = self.subs.remove(&local) {
+                    if let Some(sid) = sub.server_id {
+                        self.by_server.remove(&sid);
+                        if self.online {
+                            let p = reply.take().map_or(Pending::Ignore, Pending::Reply);
+                            self.request(p, |r| client::unsubscribe(r, sid));
+                        }
+                    }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Command::Join {
+                channel,
+                gen,
+                messages,
+                reply,
+            } => {
+                if self.channels.contains_key(&channel) {
+                    let _ = reply.send(Err(request_error(
+                        "already_joined",
+                        format!("this connection already joined {channel}"),
+                    )));
+                    return;
+                }
+                let chan = Chan {
+                    gen,
+                    messages,
+                    waiter: Some(reply),
+                    tracked: None,
+                };
+                self.channels.insert(channel.clone(), chan);
+                if self.online {
+                    self.request(
+                        Pending::Join {
+                            channel: channel.clone(),
+                            gen,
+                        },
+                        |r| client::join(r, &channel),
+                    );
+                }
+            }
+            Command::Leave {
+                channel,
+                gen,
+                reply,
+            } => {
+                let known = self
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|c| gen.is_none_or(|g| g == c.gen));
+                if !known {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(match gen {
+                            None => Err(request_error(
+                                "not_joined",
+                                format!("{channel} is not joined"),
+                            )),
+                            Some(_) => Ok(()),
+                        });
+                    }
+                    return;
+                }
+                self.channels.remove(&channel);
+                if self.online {
+                    let p = reply.map_or(Pending::Ignore, Pending::Reply);
+                    self.request(p, |r| client::leave(r, &channel));
+                } else if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Command::Track {
+                channel,
+                key,
+                meta,
+                reply,
+            } => {
+                let Some(chan) = self.channels.get_mut(&channel) else {
+                    let _ = reply.send(Err(request_error(
+                        "not_joined",
+                        format!("join {channel} before tracking presence on it"),
+                    )));
+                    return;
+                };
+                chan.tracked = Some((key.clone(), meta.clone()));
+                if self.online {
+                    self.request(Pending::Reply(reply), |r| {
+                        client::track(r, &channel, key.as_deref(), &meta)
+                    });
+                } else {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Command::Untrack { channel, reply } => {
+                let Some(chan) = self.channels.get_mut(&channel) else {
+                    let _ = reply.send(Err(request_error(
+                        "not_joined",
+                        format!("{channel} is not joined"),
+                    )));
+                    return;
+                };
+                chan.tracked = None;
+                if self.online {
+                    self.request(Pending::Reply(reply), |r| client::untrack(r, &channel));
+                } else {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Command::Broadcast {
+                channel,
+                event,
+                payload,
+                self_,
+                ack,
+                reply,
+            } => {
+                if !self.online {
+                    let _ = reply.send(Err(Error::NotConnected));
+                } else if ack {
+                    self.request(Pending::Reply(reply), |r| {
+                        client::broadcast(Some(r), &channel, &event, &payload, self_)
+                    });
+                } else {
+                    self.send(client::broadcast(None, &channel, &event, &payload, self_));
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Command::Ping { reply } => {
+                if self.online {
+                    self.request(Pending::Ping(Instant::now(), reply), client::ping);
+                } else {
+                    let _ = reply.send(Err(Error::NotConnected));
+                }
+            }
+            Command::Auth { token, reply } => {
+                if self.online {
+                    self.request(Pending::Reply(reply), |r| client::auth(r, &token));
+                } else {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Command::Reconnect | Command::Close { .. } => {}
+        }
+    }
+
+    /// Sends `subscribe` for a local subscription: resuming from its last seq when it has
+    /// one, else in its initial mode.
+    fn send_subscribe(&mut self, local: u64) {
+        let Some(sub) = self.subs.get(&local) else {
+            return;
+        };
+        let mode = match sub.last_seq {
+            Some(n) => SubscribeMode::Since(n),
+            None if sub.live => SubscribeMode::Snapshot,
+            None => SubscribeMode::Plain,
+        };
+        let (collection, filter) = (sub.collection.clone(), sub.filter.clone());
+        self.request(Pending::Subscribe { local, mode }, |r| {
+            client::subscribe(r, &collection, filter.as_deref(), mode)
+        });
+    }
+
+    /// Drops a subscription whose consumer is gone, unsubscribing on the server.
+    fn drop_sub(&mut self, local: u64) {
+        if let Some(sub) = self.subs.remove(&local) {
+            if let Some(sid) = sub.server_id {
+                self.by_server.remove(&sid);
+                if self.online {
+                    self.request(Pending::Ignore, |r| client::unsubscribe(r, sid));
+                }
+            }
+        }
+    }
+
+    fn drop_channel(&mut self, channel: &str) {
+        if self.channels.remove(channel).is_some() && self.online {
+            self.request(Pending::Ignore, |r| client::leave(r, channel));
+        }
+    }
+
+    fn emit(&mut self, local: u64, ev: SubEvent) {
+        let gone = match self.subs.get(&local) {
+            Some(sub) => sub.events.send(ev).is_err(),
+            None => false,
+        };
+        if gone {
+            self.drop_sub(local);
+        }
+    }
+
+    /// Delivers a change unless it is at or before the subscription's last seq.
+    fn deliver(&mut self, local: u64, change: Change) {
+        let Some(sub) = self.subs.get_mut(&local) else {
+            return;
+        };
+        if sub.last_seq.is_some_and(|last| change.seq <= last) {
+            tracing::trace!(seq = change.seq, "dropping a duplicate change");
+            return;
+        }
+        sub.last_seq = Some(change.seq);
+        self.emit(local, SubEvent::Change(change));
+    }
+
+    fn channel_message(&mut self, channel: &str, msg: ChannelMessage) {
+        let gone = match self.channels.get(channel) {
+            Some(c) => c.messages.send(msg).is_err(),
+            None => {
+                tracing::trace!(channel, "message for a channel not joined");
+                false
+            }
+        };
+        if gone {
+            self.drop_channel(channel);
+        }
+    }
+
+    /// The socket was welcomed: resume every subscription and channel.
+    pub fn on_connected(&mut self) {
+        self.online = true;
+        let locals: Vec<u64> = self.subs.keys().copied().collect();
+        for local in locals {
+            self.send_subscribe(local);
+        }
+        let channels: Vec<(String, u64, Tracked)> = self
+            .channels
+            .iter()
+            .map(|(name, c)| (name.clone(), c.gen, c.tracked.clone()))
+            .collect();
+        for (name, gen, tracked) in channels {
+            self.request(
+                Pending::Join {
+                    channel: name.clone(),
+                    gen,
+                },
+                |r| client::join(r, &name),
+            );
+            if let Some((key, meta)) = tracked {
+                self.request(Pending::Ignore, |r| {
+                    client::track(r, &name, key.as_deref(), &meta)
+                });
+            }
+        }
+    }
+
+    /// The socket is gone: in-flight one-shot requests fail, subscriptions and channels
+    /// wait for the next connection.
+    pub fn on_disconnect(&mut self) {
+        self.online = false;
+        self.outbox.clear();
+        for (_, p) in self.pending.drain() {
+            match p {
+                Pending::Reply(tx) => {
+                    let _ = tx.send(Err(Error::NotConnected));
+                }
+                Pending::Ping(_, tx) => {
+                    let _ = tx.send(Err(Error::NotConnected));
+                }
+                Pending::Subscribe { .. } | Pending::Join { .. } | Pending::Ignore => {}
+            }
+        }
+        self.by_server.clear();
+        for sub in self.subs.values_mut() {
+            sub.server_id = None;
+            sub.snapshot = None;
+        }
+    }
+
+    /// Closed for good: every waiter fails, every stream ends.
+    pub fn close(&mut self) {
+        self.on_disconnect();
+        for (_, sub) in std::mem::take(&mut self.subs) {
+            if let Some(w) = sub.waiter {
+                let _ = w.send(Err(Error::Closed));
+            }
+        }
+        for (_, chan) in std::mem::take(&mut self.channels) {
+            if let Some(w) = chan.waiter {
+                let _ = w.send(Err(Error::Closed));
+            }
+        }
+    }
+
+    /// Handles a server frame other than `welcome`.
+    pub fn on_frame(&mut self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Welcome { .. } => {}
+            ServerFrame::Subscribed { ref_, sub_id, seq } => self.on_subscribed(&ref_, sub_id, seq),
+            ServerFrame::Change { sub_id, change } => {
+                let Some(&local) = self.by_server.get(&sub_id) else {
+                    tracing::trace!(sub_id, "change for an unknown subscription");
+                    return;
+                };
+                match self.subs.get_mut(&local).and_then(|s| s.snapshot.as_mut()) {
+                    Some(buf) => buf.held.push(*change),
+                    None => self.deliver(local, *change),
+                }
+            }
+            ServerFrame::Snapshot {
+                sub_id,
+                seq,
+                rows,
+                done,
+            } => self.on_snapshot(sub_id, seq, rows, done),
+            ServerFrame::Broadcast {
+                channel,
+                event,
+                payload,
+                from,
+            } => self.channel_message(
+                &channel.clone(),
+                ChannelMessage::Broadcast {
+                    event,
+                    payload,
+                    from,
+                },
+            ),
+            ServerFrame::PresenceState { channel, state } => {
+                self.channel_message(&channel, ChannelMessage::PresenceState(state))
+            }
+            ServerFrame::PresenceDiff {
+                channel,
+                joins,
+                leaves,
+            } => self.channel_message(&channel, ChannelMessage::PresenceDiff { joins, leaves }),
+            ServerFrame::Pong { ref_, .. } => match self.take_pending(&ref_) {
+                Some(Pending::Ping(sent, tx)) => {
+                    let _ = tx.send(Ok(sent.elapsed()));
+                }
+                Some(p) => self.resolve_ok(p),
+                None => {}
+            },
+            ServerFrame::Ok { ref_ } => {
+                if let Some(p) = self.take_pending(&ref_) {
+                    self.resolve_ok(p);
+                }
+            }
+            ServerFrame::Error {
+                ref_,
+                code,
+                message,
+                ..
+            } => self.on_error(&ref_, code, message),
+            ServerFrame::ResyncRequired {
+                ref_,
+                sub_id,
+                reason,
+            } => self.on_resync(&ref_, sub_id, reason),
+            ServerFrame::Unknown => {}
+        }
+    }
+
+    fn resolve_ok(&mut self, p: Pending) {
+        match p {
+            Pending::Join { channel, gen } => {
+                let waiter = match self.channels.get_mut(&channel) {
+                    Some(c) if c.gen == gen => c.waiter.take(),
+                    _ => None,
+                };
+                if let Some(w) = waiter {
+                    if w.send(Ok(())).is_err() {
+                        self.drop_channel(&channel);
+                    }
+                }
+            }
+            Pending::Reply(tx) => {
+                let _ = tx.send(Ok(()));
+            }
+            Pending::Ping(sent, tx) => {
+                let _ = tx.send(Ok(sent.elapsed()));
+            }
+            Pending::Subscribe { local, .. } => {
+                tracing::warn!(local, "`ok` in reply to subscribe (expected `subscribed`)");
+            }
+            Pending::Ignore => {}
+        }
+    }
+
+    fn on_subscribed(&mut self, r: &Ref, sub_id: u64, seq: u64) {
+        let (local, mode) = match self.take_pending(r) {
+            Some(Pending::Subscribe { local, mode }) => (local, mode),
+            other => {
+                tracing::warn!(?r, sub_id, "`subscribed` that answers no subscribe");
+                if let Some(p) = other {
+                    self.resolve_ok(p);
+                }
+                return;
+            }
+        };
+        let Some(sub) = self.subs.get_mut(&local) else {
+            // Dropped while the subscribe was in flight.
+            if self.online {
+                self.request(Pending::Ignore, |r| client::unsubscribe(r, sub_id));
+            }
+            return;
+        };
+        sub.server_id = Some(sub_id);
+        match mode {
+            SubscribeMode::Plain => sub.last_seq = Some(seq),
+            SubscribeMode::Since(n) => {
+                // Keep `n`: every change after it is wanted, whatever the reply says.
+                if seq != n {
+                    tracing::warn!(since = n, seq, "`subscribed.seq` differs from `since`");
+                }
+            }
+            SubscribeMode::Snapshot => {
+                sub.snapshot = Some(SnapshotBuf {
+                    seq,
+                    ..SnapshotBuf::default()
+                });
+            }
+        }
+        let waiter = sub.waiter.take();
+        self.by_server.insert(sub_id, local);
+        if let Some(w) = waiter {
+            if w.send(Ok(())).is_err() {
+                self.drop_sub(local);
+            }
+        }
+    }
+
+    fn on_snapshot(&mut self, sub_id: u64, seq: u64, rows: Vec<Value>, done: bool) {
+        let Some(&local) = self.by_server.get(&sub_id) else {
+            return;
+        };
+        let Some(sub) = self.subs.get_mut(&local) else {
+            return;
+        };
+        let buf = sub.snapshot.get_or_insert_with(|| SnapshotBuf {
+            seq,
+            ..SnapshotBuf::default()
+        });
+        buf.seq = seq;
+        buf.rows.extend(rows);
+        if !done {
+            return;
+        }
+        let buf = sub.snapshot.take().unwrap_or_default();
+        sub.last_seq = Some(buf.seq);
+        self.emit(
+            local,
+            SubEvent::Snapshot {
+                seq: buf.seq,
+                rows: buf.rows,
+            },
+        );
+        for change in buf.held {
+            self.deliver(local, change);
+        }
+    }
+
+    fn on_resync(&mut self, r: &Ref, sub_id: Option<u64>, reason: Option<String>) {
+        let local = match self.take_pending(r) {
+            Some(Pending::Subscribe { local, .. }) => Some(local),
+            Some(p) => {
+                self.resolve_ok(p);
+                None
+            }
+            None => None,
+        }
+        .or_else(|| sub_id.and_then(|s| self.by_server.get(&s).copied()));
+        let Some(local) = local else {
+            return;
+        };
+        let Some(sub) = self.subs.get_mut(&local) else {
+            return;
+        };
+        if let Some(sid) = sub.server_id.take() {
+            self.by_server.remove(&sid);
+        }
+        sub.last_seq = None;
+        sub.snapshot = None;
+        let waiter = sub.waiter.take();
+        let reason = reason.unwrap_or_else(|| "log_trimmed".into());
+        self.emit(local, SubEvent::ResyncRequired { reason });
+        if let Some(w) = waiter {
+            if w.send(Ok(())).is_err() {
+                self.drop_sub(local);
+                return;
+            }
+        }
+        if self.online && self.subs.contains_key(&local) {
+            self.send_subscribe(local);
+        }
+    }
+
+    fn on_error(&mut self, r: &Ref, code: String, message: String) {
+        match self.take_pending(r) {
+            Some(Pending::Subscribe { local, .. }) => {
+                if let Some(sub) = self.subs.remove(&local) {
+                    match sub.waiter {
+                        Some(w) => {
+                            let _ = w.send(Err(Error::Request { code, message }));
+                        }
+                        None => {
+                            tracing::warn!(%code, %message, collection = %sub.collection,
+                                "resubscribing failed; the subscription ends");
+                            let _ = sub.events.send(SubEvent::Error { code, message });
+                        }
+                    }
+                }
+            }
+            Some(Pending::Join { channel, gen }) => {
+                if self.channels.get(&channel).is_some_and(|c| c.gen == gen) {
+                    if let Some(chan) = self.channels.remove(&channel) {
+                        match chan.waiter {
+                            Some(w) => {
+                                let _ = w.send(Err(Error::Request { code, message }));
+                            }
+                            None => {
+                                tracing::warn!(%code, %message, %channel,
+                                    "rejoining failed; the channel ends");
+                                let _ = chan
+                                    .messages
+                                    .send(ChannelMessage::Error { code, message });
+                            }
+                        }
+                    }
+                }
+            }
+            Some(Pending::Reply(tx)) => {
+                let _ = tx.send(Err(Error::Request { code, message }));
+            }
+            Some(Pending::Ping(_, tx)) => {
+                let _ = tx.send(Err(Error::Request { code, message }));
+            }
+            Some(Pending::Ignore) | None => {
+                tracing::warn!(%code, %message, "realtime error");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Op, View};
+    use serde_json::json;
+
+    struct Harness {
+        state: State,
+    }
+
+    fn frame(v: Value) -> ServerFrame {
+        ServerFrame::parse(&v.to_string()).expect("test frame parses")
+    }
+
+    fn change(sub_id: u64, seq: u64, id: &str, view: &str) -> ServerFrame {
+        frame(json!({"type": "change", "sub_id": sub_id, "seq": seq, "op": "update",
+            "view": view, "id": id, "version": seq, "actor": null, "committed_at": "t",
+            "new": {"id": id, "version": seq}, "old": {"id": id}}))
+    }
+
+    impl Harness {
+        fn online() -> Harness {
+            let mut state = State::default();
+            state.on_connected();
+            Harness { state }
+        }
+
+        /// The frames sent since the last call.
+        fn sent(&mut self) -> Vec<Value> {
+            self.state
+                .outbox
+                .drain(..)
+                .map(|s| serde_json::from_str(&s).expect("outbox holds JSON"))
+                .collect()
+        }
+
+        fn subscribe(
+            &mut self,
+            local: u64,
+            collection: &str,
+            filter: Option<&str>,
+            mode: SubscribeMode,
+        ) -> (
+            mpsc::UnboundedReceiver<SubEvent>,
+            oneshot::Receiver<Result<()>>,
+        ) {
+            let (events, rx) = mpsc::unbounded_channel();
+            let (reply, wait) = oneshot::channel();
+            self.state.command(Command::Subscribe {
+                local,
+                collection: collection.into(),
+                filter: filter.map(str::to_string),
+                mode,
+                events,
+                reply,
+            });
+            (rx, wait)
+        }
+    }
+
+    fn changes(rx: &mut mpsc::UnboundedReceiver<SubEvent>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let SubEvent::Change(c) = ev {
+                out.push(c.seq);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn subscribe_resolves_on_subscribed_and_routes_changes() {
+        let mut h = Harness::online();
+        let (mut rx, mut wait) = h.subscribe(1, "items", Some("qty=gt.5"), SubscribeMode::Plain);
+        let sent = h.sent();
+        assert_eq!(
+            sent,
+            vec![json!({"type": "subscribe", "ref": 1, "collection": "items", "filter": "qty=gt.5"})]
+        );
+        assert!(wait.try_recv().is_err(), "not resolved before the reply");
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 1, "sub_id": 12, "seq": 100}),
+        ));
+        assert!(matches!(wait.try_recv(), Ok(Ok(()))));
+        h.state.on_frame(change(12, 101, "a", "add"));
+        h.state.on_frame(change(99, 102, "b", "add")); // another query's id: ignored
+        match rx.try_recv() {
+            Ok(SubEvent::Change(c)) => {
+                assert_eq!((c.seq, c.op, c.view), (101, Op::Update, View::Add));
+                assert_eq!(c.new, Some(json!({"id": "a", "version": 101})));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn changes_at_or_before_the_last_seq_are_dropped() {
+        let mut h = Harness::online();
+        let (mut rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Plain);
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 1, "sub_id": 3, "seq": 10}),
+        ));
+        for seq in [9, 10, 11, 11, 12, 12, 11, 13] {
+            h.state.on_frame(change(3, seq, "a", "update"));
+        }
+        assert_eq!(changes(&mut rx), vec![11, 12, 13]);
+    }
+
+    #[test]
+    fn reconnect_resumes_from_the_last_seq_and_remaps_sub_ids() {
+        let mut h = Harness::online();
+        let (mut rx, _w) = h.subscribe(1, "items", Some("qty=gt.5"), SubscribeMode::Plain);
+        let (mut rx2, _w2) = h.subscribe(2, "orders", None, SubscribeMode::Since(40));
+        let sent = h.sent();
+        assert_eq!(sent[1]["since"], 40);
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 1, "sub_id": 12, "seq": 100}),
+        ));
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 2, "sub_id": 13, "seq": 40}),
+        ));
+        h.state.on_frame(change(12, 101, "a", "add"));
+        h.state.on_frame(change(13, 41, "o", "add"));
+        h.state.on_frame(change(12, 105, "a", "update"));
+
+        h.state.on_disconnect();
+        // Frames of the dead socket's sub_ids are not routed any more.
+        h.state.on_frame(change(12, 106, "a", "update"));
+        h.state.on_connected();
+        let sent = h.sent();
+        assert_eq!(
+            sent,
+            vec![
+                json!({"type": "subscribe", "ref": 3, "collection": "items", "filter": "qty=gt.5", "since": 105}),
+                json!({"type": "subscribe", "ref": 4, "collection": "orders", "since": 41}),
+            ]
+        );
+        // The new connection numbers the queries differently.
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 3, "sub_id": 7, "seq": 105}),
+        ));
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 4, "sub_id": 12, "seq": 41}),
+        ));
+        h.state.on_frame(change(7, 105, "a", "update")); // duplicate at the seam
+        h.state.on_frame(change(7, 106, "a", "update"));
+        h.state.on_frame(change(12, 42, "o", "update"));
+        assert_eq!(changes(&mut rx), vec![101, 105, 106]);
+        assert_eq!(changes(&mut rx2), vec![41, 42]);
+    }
+
+    #[test]
+    fn subscriptions_made_offline_are_sent_on_connect() {
+        let mut h = Harness {
+            state: State::default(),
+        };
+        let (_rx, mut wait) = h.subscribe(1, "items", None, SubscribeMode::Plain);
+        assert!(h.sent().is_empty());
+        h.state.on_connected();
+        assert_eq!(h.sent()[0]["type"], "subscribe");
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 1, "sub_id": 1, "seq": 0}),
+        ));
+        assert!(matches!(wait.try_recv(), Ok(Ok(()))));
+    }
+
+    #[test]
+    fn snapshot_chunks_are_assembled_and_changes_follow() {
+        let mut h = Harness::online();
+        let (mut rx, _w) = h.subscribe(1, "items", Some("qty=gt.5"), SubscribeMode::Snapshot);
+        assert_eq!(h.sent()[0]["snapshot"], true);
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 50}),
+        ));
+        h.state.on_frame(frame(
+            json!({"type": "snapshot", "sub_id": 4, "seq": 50, "rows": [{"id": "a"}], "done": false}),
+        ));
+        assert!(rx.try_recv().is_err(), "nothing before the last chunk");
+        // A change that (against the protocol) overtakes the last chunk is held back.
+        h.state.on_frame(change(4, 52, "c", "add"));
+        h.state.on_frame(frame(
+            json!({"type": "snapshot", "sub_id": 4, "seq": 50, "rows": [{"id": "b"}], "done": true}),
+        ));
+        h.state.on_frame(change(4, 50, "a", "update")); // not after S: dropped
+        h.state.on_frame(change(4, 53, "a", "remove"));
+        match rx.try_recv() {
+            Ok(SubEvent::Snapshot { seq, rows }) => {
+                assert_eq!(seq, 50);
+                assert_eq!(rows, vec![json!({"id": "a"}), json!({"id": "b"})]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(changes(&mut rx), vec![52, 53]);
+        // Resumes from the last change, not with another snapshot.
+        h.state.on_disconnect();
+        h.state.on_connected();
+        assert_eq!(h.sent()[0]["since"], 53);
+    }
+
+    #[test]
+    fn an_interrupted_snapshot_is_fetched_again() {
+        let mut h = Harness::online();
+        let (mut rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Snapshot);
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 50}),
+        ));
+        h.state.on_frame(frame(
+            json!({"type": "snapshot", "sub_id": 4, "seq": 50, "rows": [{"id": "a"}], "done": false}),
+        ));
+        h.state.on_disconnect();
+        h.state.on_connected();
+        let sent = h.sent();
+        assert_eq!(sent.last().map(|f| f["snapshot"].clone()), Some(json!(true)));
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 2, "sub_id": 9, "seq": 60}),
+        ));
+        h.state.on_frame(frame(
+            json!({"type": "snapshot", "sub_id": 9, "seq": 60, "rows": [{"id": "b"}], "done": true}),
+        ));
+        match rx.try_recv() {
+            Ok(SubEvent::Snapshot { seq, rows }) => {
+                assert_eq!(seq, 60);
+                assert_eq!(rows, vec![json!({"id": "b"})], "no rows of the broken snapshot");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn resync_required_refetches_a_snapshot_for_live_queries() {
+        let mut h = Harness::online();
+        let (mut rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Snapshot);
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 5}),
+        ));
+        h.state.on_frame(frame(
+            json!({"type": "snapshot", "sub_id": 4, "seq": 5, "rows": [], "done": true}),
+        ));
+        h.state.on_disconnect();
+        h.state.on_connected();
+        h.sent();
+        h.state.on_frame(frame(
+            json!({"type": "resync_required", "ref": 2, "sub_id": 4, "reason": "log_trimmed"}),
+        ));
+        let sent = h.sent();
+        assert_eq!(
+            sent,
+            vec![json!({"type": "subscribe", "ref": 3, "collection": "items", "snapshot": true})]
+        );
+        assert!(matches!(rx.try_recv(), Ok(SubEvent::Snapshot { seq: 5, .. })));
+        assert!(
+            matches!(rx.try_recv(), Ok(SubEvent::ResyncRequired { reason }) if reason == "log_trimmed")
+        );
+    }
+
+    #[test]
+    fn resync_required_on_a_plain_subscription_continues_live() {
+        let mut h = Harness::online();
+        let (mut rx, mut wait) = h.subscribe(1, "items", None, SubscribeMode::Since(3));
+        h.sent();
+        h.state.on_frame(frame(
+            json!({"type": "resync_required", "ref": 1, "sub_id": 4, "reason": "log_trimmed"}),
+        ));
+        assert!(matches!(wait.try_recv(), Ok(Ok(()))));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(SubEvent::ResyncRequired { .. })
+        ));
+        assert_eq!(
+            h.sent(),
+            vec![json!({"type": "subscribe", "ref": 2, "collection": "items"})]
+        );
+    }
+
+    #[test]
+    fn subscribe_errors_fail_the_call_or_end_the_stream() {
+        let mut h = Harness::online();
+        let (_rx, mut wait) = h.subscribe(1, "items", Some("qty=gtx.5"), SubscribeMode::Plain);
+        h.state.on_frame(frame(
+            json!({"type": "error", "ref": 1, "code": "bad_filter", "message": "unknown operator"}),
+        ));
+        match wait.try_recv() {
+            Ok(Err(e)) => assert_eq!(e.code(), Some("bad_filter")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(h.state.subscription_count(), 0);
+
+        let (mut rx, _w) = h.subscribe(2, "items", None, SubscribeMode::Plain);
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 2, "sub_id": 1, "seq": 0}),
+        ));
+        h.state.on_disconnect();
+        h.state.on_connected();
+        h.state.on_frame(frame(
+            json!({"type": "error", "ref": 3, "code": "collection_not_found", "message": "gone"}),
+        ));
+        assert!(
+            matches!(rx.try_recv(), Ok(SubEvent::Error { code, .. }) if code == "collection_not_found")
+        );
+        assert!(matches!(
+            rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn duplicate_queries_are_refused_locally() {
+        let mut h = Harness::online();
+        let (_rx, _w) = h.subscribe(1, "items", Some("a=eq.1"), SubscribeMode::Plain);
+        let (_rx2, mut w2) = h.subscribe(2, "items", Some("a=eq.1"), SubscribeMode::Snapshot);
+        match w2.try_recv() {
+            Ok(Err(e)) => assert_eq!(e.code(), Some("already_subscribed")),
+            other => panic!("unexpected {other:?}"),
+        }
+        let (_rx3, _w3) = h.subscribe(3, "items", Some("a=eq.2"), SubscribeMode::Plain);
+        assert_eq!(h.state.subscription_count(), 2);
+    }
+
+    #[test]
+    fn dropped_consumers_are_unsubscribed() {
+        let mut h = Harness::online();
+        let (rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Plain);
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 1, "sub_id": 8, "seq": 0}),
+        ));
+        h.sent();
+        drop(rx);
+        h.state.on_frame(change(8, 1, "a", "add"));
+        assert_eq!(
+            h.sent(),
+            vec![json!({"type": "unsubscribe", "ref": 2, "sub_id": 8})]
+        );
+        assert_eq!(h.state.subscription_count(), 0);
+
+        // Dropped while the subscribe is in flight: unsubscribed once the id is known.
+        let (_rx, w) = h.subscribe(2, "items", None, SubscribeMode::Plain);
+        h.state.command(Command::Unsubscribe {
+            local: 2,
+            reply: None,
+        });
+        drop(w);
+        h.sent();
+        h.state.on_frame(frame(
+            json!({"type": "subscribed", "ref": 3, "sub_id": 8, "seq": 0}),
+        ));
+        assert_eq!(
+            h.sent(),
+            vec![json!({"type": "unsubscribe", "ref": 4, "sub_id": 8})]
+        );
+    }
+
+    #[test]
+    fn channels_are_rejoined_and_presence_retracked() {
+        let mut h = Harness::online();
+        let (messages, mut mrx) = mpsc::unbounded_channel();
+        let (reply, mut wait) = oneshot::channel();
+        h.state.command(Command::Join {
+            channel: "room:7".into(),
+            gen: 1,
+            messages,
+            reply,
+        });
+        h.state
+            .on_frame(frame(json!({"type": "ok", "ref": 1})));
+        assert!(matches!(wait.try_recv(), Ok(Ok(()))));
+        let (reply, mut tw) = oneshot::channel();
+        h.state.command(Command::Track {
+            channel: "room:7".into(),
+            key: Some("u1".into()),
+            meta: json!({"name": "Ada"}),
+            reply,
+        });
+        h.state
+            .on_frame(frame(json!({"type": "ok", "ref": 2})));
+        assert!(matches!(tw.try_recv(), Ok(Ok(()))));
+        h.state.on_frame(frame(json!({"type": "broadcast", "channel": "room:7",
+            "event": "cursor", "payload": {"x": 1}, "from": "c2"})));
+        assert!(matches!(
+            mrx.try_recv(),
+            Ok(ChannelMessage::Broadcast { event, .. }) if event == "cursor"
+        ));
+        h.sent();
+        h.state.on_disconnect();
+        h.state.on_connected();
+        assert_eq!(
+            h.sent(),
+            vec![
+                json!({"type": "join", "ref": 3, "channel": "room:7"}),
+                json!({"type": "presence_track", "ref": 4, "channel": "room:7", "key": "u1",
+                    "meta": {"name": "Ada"}}),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_shot_requests_fail_when_offline_or_disconnected() {
+        let mut state = State::default();
+        let (reply, mut rx) = oneshot::channel();
+        state.command(Command::Ping { reply });
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::NotConnected))));
+        state.on_connected();
+        let (reply, mut rx) = oneshot::channel();
+        state.command(Command::Ping { reply });
+        let (reply, mut brx) = oneshot::channel();
+        state.command(Command::Broadcast {
+            channel: "r".into(),
+            event: "e".into(),
+            payload: json!(1),
+            self_: false,
+            ack: true,
+            reply,
+        });
+        state.on_disconnect();
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::NotConnected))));
+        assert!(matches!(brx.try_recv(), Ok(Err(Error::NotConnected))));
+    }
+
+    #[test]
+    fn pong_resolves_ping() {
+        let mut h = Harness::online();
+        let (reply, mut rx) = oneshot::channel();
+        h.state.command(Command::Ping { reply });
+        assert_eq!(h.sent(), vec![json!({"type": "ping", "ref": 1})]);
+        h.state.on_frame(frame(
+            json!({"type": "pong", "ref": 1, "server_time": "t"}),
+        ));
+        assert!(matches!(rx.try_recv(), Ok(Ok(_))));
+    }
+
+    #[test]
+    fn close_fails_waiters_and_ends_streams() {
+        let mut h = Harness::online();
+        let (mut rx, mut wait) = h.subscribe(1, "items", None, SubscribeMode::Plain);
+        h.state.close();
+        assert!(matches!(wait.try_recv(), Ok(Err(Error::Closed))));
+        assert!(matches!(
+            rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+}

@@ -1,0 +1,393 @@
+//! Subscriptions and live queries.
+
+use super::state::Command;
+use crate::error::{Error, Result};
+use crate::protocol::{Change, View};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use tokio::sync::{mpsc, oneshot};
+
+/// An event of a subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubEvent {
+    /// A committed change (exactly once, in `seq` order, across reconnects).
+    Change(Change),
+    /// Every row matching the query at `seq` (all snapshot chunks, assembled); changes after
+    /// `seq` follow. A live query replaces its rows with these.
+    Snapshot { seq: u64, rows: Vec<Value> },
+    /// The server's log no longer reaches back to the resume point: changes were missed.
+    /// A live query fetches a fresh snapshot by itself; a plain subscription continues live
+    /// from now on (re-read what you need).
+    ResyncRequired { reason: String },
+    /// The server refused to resume the subscription after a reconnect (e.g. the collection
+    /// was dropped, or the token no longer grants access). The stream ends after this.
+    Error { code: String, message: String },
+}
+
+/// A stream of changes of one query. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    local: u64,
+    collection: String,
+    filter: Option<String>,
+    rx: mpsc::UnboundedReceiver<SubEvent>,
+    cmd: mpsc::UnboundedSender<Command>,
+    last_seq: Option<u64>,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        local: u64,
+        collection: String,
+        filter: Option<String>,
+        rx: mpsc::UnboundedReceiver<SubEvent>,
+        cmd: mpsc::UnboundedSender<Command>,
+    ) -> Subscription {
+        Subscription {
+            local,
+            collection,
+            filter,
+            rx,
+            cmd,
+            last_seq: None,
+        }
+    }
+
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    pub fn filter(&self) -> Option<&str> {
+        self.filter.as_deref()
+    }
+
+    /// The seq of the last change (or snapshot) returned by [`Subscription::next`].
+    pub fn seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// The next event; `None` once the subscription has ended (connection closed, or after
+    /// [`SubEvent::Error`]).
+    pub async fn next(&mut self) -> Option<SubEvent> {
+        loop {
+            let ev = self.rx.recv().await?;
+            if self.accept(&ev) {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// The next event if one is already queued.
+    pub fn try_next(&mut self) -> Option<SubEvent> {
+        loop {
+            let ev = self.rx.try_recv().ok()?;
+            if self.accept(&ev) {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// Tracks the seq; drops a change at or before the last one (the task already dedupes;
+    /// this keeps the guarantee local).
+    fn accept(&mut self, ev: &SubEvent) -> bool {
+        match ev {
+            SubEvent::Change(c) => {
+                if self.last_seq.is_some_and(|l| c.seq <= l) {
+                    return false;
+                }
+                self.last_seq = Some(c.seq);
+            }
+            SubEvent::Snapshot { seq, .. } => self.last_seq = Some(*seq),
+            SubEvent::ResyncRequired { .. } => self.last_seq = None,
+            SubEvent::Error { .. } => {}
+        }
+        true
+    }
+
+    /// Unsubscribes and waits for the server's `ok`.
+    pub async fn unsubscribe(mut self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        let local = std::mem::take(&mut self.local);
+        self.cmd
+            .send(Command::Unsubscribe {
+                local,
+                reply: Some(tx),
+            })
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.local != 0 {
+            let _ = self.cmd.send(Command::Unsubscribe {
+                local: self.local,
+                reply: None,
+            });
+        }
+    }
+}
+
+/// Rows of a query kept equal to the server's result by applying snapshots and `view`s.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowCache {
+    rows: BTreeMap<String, Value>,
+    seq: u64,
+}
+
+impl RowCache {
+    pub fn new() -> RowCache {
+        RowCache::default()
+    }
+
+    pub fn rows(&self) -> &BTreeMap<String, Value> {
+        &self.rows
+    }
+
+    /// The seq the rows are at.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Applies an event; returns whether it touched the cache.
+    pub fn apply(&mut self, ev: &SubEvent) -> bool {
+        match ev {
+            SubEvent::Snapshot { seq, rows } => {
+                self.rows = rows
+                    .iter()
+                    .filter_map(|r| Some((r.get("id")?.as_str()?.to_string(), r.clone())))
+                    .collect();
+                self.seq = *seq;
+                true
+            }
+            SubEvent::Change(c) => {
+                if c.seq <= self.seq {
+                    return false;
+                }
+                self.seq = c.seq;
+                match c.view {
+                    View::Add | View::Update => match &c.new {
+                        Some(new) => {
+                            self.rows.insert(c.id.clone(), new.clone());
+                        }
+                        None => {
+                            tracing::warn!(id = %c.id, seq = c.seq, "add/update without `new`");
+                            self.rows.remove(&c.id);
+                        }
+                    },
+                    View::Remove => {
+                        self.rows.remove(&c.id);
+                    }
+                }
+                true
+            }
+            SubEvent::ResyncRequired { .. } | SubEvent::Error { .. } => false,
+        }
+    }
+}
+
+/// A live query: the rows matching a filter, kept equal to the server's query result.
+///
+/// Call [`LiveQuery::changed`] in a loop (or `select!` on it) to apply updates; the rows
+/// only change inside that call. After a reconnect the query resumes from its seq; when the
+/// server cannot resume it a fresh snapshot replaces the rows.
+#[derive(Debug)]
+pub struct LiveQuery {
+    sub: Subscription,
+    cache: RowCache,
+}
+
+impl LiveQuery {
+    /// Waits for the initial snapshot.
+    pub(crate) async fn start(mut sub: Subscription) -> Result<LiveQuery> {
+        let mut cache = RowCache::new();
+        loop {
+            match sub.next().await {
+                Some(ev @ SubEvent::Snapshot { .. }) => {
+                    cache.apply(&ev);
+                    return Ok(LiveQuery { sub, cache });
+                }
+                Some(SubEvent::Error { code, message }) => {
+                    return Err(Error::Request { code, message })
+                }
+                Some(_) => {}
+                None => return Err(Error::Closed),
+            }
+        }
+    }
+
+    /// The rows by id.
+    pub fn rows(&self) -> &BTreeMap<String, Value> {
+        self.cache.rows()
+    }
+
+    /// The seq the rows are at.
+    pub fn seq(&self) -> u64 {
+        self.cache.seq()
+    }
+
+    pub fn collection(&self) -> &str {
+        self.sub.collection()
+    }
+
+    pub fn filter(&self) -> Option<&str> {
+        self.sub.filter()
+    }
+
+    /// Waits for the next event, applies it to the rows and returns it; `None` once the
+    /// query has ended.
+    pub async fn changed(&mut self) -> Option<SubEvent> {
+        let ev = self.sub.next().await?;
+        self.cache.apply(&ev);
+        Some(ev)
+    }
+
+    /// Applies every event already queued without waiting; returns how many.
+    pub fn apply_pending(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(ev) = self.sub.try_next() {
+            self.cache.apply(&ev);
+            n += 1;
+        }
+        n
+    }
+
+    /// Applies events until the rows reach at least `seq` (e.g. the seq of a write you made).
+    pub async fn wait_for_seq(&mut self, seq: u64) -> Result<()> {
+        while self.seq() < seq {
+            self.changed().await.ok_or(Error::Closed)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Op;
+    use serde_json::json;
+
+    fn change(seq: u64, id: &str, view: View, new: Option<Value>) -> SubEvent {
+        SubEvent::Change(Change {
+            seq,
+            op: match view {
+                View::Add => Op::Insert,
+                View::Update => Op::Update,
+                View::Remove => Op::Delete,
+            },
+            view,
+            id: id.into(),
+            new,
+            old: None,
+            version: 1,
+            actor: None,
+            committed_at: String::new(),
+        })
+    }
+
+    #[test]
+    fn snapshot_then_add_update_remove() {
+        let mut c = RowCache::new();
+        assert!(c.apply(&SubEvent::Snapshot {
+            seq: 10,
+            rows: vec![json!({"id": "a", "qty": 6}), json!({"id": "b", "qty": 7})],
+        }));
+        assert_eq!(c.seq(), 10);
+        assert_eq!(c.rows().len(), 2);
+        c.apply(&change(11, "c", View::Add, Some(json!({"id": "c", "qty": 9}))));
+        c.apply(&change(12, "a", View::Update, Some(json!({"id": "a", "qty": 8}))));
+        c.apply(&change(13, "b", View::Remove, None));
+        assert_eq!(c.seq(), 13);
+        let ids: Vec<&str> = c.rows().keys().map(String::as_str).collect();
+        assert_eq!(ids, vec!["a", "c"]);
+        assert_eq!(c.rows()["a"]["qty"], 8);
+    }
+
+    #[test]
+    fn a_new_snapshot_replaces_the_rows() {
+        let mut c = RowCache::new();
+        c.apply(&SubEvent::Snapshot {
+            seq: 1,
+            rows: vec![json!({"id": "a"}), json!({"id": "b"})],
+        });
+        c.apply(&SubEvent::ResyncRequired {
+            reason: "log_trimmed".into(),
+        });
+        c.apply(&SubEvent::Snapshot {
+            seq: 90,
+            rows: vec![json!({"id": "z"})],
+        });
+        assert_eq!(c.rows().keys().collect::<Vec<_>>(), vec!["z"]);
+        assert_eq!(c.seq(), 90);
+    }
+
+    #[test]
+    fn stale_changes_do_not_touch_the_cache() {
+        let mut c = RowCache::new();
+        c.apply(&SubEvent::Snapshot {
+            seq: 5,
+            rows: vec![json!({"id": "a", "v": 1})],
+        });
+        assert!(!c.apply(&change(5, "a", View::Remove, None)));
+        assert!(!c.apply(&change(3, "b", View::Add, Some(json!({"id": "b"})))));
+        assert_eq!(c.rows().len(), 1);
+        assert!(c.apply(&change(6, "a", View::Remove, None)));
+        assert!(c.rows().is_empty());
+    }
+
+    #[test]
+    fn removing_an_unknown_row_is_harmless() {
+        let mut c = RowCache::new();
+        assert!(c.apply(&change(1, "x", View::Remove, None)));
+        assert!(c.rows().is_empty());
+    }
+
+    #[tokio::test]
+    async fn subscription_tracks_seq_and_drops_repeats() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (cmd, mut cmd_rx) = mpsc::unbounded_channel();
+        let mut sub = Subscription::new(5, "items".into(), None, rx, cmd);
+        for seq in [3, 4, 4, 2, 6] {
+            tx.send(change(seq, "a", View::Update, Some(json!({"id": "a"}))))
+                .unwrap();
+        }
+        drop(tx);
+        let mut seen = Vec::new();
+        while let Some(SubEvent::Change(c)) = sub.next().await {
+            seen.push(c.seq);
+        }
+        assert_eq!(seen, vec![3, 4, 6]);
+        assert_eq!(sub.seq(), Some(6));
+        drop(sub);
+        assert!(matches!(
+            cmd_rx.recv().await,
+            Some(Command::Unsubscribe {
+                local: 5,
+                reply: None
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn live_query_starts_from_the_snapshot_and_follows_changes() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (cmd, _cmd_rx) = mpsc::unbounded_channel();
+        let sub = Subscription::new(1, "items".into(), Some("qty=gt.5".into()), rx, cmd);
+        tx.send(SubEvent::Snapshot {
+            seq: 7,
+            rows: vec![json!({"id": "a", "qty": 6})],
+        })
+        .unwrap();
+        tx.send(change(8, "b", View::Add, Some(json!({"id": "b", "qty": 9}))))
+            .unwrap();
+        let mut lq = LiveQuery::start(sub).await.unwrap();
+        assert_eq!(lq.seq(), 7);
+        assert_eq!(lq.rows().len(), 1);
+        lq.wait_for_seq(8).await.unwrap();
+        assert_eq!(lq.rows().len(), 2);
+        assert_eq!(lq.filter(), Some("qty=gt.5"));
+        drop(tx);
+        assert!(lq.changed().await.is_none());
+    }
+}

@@ -1,0 +1,277 @@
+//! `fanout`: many subscribers on one collection, records created at a fixed rate; every
+//! delivery is counted and timed from the writer's send to the subscriber's receipt.
+
+use super::http::{record_body, HttpConn};
+use super::ws::{self, Connector, Ws};
+use super::{now_ns, stats, CpuMeter, Ctx};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use hyper::{Method, StatusCode, Uri};
+use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+/// After the last write, deliveries still in flight get this long.
+const GRACE: Duration = Duration::from_secs(5);
+/// At most this many events per run (rate × duration), to bound the generator's memory.
+const MAX_EVENTS: u64 = 5_000_000;
+/// Connections opened at once.
+const CONNECT_CONCURRENCY: usize = 64;
+
+/// What the bench knows about event `n` (the record's `n` field).
+#[derive(Default)]
+struct EventSlot {
+    /// When the writer sent it (ns since the bench epoch); also the record's `t`.
+    sent_ns: AtomicU64,
+    /// The create was answered 201.
+    ok: AtomicBool,
+    received: AtomicU32,
+    /// The latest receipt time over all subscribers.
+    last_ns: AtomicU64,
+}
+
+struct Shared {
+    events: Vec<EventSlot>,
+    next: AtomicU64,
+    writes: AtomicU64,
+    write_errors: AtomicU64,
+    deliveries: AtomicU64,
+    /// Deliveries of events the bench did not write (or with no readable `n`).
+    unknown: AtomicU64,
+    disconnects: AtomicU64,
+    last_receipt_ns: AtomicU64,
+}
+
+pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
+    let opts = &ctx.opts;
+    let addr = ctx.target.addr;
+    let key = ctx.target.admin_key.clone();
+    let collection = ctx.name("fanout");
+    let mut admin = HttpConn::connect(addr, &key).await?;
+    admin.create_bench_collection(&collection).await?;
+    if ctx.target.is_in_process() {
+        let need = opts.subscribers * 2 + 256;
+        let have = super::raise_fd_limit() as usize;
+        anyhow::ensure!(
+            need <= have,
+            "{} subscribers need ~{need} open files in one process (limit {have}): run the server as a child process",
+            opts.subscribers
+        );
+    }
+
+    let total = ((opts.rate as f64 * opts.duration).ceil() as u64).clamp(1, MAX_EVENTS);
+    let shared = Arc::new(Shared {
+        events: (0..total).map(|_| EventSlot::default()).collect(),
+        next: AtomicU64::new(0),
+        writes: AtomicU64::new(0),
+        write_errors: AtomicU64::new(0),
+        deliveries: AtomicU64::new(0),
+        unknown: AtomicU64::new(0),
+        disconnects: AtomicU64::new(0),
+        last_receipt_ns: AtomicU64::new(0),
+    });
+
+    // Subscribers: open and subscribe them all before the first write.
+    ctx.progress.phase("subscribing", opts.subscribers as u64);
+    let connector = Connector::new(addr, &key);
+    let subscribe = json!({"type": "subscribe", "ref": 1, "collection": collection});
+    let mut opened: Vec<Ws> = Vec::with_capacity(opts.subscribers);
+    let mut subscribe_errors = 0u64;
+    let mut first_error = None;
+    let mut attempts = futures_util::stream::iter(0..opts.subscribers)
+        .map(|i| {
+            let connector = connector.clone();
+            let subscribe = subscribe.clone();
+            async move {
+                let mut ws = connector.connect(i).await?;
+                ws::request(&mut ws, subscribe).await?;
+                anyhow::Ok(ws)
+            }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY);
+    while let Some(r) = attempts.next().await {
+        match r {
+            Ok(ws) => opened.push(ws),
+            Err(e) => {
+                subscribe_errors += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+        ctx.progress.inc();
+    }
+    drop(attempts);
+    let subscribers = opened.len() as u64;
+    anyhow::ensure!(subscribers > 0, "no subscriber could subscribe: {}", first_error.unwrap_or_default());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let receivers: Vec<_> =
+        opened.into_iter().map(|ws| tokio::spawn(receive(ws, shared.clone(), stop_rx.clone()))).collect();
+
+    // Writers: enough connections that one slow response does not hold up the schedule.
+    let writers = (opts.rate / 250).clamp(2, 16) as usize;
+    let uri: Uri = format!("/api/collections/{collection}/records").parse()?;
+    let duration = opts.duration();
+    let cpu = CpuMeter::start(&ctx.target);
+    let start = Instant::now();
+    let first_send_ns = now_ns();
+    let mut writer_tasks = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        let mut conn = HttpConn::connect(addr, &key).await?;
+        let shared = shared.clone();
+        let uri = uri.clone();
+        let rate = opts.rate as f64;
+        writer_tasks.push(tokio::spawn(async move {
+            // Event n is due at start + n / rate; a writer that falls behind sends at once.
+            let hard_end = start + duration + Duration::from_secs(1);
+            loop {
+                let n = shared.next.fetch_add(1, Ordering::Relaxed);
+                if n >= total || Instant::now() > hard_end {
+                    break;
+                }
+                tokio::time::sleep_until((start + Duration::from_secs_f64(n as f64 / rate)).into()).await;
+                let slot = &shared.events[n as usize];
+                let t = now_ns();
+                slot.sent_ns.store(t, Ordering::Relaxed);
+                match conn.send(Method::POST, &uri, record_body(n, t)).await {
+                    Ok((StatusCode::CREATED, _)) => {
+                        slot.ok.store(true, Ordering::Relaxed);
+                        shared.writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let s = shared.clone();
+    ctx.progress
+        .timed(
+            "fanout",
+            duration,
+            || {
+                format!(
+                    "{} writes, {} deliveries",
+                    s.writes.load(Ordering::Relaxed),
+                    s.deliveries.load(Ordering::Relaxed)
+                )
+            },
+            || false,
+        )
+        .await;
+    for t in writer_tasks {
+        t.await?;
+    }
+    let write_end = Instant::now();
+    let writes = shared.writes.load(Ordering::Relaxed);
+    let expected = writes * subscribers;
+    // Let the deliveries in flight arrive, then stop.
+    let s = shared.clone();
+    ctx.progress
+        .timed(
+            "draining",
+            GRACE,
+            || format!("{}/{expected} deliveries", s.deliveries.load(Ordering::Relaxed)),
+            || s.deliveries.load(Ordering::Relaxed) >= expected,
+        )
+        .await;
+    let mut out = Map::new();
+    cpu.finish(&ctx.target, &mut out);
+    let _ = stop_tx.send(true);
+    let mut hist = stats::histogram(3);
+    for r in receivers {
+        stats::merge(&mut hist, &r.await?);
+    }
+    if ctx.target.mode() == "external" {
+        admin.drop_collection(&collection).await;
+    }
+
+    // Per event: who got it, and when the last one did.
+    let mut lost = 0u64;
+    let mut duplicates = 0u64;
+    let mut last_hist = stats::histogram(3);
+    for slot in &shared.events {
+        let received = u64::from(slot.received.load(Ordering::Relaxed));
+        if !slot.ok.load(Ordering::Relaxed) {
+            continue;
+        }
+        lost += subscribers.saturating_sub(received);
+        duplicates += received.saturating_sub(subscribers);
+        if received >= subscribers {
+            let sent = slot.sent_ns.load(Ordering::Relaxed);
+            stats::record_ns(&mut last_hist, slot.last_ns.load(Ordering::Relaxed).saturating_sub(sent));
+        }
+    }
+    let deliveries = shared.deliveries.load(Ordering::Relaxed);
+    let last_receipt = shared.last_receipt_ns.load(Ordering::Relaxed);
+    let delivery_span = (last_receipt.saturating_sub(first_send_ns) as f64 / 1e9).max(1e-9);
+    let write_span = write_end.duration_since(start).as_secs_f64().max(1e-9);
+
+    let mut figures = Map::new();
+    figures.insert("duration_s".into(), json!(super::round3(write_span)));
+    figures.insert("subscribers".into(), json!(subscribers));
+    figures.insert("subscribe_errors".into(), json!(subscribe_errors));
+    if let Some(e) = first_error {
+        figures.insert("first_error".into(), json!(e));
+    }
+    figures.insert("rate".into(), json!(opts.rate));
+    figures.insert("writes".into(), json!(writes));
+    figures.insert("write_errors".into(), json!(shared.write_errors.load(Ordering::Relaxed)));
+    figures.insert("writes_per_s".into(), json!((writes as f64 / write_span).round()));
+    figures.insert("expected_deliveries".into(), json!(expected));
+    figures.insert("deliveries".into(), json!(deliveries));
+    figures.insert("deliveries_per_s".into(), json!((deliveries as f64 / delivery_span).round()));
+    figures.insert("lost".into(), json!(lost));
+    figures.insert("duplicates".into(), json!(duplicates));
+    figures.insert("unknown_deliveries".into(), json!(shared.unknown.load(Ordering::Relaxed)));
+    figures.insert("disconnects".into(), json!(shared.disconnects.load(Ordering::Relaxed)));
+    figures.insert("latency_from".into(), json!("writer_send"));
+    figures.insert("latency_ms".into(), stats::latency_json(&hist));
+    figures.insert("last_subscriber_latency_ms".into(), stats::latency_json(&last_hist));
+    figures.extend(out);
+    Ok(figures)
+}
+
+/// One subscriber: counts and times every change frame until told to stop.
+async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Histogram<u64> {
+    let mut hist = stats::histogram(2);
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(text))) => {
+                    let text = text.as_str();
+                    if ws::frame_type(text) != Some("change") {
+                        continue;
+                    }
+                    let now = now_ns();
+                    shared.deliveries.fetch_add(1, Ordering::Relaxed);
+                    shared.last_receipt_ns.fetch_max(now, Ordering::Relaxed);
+                    // The record's fields: in `new` (an insert's `old` is null).
+                    let new = text.find("\"new\"").map_or(text, |at| &text[at..]);
+                    let (Some(n), Some(t)) = (ws::scan_u64(new, "\"n\":"), ws::scan_u64(new, "\"t\":")) else {
+                        shared.unknown.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let Some(slot) = shared.events.get(n as usize) else {
+                        shared.unknown.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    stats::record_ns(&mut hist, now.saturating_sub(t));
+                    slot.received.fetch_add(1, Ordering::Relaxed);
+                    slot.last_ns.fetch_max(now, Ordering::Relaxed);
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    shared.disconnects.fetch_add(1, Ordering::Relaxed);
+                    return hist;
+                }
+                Some(Ok(_)) => {}
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    hist
+}

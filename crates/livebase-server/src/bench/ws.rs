@@ -1,0 +1,126 @@
+//! WebSocket clients for the bench: small buffers, source addresses spread over
+//! `127.0.0.1`–`127.0.0.16`, and frame scanning without a full JSON parse.
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// Source addresses to spread connections over: each gives its own ~28k ephemeral ports.
+const SOURCES: usize = 16;
+
+/// Setup steps (connect, handshake, a reply) fail after this.
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to open a connection to the server's realtime endpoint.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    addr: SocketAddr,
+    url: String,
+}
+
+impl Connector {
+    pub fn new(addr: SocketAddr, admin_key: &str) -> Connector {
+        Connector { addr, url: format!("ws://{addr}/api/realtime?token={admin_key}") }
+    }
+
+    /// Opens connection number `i` and waits for the server's `welcome`.
+    pub async fn connect(&self, i: usize) -> anyhow::Result<Ws> {
+        tokio::time::timeout(SETUP_TIMEOUT, async {
+            let socket = if self.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            if let IpAddr::V4(ip) = self.addr.ip() {
+                if ip.is_loopback() {
+                    let src = Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES) as u8);
+                    socket
+                        .bind(SocketAddr::new(IpAddr::V4(src), 0))
+                        .with_context(|| format!("cannot bind {src}"))?;
+                }
+            }
+            let stream = socket
+                .connect(self.addr)
+                .await
+                .with_context(|| format!("cannot connect to {}", self.addr))?;
+            stream.set_nodelay(true)?;
+            // Reads in 4 KiB steps, writes go straight to the socket: a few KiB per client.
+            let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+            let (mut ws, _) =
+                tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await?;
+            let welcome = next_text(&mut ws).await?;
+            anyhow::ensure!(frame_type(&welcome) == Some("welcome"), "expected welcome, got {welcome}");
+            Ok(ws)
+        })
+        .await
+        .context("connecting timed out")?
+    }
+}
+
+/// The next text frame (control frames are skipped; tungstenite answers pings itself).
+pub(crate) async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_string()),
+            Some(Ok(Message::Close(f))) => anyhow::bail!("the server closed the connection: {f:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the connection ended"),
+        }
+    }
+}
+
+/// Sends a request frame and waits for the reply with the same `ref` (other frames are
+/// skipped). Returns the reply; an `error` reply is an error.
+pub(crate) async fn request(ws: &mut Ws, frame: Value) -> anyhow::Result<Value> {
+    let reference = frame["ref"].clone();
+    ws.send(Message::text(frame.to_string())).await?;
+    tokio::time::timeout(SETUP_TIMEOUT, async {
+        loop {
+            let text = next_text(ws).await?;
+            let v: Value = serde_json::from_str(&text).with_context(|| format!("bad frame {text}"))?;
+            if v["ref"] == reference && v["type"] != "presence_state" {
+                anyhow::ensure!(v["type"] != "error", "request {frame} refused: {v}");
+                return Ok(v);
+            }
+        }
+    })
+    .await
+    .context("no reply within 30 s")?
+}
+
+/// The `type` of a frame, read without parsing it (`{"type":"change",...}`).
+pub(crate) fn frame_type(s: &str) -> Option<&str> {
+    let at = s.find("\"type\"")? + "\"type\"".len();
+    let rest = s[at..].trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    Some(&rest[..rest.find('"')?])
+}
+
+/// The non-negative integer after `key` (e.g. `"t":`) in `s`.
+pub(crate) fn scan_u64(s: &str, key: &str) -> Option<u64> {
+    let at = s.find(key)? + key.len();
+    let digits = s[at..].trim_start();
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_frames() {
+        let f =
+            r#"{"type":"change","sub_id":1,"seq":7,"new":{"id":"x","n":12,"t": 345,"pad":"a"},"old":null}"#;
+        assert_eq!(frame_type(f), Some("change"));
+        assert_eq!(scan_u64(f, "\"n\":"), Some(12));
+        assert_eq!(scan_u64(f, "\"t\":"), Some(345));
+        assert_eq!(scan_u64(f, "\"seq\":"), Some(7));
+        assert_eq!(frame_type(r#"{"type" : "welcome"}"#), Some("welcome"));
+        assert_eq!(scan_u64(f, "\"zz\":"), None);
+    }
+}
