@@ -16,10 +16,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Backoff {
-        Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(10),
-        }
+        Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(10) }
     }
 }
 
@@ -31,9 +28,7 @@ impl Backoff {
     /// The upper bound of the delay before retry `attempt`: `min(cap, base * 2^attempt)`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.base
-            .checked_mul(factor)
-            .map_or(self.cap, |d| d.min(self.cap))
+        self.base.checked_mul(factor).map_or(self.cap, |d| d.min(self.cap))
     }
 
     /// A random delay in `[0, ceiling(attempt)]`.
@@ -82,9 +77,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         for attempt in 0..12 {
             let ceiling = b.ceiling(attempt);
-            let delays: Vec<Duration> = (0..2000)
-                .map(|_| b.delay_with(attempt, &mut rng))
-                .collect();
+            let delays: Vec<Duration> = (0..2000).map(|_| b.delay_with(attempt, &mut rng)).collect();
             assert!(delays.iter().all(|d| *d <= ceiling), "attempt {attempt}");
             // Full jitter: the whole range [0, ceiling] is used, not just a band near it.
             let low = delays.iter().filter(|d| **d < ceiling / 10).count();

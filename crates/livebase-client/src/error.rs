@@ -10,12 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The server answered a REST call with an error (`{"error": {"code", "message", "details"}}`).
     #[error("HTTP {status} {code}: {message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-        details: Option<Value>,
-    },
+    Api { status: u16, code: String, message: String, details: Option<Value> },
     /// `409 version_conflict`: the base version was stale. `current` is the record as stored,
     /// `fields` the overlapping fields (merge strategy) or empty.
     #[error("version conflict: the record is at version {}", current.get("version").unwrap_or(&Value::Null))]
@@ -75,41 +70,20 @@ impl Error {
                 details: None,
             };
         };
-        let code = err
-            .get("code")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_string();
-        let message = err
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let code = err.get("code").and_then(Value::as_str).unwrap_or("unknown").to_string();
+        let message = err.get("message").and_then(Value::as_str).unwrap_or_default().to_string();
         let details = err.get("details").cloned().filter(|d| !d.is_null());
         if status == 409 && code == "version_conflict" {
-            let current = details
-                .as_ref()
-                .and_then(|d| d.get("current"))
-                .cloned()
-                .unwrap_or(Value::Null);
+            let current = details.as_ref().and_then(|d| d.get("current")).cloned().unwrap_or(Value::Null);
             let fields = details
                 .as_ref()
                 .and_then(|d| d.get("fields"))
                 .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|f| f.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
                 .unwrap_or_default();
             return Error::Conflict { current, fields };
         }
-        Error::Api {
-            status,
-            code,
-            message,
-            details,
-        }
+        Error::Api { status, code, message, details }
     }
 }
 
@@ -123,12 +97,7 @@ mod tests {
         let body = json!({"error": {"code": "validation_failed", "message": "invalid fields: qty",
             "details": {"fields": [{"field": "qty"}]}}});
         match Error::from_response(422, &body.to_string()) {
-            Error::Api {
-                status,
-                code,
-                message,
-                details,
-            } => {
+            Error::Api { status, code, message, details } => {
                 assert_eq!(status, 422);
                 assert_eq!(code, "validation_failed");
                 assert_eq!(message, "invalid fields: qty");

@@ -229,13 +229,7 @@ pub mod client {
     }
 
     /// A broadcast; with `ack` the server answers `ok` to the ref.
-    pub fn broadcast(
-        r: Option<u64>,
-        channel: &str,
-        event: &str,
-        payload: &Value,
-        self_: bool,
-    ) -> Value {
+    pub fn broadcast(r: Option<u64>, channel: &str, event: &str, payload: &Value, self_: bool) -> Value {
         let mut m = Map::new();
         m.insert("type".into(), json!("broadcast"));
         if let Some(r) = r {
@@ -304,22 +298,9 @@ mod tests {
     #[test]
     fn subscribed_with_numeric_and_string_refs() {
         let f = parse(json!({"type": "subscribed", "ref": 1, "sub_id": 12, "seq": 4810}));
-        assert_eq!(
-            f,
-            ServerFrame::Subscribed {
-                ref_: Ref(Some(1)),
-                sub_id: 12,
-                seq: 4810
-            }
-        );
+        assert_eq!(f, ServerFrame::Subscribed { ref_: Ref(Some(1)), sub_id: 12, seq: 4810 });
         let f = parse(json!({"type": "subscribed", "ref": "9", "sub_id": 1, "seq": 0}));
-        assert!(matches!(
-            f,
-            ServerFrame::Subscribed {
-                ref_: Ref(Some(9)),
-                ..
-            }
-        ));
+        assert!(matches!(f, ServerFrame::Subscribed { ref_: Ref(Some(9)), .. }));
     }
 
     #[test]
@@ -329,9 +310,7 @@ mod tests {
             "committed_at": "2026-11-23T14:00:01.120000Z",
             "new": {"id": "01jd", "version": 4, "status": "delivered"},
             "old": {"id": "01jd", "version": 3, "status": "late"}}));
-        let ServerFrame::Change { sub_id, change } = f else {
-            panic!("not a change: {f:?}")
-        };
+        let ServerFrame::Change { sub_id, change } = f else { panic!("not a change: {f:?}") };
         assert_eq!(sub_id, 12);
         assert_eq!(change.seq, 4811);
         assert_eq!(change.op, Op::Update);
@@ -340,14 +319,8 @@ mod tests {
         assert_eq!(change.version, 4);
         assert_eq!(change.actor.as_deref(), Some("u1"));
         assert_eq!(change.committed_at, "2026-11-23T14:00:01.120000Z");
-        assert_eq!(
-            change.new.as_ref().map(|n| n["status"].clone()),
-            Some(json!("delivered"))
-        );
-        assert_eq!(
-            change.old.as_ref().map(|o| o["version"].clone()),
-            Some(json!(3))
-        );
+        assert_eq!(change.new.as_ref().map(|n| n["status"].clone()), Some(json!("delivered")));
+        assert_eq!(change.old.as_ref().map(|o| o["version"].clone()), Some(json!(3)));
     }
 
     #[test]
@@ -355,17 +328,13 @@ mod tests {
         let f = parse(json!({"type": "change", "sub_id": 1, "seq": 2, "op": "insert",
             "view": "add", "id": "a", "version": 1, "actor": null,
             "committed_at": "t", "new": {"id": "a"}, "old": null}));
-        let ServerFrame::Change { change, .. } = f else {
-            panic!()
-        };
+        let ServerFrame::Change { change, .. } = f else { panic!() };
         assert_eq!(change.old, None);
         assert_eq!(change.actor, None);
         let f = parse(json!({"type": "change", "sub_id": 1, "seq": 3, "op": "delete",
             "view": "remove", "id": "a", "version": 1, "committed_at": "t",
             "new": null, "old": {"id": "a"}}));
-        let ServerFrame::Change { change, .. } = f else {
-            panic!()
-        };
+        let ServerFrame::Change { change, .. } = f else { panic!() };
         assert_eq!(change.op, Op::Delete);
         assert_eq!(change.new, None);
         assert!(change.old.is_some());
@@ -407,17 +376,13 @@ mod tests {
     fn presence_state_and_diff() {
         let f = parse(json!({"type": "presence_state", "channel": "room:7",
             "state": {"u1": [{"conn_id": "c7", "meta": {"name": "Ada"}}]}}));
-        let ServerFrame::PresenceState { channel, state } = f else {
-            panic!()
-        };
+        let ServerFrame::PresenceState { channel, state } = f else { panic!() };
         assert_eq!(channel, "room:7");
         assert_eq!(state["u1"][0].conn_id, "c7");
         assert_eq!(state["u1"][0].meta, json!({"name": "Ada"}));
         let f = parse(json!({"type": "presence_diff", "channel": "room:7",
             "joins": {"u2": [{"conn_id": "c9", "meta": {}}]}, "leaves": {}}));
-        let ServerFrame::PresenceDiff { joins, leaves, .. } = f else {
-            panic!()
-        };
+        let ServerFrame::PresenceDiff { joins, leaves, .. } = f else { panic!() };
         assert_eq!(joins["u2"][0].conn_id, "c9");
         assert!(leaves.is_empty());
     }
@@ -426,15 +391,9 @@ mod tests {
     fn replies() {
         assert_eq!(
             parse(json!({"type": "pong", "ref": 5, "server_time": "t"})),
-            ServerFrame::Pong {
-                ref_: Ref(Some(5)),
-                server_time: Some("t".into())
-            }
+            ServerFrame::Pong { ref_: Ref(Some(5)), server_time: Some("t".into()) }
         );
-        assert_eq!(
-            parse(json!({"type": "ok", "ref": 3})),
-            ServerFrame::Ok { ref_: Ref(Some(3)) }
-        );
+        assert_eq!(parse(json!({"type": "ok", "ref": 3})), ServerFrame::Ok { ref_: Ref(Some(3)) });
         assert_eq!(
             parse(json!({"type": "error", "ref": 4, "code": "bad_filter",
                 "message": "unknown operator 'gtx' in 'qty=gtx.5'"})),
@@ -462,10 +421,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_tolerated() {
-        assert_eq!(
-            parse(json!({"type": "something_new", "x": 1})),
-            ServerFrame::Unknown
-        );
+        assert_eq!(parse(json!({"type": "something_new", "x": 1})), ServerFrame::Unknown);
         assert!(ServerFrame::parse("not json").is_err());
     }
 
@@ -496,26 +452,11 @@ mod tests {
             client::track(5, "r", Some("u1"), &json!({"n": 1})),
             json!({"type": "presence_track", "ref": 5, "channel": "r", "key": "u1", "meta": {"n": 1}})
         );
-        assert_eq!(
-            client::untrack(6, "r"),
-            json!({"type": "presence_untrack", "ref": 6, "channel": "r"})
-        );
-        assert_eq!(
-            client::unsubscribe(7, 12),
-            json!({"type": "unsubscribe", "ref": 7, "sub_id": 12})
-        );
+        assert_eq!(client::untrack(6, "r"), json!({"type": "presence_untrack", "ref": 6, "channel": "r"}));
+        assert_eq!(client::unsubscribe(7, 12), json!({"type": "unsubscribe", "ref": 7, "sub_id": 12}));
         assert_eq!(client::ping(8), json!({"type": "ping", "ref": 8}));
-        assert_eq!(
-            client::auth(9, "tok"),
-            json!({"type": "auth", "ref": 9, "token": "tok"})
-        );
-        assert_eq!(
-            client::join(10, "r"),
-            json!({"type": "join", "ref": 10, "channel": "r"})
-        );
-        assert_eq!(
-            client::leave(11, "r"),
-            json!({"type": "leave", "ref": 11, "channel": "r"})
-        );
+        assert_eq!(client::auth(9, "tok"), json!({"type": "auth", "ref": 9, "token": "tok"}));
+        assert_eq!(client::join(10, "r"), json!({"type": "join", "ref": 10, "channel": "r"}));
+        assert_eq!(client::leave(11, "r"), json!({"type": "leave", "ref": 11, "channel": "r"}));
     }
 }

@@ -138,10 +138,7 @@ impl Client {
         body: Option<&Value>,
         headers: HeaderMap,
     ) -> Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base_url, path))
-            .headers(headers);
+        let mut req = self.http.request(method, format!("{}{}", self.base_url, path)).headers(headers);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -157,8 +154,7 @@ impl Client {
         if text.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_str(&text)
-            .map_err(|e| Error::Protocol(format!("response body is not JSON: {e}")))
+        serde_json::from_str(&text).map_err(|e| Error::Protocol(format!("response body is not JSON: {e}")))
     }
 
     fn records_path(collection: &str) -> String {
@@ -166,17 +162,12 @@ impl Client {
     }
 
     fn record_path(collection: &str, id: &str) -> String {
-        format!(
-            "/api/collections/{}/records/{}",
-            encode_segment(collection),
-            encode_segment(id)
-        )
+        format!("/api/collections/{}/records/{}", encode_segment(collection), encode_segment(id))
     }
 
     /// Creates a record; the server assigns the id. Returns the stored record.
     pub async fn create(&self, collection: &str, data: Value) -> Result<Value> {
-        self.create_with(collection, data, &MutationOptions::default())
-            .await
+        self.create_with(collection, data, &MutationOptions::default()).await
     }
 
     /// Creates a record with a client-chosen id (offline-first creates).
@@ -192,30 +183,13 @@ impl Client {
     }
 
     /// Creates a record with options (only `idempotency_key` applies to creates).
-    pub async fn create_with(
-        &self,
-        collection: &str,
-        data: Value,
-        opts: &MutationOptions,
-    ) -> Result<Value> {
-        self.request(
-            Method::POST,
-            &Self::records_path(collection),
-            Some(&data),
-            opts.headers()?,
-        )
-        .await
+    pub async fn create_with(&self, collection: &str, data: Value, opts: &MutationOptions) -> Result<Value> {
+        self.request(Method::POST, &Self::records_path(collection), Some(&data), opts.headers()?).await
     }
 
     /// Reads one record.
     pub async fn get(&self, collection: &str, id: &str) -> Result<Value> {
-        self.request(
-            Method::GET,
-            &Self::record_path(collection, id),
-            None,
-            HeaderMap::new(),
-        )
-        .await
+        self.request(Method::GET, &Self::record_path(collection, id), None, HeaderMap::new()).await
     }
 
     /// Lists records. `query` is the raw query string of the REST API, e.g.
@@ -227,9 +201,7 @@ impl Client {
             path.push('?');
             path.push_str(query);
         }
-        let v = self
-            .request(Method::GET, &path, None, HeaderMap::new())
-            .await?;
+        let v = self.request(Method::GET, &path, None, HeaderMap::new()).await?;
         serde_json::from_value(v).map_err(|e| Error::Protocol(format!("list response: {e}")))
     }
 
@@ -265,10 +237,7 @@ impl Client {
         patch: Value,
         if_version: Option<i64>,
     ) -> Result<Value> {
-        let opts = MutationOptions {
-            if_version,
-            idempotency_key: None,
-        };
+        let opts = MutationOptions { if_version, idempotency_key: None };
         self.update_with(collection, id, patch, &opts).await
     }
 
@@ -279,45 +248,24 @@ impl Client {
         patch: Value,
         opts: &MutationOptions,
     ) -> Result<Value> {
-        self.request(
-            Method::PATCH,
-            &Self::record_path(collection, id),
-            Some(&patch),
-            opts.headers()?,
-        )
-        .await
+        self.request(Method::PATCH, &Self::record_path(collection, id), Some(&patch), opts.headers()?).await
     }
 
     /// Deletes a record; returns it as it was.
     pub async fn delete(&self, collection: &str, id: &str, if_version: Option<i64>) -> Result<Value> {
-        let opts = MutationOptions {
-            if_version,
-            idempotency_key: None,
-        };
+        let opts = MutationOptions { if_version, idempotency_key: None };
         self.delete_with(collection, id, &opts).await
     }
 
-    pub async fn delete_with(
-        &self,
-        collection: &str,
-        id: &str,
-        opts: &MutationOptions,
-    ) -> Result<Value> {
-        self.request(
-            Method::DELETE,
-            &Self::record_path(collection, id),
-            None,
-            opts.headers()?,
-        )
-        .await
+    pub async fn delete_with(&self, collection: &str, id: &str, opts: &MutationOptions) -> Result<Value> {
+        self.request(Method::DELETE, &Self::record_path(collection, id), None, opts.headers()?).await
     }
 
     /// Applies ops atomically: `ops` is the array of
     /// `{"op": "create"|"update"|"delete", "id"?, "data"?, "if_version"?}` (or the whole
     /// `{"ops": [...]}` body). Returns the `results` array (`{"op", "record"}` per op).
     pub async fn batch(&self, collection: &str, ops: Value) -> Result<Vec<Value>> {
-        self.batch_with(collection, ops, &MutationOptions::default())
-            .await
+        self.batch_with(collection, ops, &MutationOptions::default()).await
     }
 
     pub async fn batch_with(
@@ -326,15 +274,9 @@ impl Client {
         ops: Value,
         opts: &MutationOptions,
     ) -> Result<Vec<Value>> {
-        let body = if ops.is_array() {
-            json!({ "ops": ops })
-        } else {
-            ops
-        };
+        let body = if ops.is_array() { json!({ "ops": ops }) } else { ops };
         let path = format!("/api/collections/{}/batch", encode_segment(collection));
-        let mut v = self
-            .request(Method::POST, &path, Some(&body), opts.headers()?)
-            .await?;
+        let mut v = self.request(Method::POST, &path, Some(&body), opts.headers()?).await?;
         match v.get_mut("results").map(Value::take) {
             Some(Value::Array(results)) => Ok(results),
             _ => Err(Error::Protocol("batch response has no results array".into())),
@@ -343,13 +285,7 @@ impl Client {
 
     /// Creates a collection (admin key needed). Returns the stored definition.
     pub async fn create_collection(&self, definition: Value) -> Result<Value> {
-        self.request(
-            Method::POST,
-            "/api/collections",
-            Some(&definition),
-            HeaderMap::new(),
-        )
-        .await
+        self.request(Method::POST, "/api/collections", Some(&definition), HeaderMap::new()).await
     }
 
     /// Reads the change log after `since` (admin key needed): `{"events", "head", "next_since"}`.
@@ -377,31 +313,19 @@ mod tests {
 
     #[test]
     fn mutation_options_become_headers() {
-        let h = MutationOptions::new()
-            .if_version(7)
-            .idempotency_key("k-1")
-            .headers()
-            .expect("valid headers");
+        let h = MutationOptions::new().if_version(7).idempotency_key("k-1").headers().expect("valid headers");
         assert_eq!(h.get(IF_MATCH).and_then(|v| v.to_str().ok()), Some("7"));
-        assert_eq!(
-            h.get("idempotency-key").and_then(|v| v.to_str().ok()),
-            Some("k-1")
-        );
-        assert!(MutationOptions::new()
-            .idempotency_key("bad\nkey")
-            .headers()
-            .is_err());
+        assert_eq!(h.get("idempotency-key").and_then(|v| v.to_str().ok()), Some("k-1"));
+        assert!(MutationOptions::new().idempotency_key("bad\nkey").headers().is_err());
     }
 
     #[test]
     fn pages_parse_with_and_without_total() {
-        let p: Page =
-            serde_json::from_value(json!({"items": [{"id": "a"}], "next_cursor": null})).unwrap();
+        let p: Page = serde_json::from_value(json!({"items": [{"id": "a"}], "next_cursor": null})).unwrap();
         assert_eq!(p.items.len(), 1);
         assert_eq!(p.next_cursor, None);
         assert_eq!(p.total, None);
-        let p: Page =
-            serde_json::from_value(json!({"items": [], "next_cursor": "c1", "total": 9})).unwrap();
+        let p: Page = serde_json::from_value(json!({"items": [], "next_cursor": "c1", "total": 9})).unwrap();
         assert_eq!(p.next_cursor.as_deref(), Some("c1"));
         assert_eq!(p.total, Some(9));
     }

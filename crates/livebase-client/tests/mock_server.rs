@@ -53,19 +53,13 @@ impl FakeServer {
     }
 
     async fn accept(&mut self) -> FakeConn {
-        timeout(WAIT, self.conns.recv())
-            .await
-            .expect("a connection in time")
-            .expect("listener alive")
+        timeout(WAIT, self.conns.recv()).await.expect("a connection in time").expect("listener alive")
     }
 }
 
 impl FakeConn {
     async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
     }
 
     async fn welcome(&mut self, conn_id: &str) {
@@ -89,18 +83,10 @@ impl FakeConn {
     }
 
     async fn close_with(mut self, code: u16, reason: &str) {
-        let _ = self
-            .ws
-            .close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            }))
-            .await;
+        let _ = self.ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })).await;
         // Let the client's close reply arrive before the socket is dropped.
-        let _ = timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+        let _ =
+            timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
     }
 }
 
@@ -137,12 +123,8 @@ async fn subscribe(
     assert_eq!(req["type"], "subscribe");
     assert_eq!(req["collection"], "items");
     assert_eq!(req["filter"], "qty=gt.5");
-    conn.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": sub_id, "seq": seq}))
-        .await;
-    pending
-        .await
-        .expect("task")
-        .expect("subscribe succeeds")
+    conn.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": sub_id, "seq": seq})).await;
+    pending.await.expect("task").expect("subscribe succeeds")
 }
 
 #[tokio::test]
@@ -170,8 +152,7 @@ async fn close_codes_4001_and_4002_trigger_reconnect_and_gapless_resume() {
     assert_eq!(req["since"], 102, "resumes from the last seq: {req}");
     assert_eq!(req.get("snapshot"), None);
     // The new connection names the query differently.
-    c2.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": 3, "seq": 102}))
-        .await;
+    c2.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": 3, "seq": 102})).await;
     c2.send(change(3, 102, "a")).await; // a duplicate at the seam is dropped
     c2.send(change(3, 103, "a")).await;
     c2.send(change(12, 104, "x")).await; // the old id means nothing now
@@ -183,8 +164,7 @@ async fn close_codes_4001_and_4002_trigger_reconnect_and_gapless_resume() {
     c3.welcome("c3").await;
     let req = c3.recv().await;
     assert_eq!(req["since"], 103);
-    c3.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": 3, "seq": 103}))
-        .await;
+    c3.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": 3, "seq": 103})).await;
     c3.send(change(3, 104, "a")).await;
     assert_eq!(next_change(&mut sub).await, 104);
     assert!(sub.try_next().is_none(), "nothing else was delivered");
@@ -205,30 +185,21 @@ async fn status_reports_reconnect_attempts_while_the_server_is_down() {
     let mut status = rt.status();
     let mut attempts = Vec::new();
     while attempts.len() < 4 {
-        timeout(WAIT, status.changed())
-            .await
-            .expect("status changes")
-            .expect("task alive");
+        timeout(WAIT, status.changed()).await.expect("status changes").expect("task alive");
         if let Status::Reconnecting { attempt } = *status.borrow_and_update() {
             attempts.push(attempt);
         }
     }
     assert!(attempts.windows(2).all(|w| w[0] < w[1]), "{attempts:?}");
     // Requests that need a socket fail fast meanwhile.
-    assert!(matches!(
-        rt.ping().await,
-        Err(livebase_client::Error::NotConnected)
-    ));
+    assert!(matches!(rt.ping().await, Err(livebase_client::Error::NotConnected)));
     rt.close().await;
 }
 
 #[tokio::test]
 async fn a_silent_connection_is_replaced() {
     let mut server = FakeServer::start().await;
-    let config = RealtimeConfig {
-        idle_timeout: Some(Duration::from_millis(300)),
-        ..fast()
-    };
+    let config = RealtimeConfig { idle_timeout: Some(Duration::from_millis(300)), ..fast() };
     let rt = Client::new(&server.url).realtime_with(config);
     let mut c1 = server.accept().await;
     c1.welcome("c1").await;
@@ -257,8 +228,7 @@ async fn ping_auth_token_and_url_switch() {
     let req = c1.recv().await;
     assert_eq!(req["type"], "ping");
     tokio::time::sleep(Duration::from_millis(30)).await;
-    c1.send(json!({"type": "pong", "ref": req["ref"], "server_time": "t"}))
-        .await;
+    c1.send(json!({"type": "pong", "ref": req["ref"], "server_time": "t"})).await;
     let rtt = ping.await.expect("task").expect("pong");
     assert!(rtt >= Duration::from_millis(30), "{rtt:?}");
 
@@ -267,8 +237,7 @@ async fn ping_auth_token_and_url_switch() {
     let req = c1.recv().await;
     assert_eq!(req["type"], "auth");
     assert_eq!(req["token"], "new-token");
-    c1.send(json!({"type": "error", "ref": req["ref"], "code": "unauthorized", "message": "bad"}))
-        .await;
+    c1.send(json!({"type": "error", "ref": req["ref"], "code": "unauthorized", "message": "bad"})).await;
     let e = auth.await.expect("task").expect_err("refused");
     assert_eq!(e.code(), Some("unauthorized"));
 
@@ -293,22 +262,16 @@ async fn live_query_reloads_when_the_log_was_trimmed() {
     let lq = tokio::spawn(async move { rt2.live_query("items", None).await });
     let req = c1.recv().await;
     assert_eq!(req["snapshot"], true);
-    c1.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": 1, "seq": 10}))
-        .await;
-    c1.send(json!({"type": "snapshot", "sub_id": 1, "seq": 10, "rows": [{"id": "a"}], "done": false}))
-        .await;
-    c1.send(json!({"type": "snapshot", "sub_id": 1, "seq": 10, "rows": [{"id": "b"}], "done": true}))
-        .await;
+    c1.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": 1, "seq": 10})).await;
+    c1.send(json!({"type": "snapshot", "sub_id": 1, "seq": 10, "rows": [{"id": "a"}], "done": false})).await;
+    c1.send(json!({"type": "snapshot", "sub_id": 1, "seq": 10, "rows": [{"id": "b"}], "done": true})).await;
     let mut lq = lq.await.expect("task").expect("live query");
     assert_eq!(lq.seq(), 10);
     assert_eq!(lq.rows().keys().collect::<Vec<_>>(), vec!["a", "b"]);
     c1.send(json!({"type": "change", "sub_id": 1, "seq": 11, "op": "delete", "view": "remove",
         "id": "a", "version": 1, "actor": null, "committed_at": "t", "new": null, "old": {"id": "a"}}))
         .await;
-    timeout(WAIT, lq.wait_for_seq(11))
-        .await
-        .expect("in time")
-        .expect("applied");
+    timeout(WAIT, lq.wait_for_seq(11)).await.expect("in time").expect("applied");
     assert_eq!(lq.rows().keys().collect::<Vec<_>>(), vec!["b"]);
     c1.close_with(1001, "shutting down").await;
 
@@ -320,14 +283,9 @@ async fn live_query_reloads_when_the_log_was_trimmed() {
         .await;
     let req = c2.recv().await;
     assert_eq!(req["snapshot"], true, "{req}");
-    c2.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": 2, "seq": 500}))
-        .await;
-    c2.send(json!({"type": "snapshot", "sub_id": 2, "seq": 500, "rows": [{"id": "z"}], "done": true}))
-        .await;
-    timeout(WAIT, lq.wait_for_seq(500))
-        .await
-        .expect("in time")
-        .expect("reloaded");
+    c2.send(json!({"type": "subscribed", "ref": req["ref"], "sub_id": 2, "seq": 500})).await;
+    c2.send(json!({"type": "snapshot", "sub_id": 2, "seq": 500, "rows": [{"id": "z"}], "done": true})).await;
+    timeout(WAIT, lq.wait_for_seq(500)).await.expect("in time").expect("reloaded");
     assert_eq!(lq.rows().keys().collect::<Vec<_>>(), vec!["z"]);
     rt.close().await;
 }

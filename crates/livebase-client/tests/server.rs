@@ -2,8 +2,8 @@
 //! resume after dropped sockets and server restarts, presence and broadcast.
 
 use livebase_client::{
-    Backoff, ChannelMessage, Client, Error, LiveQuery, MutationOptions, Op, RealtimeConfig,
-    RealtimeHandle, Status, SubEvent, Subscription, View,
+    Backoff, ChannelMessage, Client, Error, LiveQuery, MutationOptions, Op, RealtimeConfig, RealtimeHandle,
+    Status, SubEvent, Subscription, View,
 };
 use livebase_server::{Config, Server};
 use rand::rngs::StdRng;
@@ -43,18 +43,12 @@ async fn setup() -> (tempfile::TempDir, Server, Client) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = start_in(dir.path(), |_| {}).await;
     let client = Client::new(&server.url()).with_token(ADMIN);
-    client
-        .create_collection(items())
-        .await
-        .expect("create collection");
+    client.create_collection(items()).await.expect("create collection");
     (dir, server, client)
 }
 
 async fn next_event(sub: &mut Subscription) -> SubEvent {
-    timeout(WAIT, sub.next())
-        .await
-        .expect("an event in time")
-        .expect("subscription open")
+    timeout(WAIT, sub.next()).await.expect("an event in time").expect("subscription open")
 }
 
 async fn next_change(sub: &mut Subscription) -> livebase_client::Change {
@@ -65,10 +59,7 @@ async fn next_change(sub: &mut Subscription) -> livebase_client::Change {
 }
 
 async fn next_message(ch: &mut livebase_client::Channel) -> ChannelMessage {
-    timeout(WAIT, ch.next())
-        .await
-        .expect("a channel message in time")
-        .expect("channel open")
+    timeout(WAIT, ch.next()).await.expect("a channel message in time").expect("channel open")
 }
 
 /// The head of the change log.
@@ -84,10 +75,7 @@ fn id_of(r: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_helpers_cover_crud_concurrency_idempotency_and_errors() {
     let (_dir, server, client) = setup().await;
-    let a = client
-        .create("items", json!({"title": "a", "qty": 3}))
-        .await
-        .expect("create");
+    let a = client.create("items", json!({"title": "a", "qty": 3})).await.expect("create");
     assert_eq!(a["version"], 1);
     let id = id_of(&a);
     assert_eq!(client.get("items", &id).await.expect("get"), a);
@@ -98,41 +86,24 @@ async fn rest_helpers_cover_crud_concurrency_idempotency_and_errors() {
         .expect("create with id");
     assert_eq!(b["id"], "local-1");
 
-    let up = client
-        .update("items", &id, json!({"qty": 4}), Some(1))
-        .await
-        .expect("update at the right version");
+    let up =
+        client.update("items", &id, json!({"qty": 4}), Some(1)).await.expect("update at the right version");
     assert_eq!((up["version"].as_i64(), up["qty"].as_i64()), (Some(2), Some(4)));
-    match client
-        .update("items", &id, json!({"qty": 5}), Some(1))
-        .await
-    {
+    match client.update("items", &id, json!({"qty": 5}), Some(1)).await {
         Err(Error::Conflict { current, .. }) => assert_eq!(current["version"], 2),
         other => panic!("expected a conflict, got {other:?}"),
     }
 
-    let page = client
-        .list("items", "qty=gt.3&order=qty.desc")
-        .await
-        .expect("list");
+    let page = client.list("items", "qty=gt.3&order=qty.desc").await.expect("list");
     let ids: Vec<String> = page.items.iter().map(id_of).collect();
     assert_eq!(ids, vec!["local-1".to_string(), id.clone()]);
 
     // Idempotency: the retry is answered with the first response, not applied again.
     let opts = MutationOptions::new().idempotency_key("create-c");
-    let c1 = client
-        .create_with("items", json!({"title": "c"}), &opts)
-        .await
-        .expect("first");
-    let c2 = client
-        .create_with("items", json!({"title": "c"}), &opts)
-        .await
-        .expect("replay");
+    let c1 = client.create_with("items", json!({"title": "c"}), &opts).await.expect("first");
+    let c2 = client.create_with("items", json!({"title": "c"}), &opts).await.expect("replay");
     assert_eq!(c1, c2);
-    assert_eq!(
-        client.list_all("items", "title=eq.c").await.expect("list").len(),
-        1
-    );
+    assert_eq!(client.list_all("items", "title=eq.c").await.expect("list").len(), 1);
 
     let results = client
         .batch(
@@ -158,10 +129,7 @@ async fn rest_helpers_cover_crud_concurrency_idempotency_and_errors() {
         Err(e) => assert_eq!((e.status(), e.code()), (Some(404), Some("not_found"))),
         Ok(v) => panic!("found {v}"),
     }
-    let deleted = client
-        .delete("items", &id, Some(2))
-        .await
-        .expect("delete");
+    let deleted = client.delete("items", &id, Some(2)).await.expect("delete");
     assert_eq!(deleted["id"], id.as_str());
     server.shutdown().await;
 }
@@ -174,10 +142,7 @@ async fn a_subscription_receives_rest_writes_with_new_and_old() {
     assert_eq!(*rt.status().borrow(), Status::Connected);
     assert!(rt.conn_id().is_some());
 
-    let r = client
-        .create("items", json!({"title": "a", "qty": 1}))
-        .await
-        .expect("create");
+    let r = client.create("items", json!({"title": "a", "qty": 1})).await.expect("create");
     let id = id_of(&r);
     let c = next_change(&mut sub).await;
     assert_eq!((c.op, c.view), (Op::Insert, View::Add));
@@ -188,10 +153,7 @@ async fn a_subscription_receives_rest_writes_with_new_and_old() {
     assert_eq!(c.version, 1);
     assert_eq!(sub.seq(), Some(c.seq));
 
-    let up = client
-        .update("items", &id, json!({"qty": 2}), None)
-        .await
-        .expect("update");
+    let up = client.update("items", &id, json!({"qty": 2}), None).await.expect("update");
     let c2 = next_change(&mut sub).await;
     assert_eq!((c2.op, c2.view), (Op::Update, View::Update));
     assert_eq!(c2.new.as_ref(), Some(&up));
@@ -205,62 +167,32 @@ async fn a_subscription_receives_rest_writes_with_new_and_old() {
     assert_eq!(c3.old.as_ref(), Some(&up));
 
     // A filtered subscription sees moves in and out of the filter as add / remove.
-    let mut big = rt
-        .subscribe("items", Some("qty=gt.5"))
-        .await
-        .expect("filtered");
-    let r = client
-        .create("items", json!({"title": "m", "qty": 1}))
-        .await
-        .expect("create");
+    let mut big = rt.subscribe("items", Some("qty=gt.5")).await.expect("filtered");
+    let r = client.create("items", json!({"title": "m", "qty": 1})).await.expect("create");
     let id = id_of(&r);
-    client
-        .update("items", &id, json!({"qty": 7}), None)
-        .await
-        .expect("in");
-    client
-        .update("items", &id, json!({"qty": 8}), None)
-        .await
-        .expect("still in");
-    client
-        .update("items", &id, json!({"qty": 2}), None)
-        .await
-        .expect("out");
-    let views: Vec<View> = [
-        next_change(&mut big).await,
-        next_change(&mut big).await,
-        next_change(&mut big).await,
-    ]
-    .iter()
-    .map(|c| c.view)
-    .collect();
+    client.update("items", &id, json!({"qty": 7}), None).await.expect("in");
+    client.update("items", &id, json!({"qty": 8}), None).await.expect("still in");
+    client.update("items", &id, json!({"qty": 2}), None).await.expect("out");
+    let views: Vec<View> =
+        [next_change(&mut big).await, next_change(&mut big).await, next_change(&mut big).await]
+            .iter()
+            .map(|c| c.view)
+            .collect();
     assert_eq!(views, vec![View::Add, View::Update, View::Remove]);
 
     // Requests the server refuses fail with its code; the connection stays usable.
-    let e = rt
-        .subscribe("nope", None)
-        .await
-        .expect_err("unknown collection");
+    let e = rt.subscribe("nope", None).await.expect_err("unknown collection");
     assert_eq!(e.code(), Some("collection_not_found"));
-    let e = rt
-        .subscribe("items", Some("qty=gtx.5"))
-        .await
-        .expect_err("bad filter");
+    let e = rt.subscribe("items", Some("qty=gtx.5")).await.expect_err("bad filter");
     assert_eq!(e.code(), Some("bad_filter"));
-    let e = rt
-        .subscribe("items", Some("qty=gt.5"))
-        .await
-        .expect_err("same query twice");
+    let e = rt.subscribe("items", Some("qty=gt.5")).await.expect_err("same query twice");
     assert_eq!(e.code(), Some("already_subscribed"));
     let rtt = rt.ping().await.expect("ping");
     assert!(rtt < WAIT);
 
     // Unsubscribing frees the query for a new subscription.
     big.unsubscribe().await.expect("unsubscribe");
-    let _again = rt
-        .subscribe("items", Some("qty=gt.5"))
-        .await
-        .expect("subscribe again");
+    let _again = rt.subscribe("items", Some("qty=gt.5")).await.expect("subscribe again");
     rt.close().await;
     assert_eq!(*rt.status().borrow(), Status::Disconnected);
     // Queued events are still readable, then the stream ends.
@@ -283,10 +215,7 @@ async fn random_writes(client: &Client, rng: &mut StdRng, n: usize, live: &mut V
         let roll = rng.random_range(0..10);
         if live.is_empty() || roll < 4 {
             let qty = rng.random_range(0..10);
-            let r = client
-                .create("items", json!({"title": "r", "qty": qty}))
-                .await
-                .expect("create");
+            let r = client.create("items", json!({"title": "r", "qty": qty})).await.expect("create");
             live.push((id_of(&r), 1));
         } else if roll < 8 {
             let i = rng.random_range(0..live.len());
@@ -299,10 +228,7 @@ async fn random_writes(client: &Client, rng: &mut StdRng, n: usize, live: &mut V
         } else {
             let i = rng.random_range(0..live.len());
             let (id, v) = live.swap_remove(i);
-            client
-                .delete("items", &id, Some(v))
-                .await
-                .expect("delete");
+            client.delete("items", &id, Some(v)).await.expect("delete");
         }
     }
 }
@@ -310,10 +236,7 @@ async fn random_writes(client: &Client, rng: &mut StdRng, n: usize, live: &mut V
 /// Writes a row matching the filter and waits until the live query holds it: every earlier
 /// change has then been applied.
 async fn settle(client: &Client, lq: &mut LiveQuery) -> String {
-    let r = client
-        .create("items", json!({"title": "sentinel", "qty": 100}))
-        .await
-        .expect("sentinel");
+    let r = client.create("items", json!({"title": "sentinel", "qty": 100})).await.expect("sentinel");
     let id = id_of(&r);
     timeout(WAIT, async {
         while !lq.rows().contains_key(&id) {
@@ -326,13 +249,8 @@ async fn settle(client: &Client, lq: &mut LiveQuery) -> String {
 }
 
 async fn assert_equal_to_rest(client: &Client, lq: &LiveQuery, filter: &str) {
-    let rest: BTreeMap<String, Value> = client
-        .list_all("items", filter)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|r| (id_of(&r), r))
-        .collect();
+    let rest: BTreeMap<String, Value> =
+        client.list_all("items", filter).await.expect("list").into_iter().map(|r| (id_of(&r), r)).collect();
     assert_eq!(lq.rows(), &rest, "live query differs from the REST list");
 }
 
@@ -344,10 +262,7 @@ async fn a_live_query_stays_equal_to_the_rest_list() {
     random_writes(&client, &mut rng, 40, &mut live).await;
 
     let rt = client.realtime_with(fast());
-    let mut lq = rt
-        .live_query("items", Some("qty=gt.5"))
-        .await
-        .expect("live query");
+    let mut lq = rt.live_query("items", Some("qty=gt.5")).await.expect("live query");
     assert_equal_to_rest(&client, &lq, "qty=gt.5").await;
 
     random_writes(&client, &mut rng, 150, &mut live).await;
@@ -428,10 +343,7 @@ async fn resume_across_a_server_restart_on_a_new_port() {
     client.create_collection(items()).await.expect("collection");
     let rt = client.realtime_with(fast());
     let mut sub = rt.subscribe("items", None).await.expect("subscribe");
-    let mut lq = rt
-        .live_query("items", Some("qty=gt.5"))
-        .await
-        .expect("live query");
+    let mut lq = rt.live_query("items", Some("qty=gt.5")).await.expect("live query");
     let start = head(&client).await;
     let mut rng = StdRng::seed_from_u64(5);
     let mut live = Vec::new();
@@ -444,10 +356,7 @@ async fn resume_across_a_server_restart_on_a_new_port() {
     random_writes(&client, &mut rng, 30, &mut live).await;
     rt.set_url(&b.url());
     rt.reconnect();
-    timeout(WAIT, rt.wait_connected())
-        .await
-        .expect("reconnects in time")
-        .expect("connected to B");
+    timeout(WAIT, rt.wait_connected()).await.expect("reconnects in time").expect("connected to B");
     random_writes(&client, &mut rng, 30, &mut live).await;
 
     let end = head(&client).await;
@@ -466,29 +375,20 @@ async fn a_trimmed_log_means_resync() {
     let client = Client::new(&a.url()).with_token(ADMIN);
     client.create_collection(items()).await.expect("collection");
     for i in 0..40 {
-        client
-            .create("items", json!({"title": format!("t{i}"), "qty": 7}))
-            .await
-            .expect("create");
+        client.create("items", json!({"title": format!("t{i}"), "qty": 7})).await.expect("create");
     }
     // A fresh server has nothing in memory: the resume point must come from the log.
     a.shutdown().await;
     let b = start_in(dir.path(), |c| c.retain_events = 5).await;
     let client = Client::new(&b.url()).with_token(ADMIN);
     let rt = client.realtime_with(fast());
-    let mut sub = rt
-        .subscribe_since("items", None, 1)
-        .await
-        .expect("subscribe");
+    let mut sub = rt.subscribe_since("items", None, 1).await.expect("subscribe");
     match next_event(&mut sub).await {
         SubEvent::ResyncRequired { reason } => assert_eq!(reason, "log_trimmed"),
         other => panic!("expected resync_required, got {other:?}"),
     }
     // It continues live.
-    let r = client
-        .create("items", json!({"title": "after", "qty": 1}))
-        .await
-        .expect("create");
+    let r = client.create("items", json!({"title": "after", "qty": 1})).await.expect("create");
     assert_eq!(next_change(&mut sub).await.id, id_of(&r));
     rt.close().await;
     b.shutdown().await;
@@ -501,21 +401,12 @@ async fn presence_and_broadcast_between_two_clients() {
     let bob = client.realtime_with(fast());
     let mut ada_room = ada.join("room:1").await.expect("ada joins");
     let mut bob_room = bob.join("room:1").await.expect("bob joins");
-    assert!(matches!(
-        next_message(&mut ada_room).await,
-        ChannelMessage::PresenceState(_)
-    ));
-    assert!(matches!(
-        next_message(&mut bob_room).await,
-        ChannelMessage::PresenceState(_)
-    ));
+    assert!(matches!(next_message(&mut ada_room).await, ChannelMessage::PresenceState(_)));
+    assert!(matches!(next_message(&mut bob_room).await, ChannelMessage::PresenceState(_)));
     let e = ada.join("room:1").await.expect_err("joined twice");
     assert_eq!(e.code(), Some("already_joined"));
 
-    ada_room
-        .track(Some("u1"), json!({"name": "Ada"}))
-        .await
-        .expect("track");
+    ada_room.track(Some("u1"), json!({"name": "Ada"})).await.expect("track");
     let ada_conn = ada.conn_id().expect("ada connected");
     timeout(WAIT, async {
         while bob_room.presence().get("u1").is_none() {
@@ -529,18 +420,11 @@ async fn presence_and_broadcast_between_two_clients() {
     assert_eq!(entries[0].conn_id, ada_conn);
     assert_eq!(entries[0].meta, json!({"name": "Ada"}));
 
-    bob.broadcast("room:1", "cursor", json!({"x": 10}), false)
-        .await
-        .expect("broadcast");
+    bob.broadcast("room:1", "cursor", json!({"x": 10}), false).await.expect("broadcast");
     let bob_conn = bob.conn_id().expect("bob connected");
     timeout(WAIT, async {
         loop {
-            if let ChannelMessage::Broadcast {
-                event,
-                payload,
-                from,
-            } = next_message(&mut ada_room).await
-            {
+            if let ChannelMessage::Broadcast { event, payload, from } = next_message(&mut ada_room).await {
                 assert_eq!(event, "cursor");
                 assert_eq!(payload, json!({"x": 10}));
                 assert_eq!(from.as_deref(), Some(bob_conn.as_str()));
@@ -550,9 +434,7 @@ async fn presence_and_broadcast_between_two_clients() {
     })
     .await
     .expect("ada receives the broadcast");
-    bob.broadcast_ack("room:1", "echo", json!(1), true)
-        .await
-        .expect("acknowledged");
+    bob.broadcast_ack("room:1", "echo", json!(1), true).await.expect("acknowledged");
     timeout(WAIT, async {
         loop {
             if let ChannelMessage::Broadcast { event, .. } = next_message(&mut bob_room).await {
@@ -590,10 +472,7 @@ async fn presence_and_broadcast_between_two_clients() {
     })
     .await
     .expect("ada's presence goes away");
-    let e = ada
-        .broadcast_ack("room:1", "x", json!(null), false)
-        .await
-        .expect_err("not joined any more");
+    let e = ada.broadcast_ack("room:1", "x", json!(null), false).await.expect_err("not joined any more");
     assert_eq!(e.code(), Some("not_joined"));
     ada.close().await;
     bob.close().await;
@@ -611,30 +490,63 @@ async fn subscriptions_made_while_the_server_is_down_start_when_it_is_back() {
     a.shutdown().await;
     rt.reconnect();
     let mut status = rt.status();
-    timeout(
-        WAIT,
-        status.wait_for(|s| matches!(s, Status::Reconnecting { .. })),
-    )
-    .await
-    .expect("reconnecting in time")
-    .expect("status");
+    timeout(WAIT, status.wait_for(|s| matches!(s, Status::Reconnecting { .. })))
+        .await
+        .expect("reconnecting in time")
+        .expect("status");
     let b = start_in(dir.path(), |_| {}).await;
     let pending = {
         let rt = rt.clone();
         tokio::spawn(async move { rt.subscribe("items", Some("qty=eq.1")).await })
     };
     rt.set_url(&b.url());
-    let mut sub = timeout(WAIT, pending)
-        .await
-        .expect("subscribed in time")
-        .expect("task")
-        .expect("subscribe");
+    let mut sub =
+        timeout(WAIT, pending).await.expect("subscribed in time").expect("task").expect("subscribe");
     let client = Client::new(&b.url()).with_token(ADMIN);
-    let r = client
-        .create("items", json!({"title": "x", "qty": 1}))
-        .await
-        .expect("create");
+    let r = client.create("items", json!({"title": "x", "qty": 1})).await.expect("create");
     assert_eq!(next_change(&mut sub).await.id, id_of(&r));
     rt.close().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_close_is_followed_by_a_lossless_resume() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A tiny outbound queue: a burst of changes overflows it and the server closes with 4001.
+    let server = start_in(dir.path(), |c| c.ws_queue = 4).await;
+    let client = Client::new(&server.url()).with_token(ADMIN);
+    client.create_collection(items()).await.expect("collection");
+    let rt = client.realtime_with(fast());
+    let mut sub = rt.subscribe("items", None).await.expect("subscribe");
+    let statuses = {
+        let mut status = rt.status();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while status.changed().await.is_ok() {
+                let s = *status.borrow_and_update();
+                seen.push(s);
+                if s == Status::Disconnected {
+                    break;
+                }
+            }
+            seen
+        })
+    };
+    let start = head(&client).await;
+    for round in 0..3 {
+        let ops: Vec<Value> = (0..300)
+            .map(|i| json!({"op": "create", "data": {"title": format!("b{round}-{i}"), "qty": i % 10}}))
+            .collect();
+        client.batch("items", json!(ops)).await.expect("batch");
+    }
+    let end = head(&client).await;
+    let seqs = collect_until(&mut sub, end).await;
+    assert_eq!(seqs, (start + 1..=end).collect::<Vec<u64>>());
+    rt.close().await;
+    let seen = statuses.await.expect("status task");
+    assert!(
+        seen.iter().any(|s| matches!(s, Status::Reconnecting { .. })),
+        "the server closed the slow connection at least once: {seen:?}"
+    );
+    server.shutdown().await;
 }

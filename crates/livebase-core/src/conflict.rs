@@ -36,15 +36,10 @@ pub fn decide(
         ConflictStrategy::Merge if base > current_version => Decision::Stale,
         ConflictStrategy::Merge => match changed_since_base() {
             None => Decision::Stale,
-            Some(changed) if patch_fields.is_empty() => {
-                Decision::Overlap(changed.into_iter().collect())
-            }
+            Some(changed) if patch_fields.is_empty() => Decision::Overlap(changed.into_iter().collect()),
             Some(changed) => {
-                let overlap: Vec<String> = patch_fields
-                    .iter()
-                    .filter(|f| changed.contains(**f))
-                    .map(|f| f.to_string())
-                    .collect();
+                let overlap: Vec<String> =
+                    patch_fields.iter().filter(|f| changed.contains(**f)).map(|f| f.to_string()).collect();
                 if overlap.is_empty() {
                     Decision::Apply
                 } else {
@@ -88,26 +83,14 @@ mod tests {
 
     #[test]
     fn strategies_on_stale_base() {
-        assert_eq!(
-            decide(Reject, 3, Some(2), &["a"], || changed(&["b"])),
-            Decision::Stale
-        );
-        assert_eq!(
-            decide(Lww, 3, Some(2), &["a"], || changed(&["a"])),
-            Decision::Apply
-        );
-        assert_eq!(
-            decide(Merge, 3, Some(2), &["a"], || changed(&["b"])),
-            Decision::Apply
-        );
+        assert_eq!(decide(Reject, 3, Some(2), &["a"], || changed(&["b"])), Decision::Stale);
+        assert_eq!(decide(Lww, 3, Some(2), &["a"], || changed(&["a"])), Decision::Apply);
+        assert_eq!(decide(Merge, 3, Some(2), &["a"], || changed(&["b"])), Decision::Apply);
         assert_eq!(
             decide(Merge, 3, Some(1), &["a", "b"], || changed(&["b"])),
             Decision::Overlap(vec!["b".into()])
         );
         assert_eq!(decide(Merge, 3, Some(1), &["a"], || None), Decision::Stale);
-        assert_eq!(
-            decide(Merge, 3, Some(1), &[], || changed(&["b"])),
-            Decision::Overlap(vec!["b".into()])
-        );
+        assert_eq!(decide(Merge, 3, Some(1), &[], || changed(&["b"])), Decision::Overlap(vec!["b".into()]));
     }
 }

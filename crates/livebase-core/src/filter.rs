@@ -39,9 +39,7 @@ pub struct FilterError {
 }
 
 fn ferr(message: impl Into<String>) -> FilterError {
-    FilterError {
-        message: message.into(),
-    }
+    FilterError { message: message.into() }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,24 +94,10 @@ pub enum Filter {
     And(Vec<Filter>),
     Or(Vec<Filter>),
     Not(Box<Filter>),
-    Cmp {
-        field: String,
-        op: CmpOp,
-        value: String,
-    },
-    In {
-        field: String,
-        values: Vec<String>,
-    },
-    Is {
-        field: String,
-        value: String,
-    },
-    Like {
-        field: String,
-        pattern: String,
-        case_insensitive: bool,
-    },
+    Cmp { field: String, op: CmpOp, value: String },
+    In { field: String, values: Vec<String> },
+    Is { field: String, value: String },
+    Like { field: String, pattern: String, case_insensitive: bool },
 }
 
 /// Bound to a collection: fields exist, literals typed.
@@ -167,11 +151,7 @@ const RESERVED_FIELD_NAMES: [&str; 3] = ["and", "or", "not"];
 
 fn check_field_name(name: &str, ctx: &str) -> Result<(), FilterError> {
     if name.is_empty() || !name.bytes().all(is_name_char) {
-        return Err(ferr(format!(
-            "invalid field name '{}' in '{}'",
-            show(name),
-            show(ctx)
-        )));
+        return Err(ferr(format!("invalid field name '{}' in '{}'", show(name), show(ctx))));
     }
     if RESERVED_FIELD_NAMES.contains(&name) {
         return Err(ferr(format!(
@@ -237,9 +217,7 @@ impl<'a> Parser<'a> {
     fn count_condition(&mut self) -> Result<(), FilterError> {
         *self.conditions += 1;
         if *self.conditions > MAX_CONDITIONS {
-            return Err(ferr(format!(
-                "filter has more than {MAX_CONDITIONS} conditions"
-            )));
+            return Err(ferr(format!("filter has more than {MAX_CONDITIONS} conditions")));
         }
         Ok(())
     }
@@ -344,10 +322,7 @@ impl<'a> Parser<'a> {
         } else if name.is_empty() {
             Err(self.err("missing operator (expected e.g. eq.5)"))
         } else {
-            Err(self.err(format!(
-                "expected operator.value (e.g. eq.5) but found '{}'",
-                show(name)
-            )))
+            Err(self.err(format!("expected operator.value (e.g. eq.5) but found '{}'", show(name))))
         }
     }
 
@@ -372,51 +347,33 @@ impl<'a> Parser<'a> {
             }
         };
         let leaf = match op {
-            Op::Cmp(op) => Filter::Cmp {
-                field,
-                op,
-                value: raw_value(self)?,
-            },
-            Op::Like(case_insensitive) => Filter::Like {
-                field,
-                pattern: raw_value(self)?,
-                case_insensitive,
-            },
+            Op::Cmp(op) => Filter::Cmp { field, op, value: raw_value(self)? },
+            Op::Like(case_insensitive) => Filter::Like { field, pattern: raw_value(self)?, case_insensitive },
             Op::Is => {
                 let value = raw_value(self)?;
                 if !matches!(value.as_str(), "null" | "true" | "false") {
-                    return Err(self.err(format!(
-                        "'is' accepts only null, true or false, not '{}'",
-                        show(&value)
-                    )));
+                    return Err(
+                        self.err(format!("'is' accepts only null, true or false, not '{}'", show(&value)))
+                    );
                 }
                 Filter::Is { field, value }
             }
             Op::In => {
                 let values = self.list()?;
                 if !in_group && self.pos != self.s.len() {
-                    return Err(self.err(format!(
-                        "unexpected '{}' after the 'in' list",
-                        show(self.rest())
-                    )));
+                    return Err(self.err(format!("unexpected '{}' after the 'in' list", show(self.rest()))));
                 }
                 Filter::In { field, values }
             }
         };
         self.count_condition()?;
-        Ok(if negated {
-            Filter::Not(Box::new(leaf))
-        } else {
-            leaf
-        })
+        Ok(if negated { Filter::Not(Box::new(leaf)) } else { leaf })
     }
 
     /// `(item,item,...)` at the current position, consuming the closing parenthesis.
     fn group(&mut self, depth: usize) -> Result<Vec<Filter>, FilterError> {
         if depth > MAX_DEPTH {
-            return Err(ferr(format!(
-                "filter nesting is deeper than {MAX_DEPTH} levels"
-            )));
+            return Err(ferr(format!("filter nesting is deeper than {MAX_DEPTH} levels")));
         }
         if self.peek() != Some(b'(') {
             return Err(self.err("expected '('"));
@@ -447,20 +404,13 @@ impl<'a> Parser<'a> {
     }
 
     fn group_item(&mut self, depth: usize) -> Result<Filter, FilterError> {
-        for (prefix, negated, is_and) in [
-            ("and(", false, true),
-            ("or(", false, false),
-            ("not.and(", true, true),
-            ("not.or(", true, false),
-        ] {
+        for (prefix, negated, is_and) in
+            [("and(", false, true), ("or(", false, false), ("not.and(", true, true), ("not.or(", true, false)]
+        {
             if self.rest().starts_with(prefix) {
                 self.pos += prefix.len() - 1;
                 let items = self.group(depth + 1)?;
-                let g = if is_and {
-                    Filter::And(items)
-                } else {
-                    Filter::Or(items)
-                };
+                let g = if is_and { Filter::And(items) } else { Filter::Or(items) };
                 return Ok(if negated { Filter::Not(Box::new(g)) } else { g });
             }
         }
@@ -477,10 +427,7 @@ impl<'a> Parser<'a> {
             }));
         }
         if self.peek() != Some(b'.') {
-            return Err(self.err(format!(
-                "expected field.operator.value at '{}'",
-                show(&self.s[start..])
-            )));
+            return Err(self.err(format!("expected field.operator.value at '{}'", show(&self.s[start..]))));
         }
         self.pos += 1;
         let field = field.to_string();
@@ -491,12 +438,7 @@ impl<'a> Parser<'a> {
 
 fn parse_pair(key: &str, value: &str, conditions: &mut usize) -> Result<Filter, FilterError> {
     let ctx = format!("{key}={value}");
-    let mut p = Parser {
-        s: value,
-        pos: 0,
-        ctx: &ctx,
-        conditions,
-    };
+    let mut p = Parser { s: value, pos: 0, ctx: &ctx, conditions };
     let group = match key {
         "and" => Some((false, true)),
         "or" => Some((false, false)),
@@ -507,19 +449,13 @@ fn parse_pair(key: &str, value: &str, conditions: &mut usize) -> Result<Filter, 
     match group {
         Some((negated, is_and)) => {
             if p.peek() != Some(b'(') {
-                return Err(p.err(format!(
-                    "'{key}' needs a parenthesized list like {key}=(a.eq.1,b.gt.2)"
-                )));
+                return Err(p.err(format!("'{key}' needs a parenthesized list like {key}=(a.eq.1,b.gt.2)")));
             }
             let items = p.group(1)?;
             if p.pos != value.len() {
                 return Err(p.err(format!("unexpected '{}' after ')'", show(p.rest()))));
             }
-            let g = if is_and {
-                Filter::And(items)
-            } else {
-                Filter::Or(items)
-            };
+            let g = if is_and { Filter::And(items) } else { Filter::Or(items) };
             Ok(if negated { Filter::Not(Box::new(g)) } else { g })
         }
         None => {
@@ -559,12 +495,8 @@ pub fn percent_decode(s: &str) -> Result<String, FilterError> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| {
-        ferr(format!(
-            "'{}' is not valid UTF-8 after percent-decoding",
-            show(s)
-        ))
-    })
+    String::from_utf8(out)
+        .map_err(|_| ferr(format!("'{}' is not valid UTF-8 after percent-decoding", show(s))))
 }
 
 /// Percent-encodes what [`Filter::parse`] would otherwise read differently (`%`, `&`, `+`,
@@ -588,9 +520,7 @@ impl Filter {
         // As long as the query form `k=v&k=v` would be.
         let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         if bytes.saturating_sub(1) > MAX_FILTER_BYTES {
-            return Err(ferr(format!(
-                "filter is longer than {MAX_FILTER_BYTES} bytes"
-            )));
+            return Err(ferr(format!("filter is longer than {MAX_FILTER_BYTES} bytes")));
         }
         let mut conditions = 0;
         let mut parts = Vec::with_capacity(pairs.len());
@@ -607,18 +537,13 @@ impl Filter {
     /// Parses a filter string in query form: `qty=gt.5&status=in.(a,b)` or `and=(...)`.
     pub fn parse(s: &str) -> Result<Option<Filter>, FilterError> {
         if s.len() > MAX_FILTER_BYTES {
-            return Err(ferr(format!(
-                "filter is longer than {MAX_FILTER_BYTES} bytes"
-            )));
+            return Err(ferr(format!("filter is longer than {MAX_FILTER_BYTES} bytes")));
         }
         let s = s.strip_prefix('?').unwrap_or(s);
         let mut pairs = Vec::new();
         for part in s.split('&').filter(|p| !p.is_empty()) {
             let Some((k, v)) = part.split_once('=') else {
-                return Err(ferr(format!(
-                    "expected key=value (e.g. qty=gt.5) but found '{}'",
-                    show(part)
-                )));
+                return Err(ferr(format!("expected key=value (e.g. qty=gt.5) but found '{}'", show(part))));
             };
             pairs.push((percent_decode(k)?, percent_decode(v)?));
         }
@@ -627,12 +552,8 @@ impl Filter {
 
     pub fn bind(&self, c: &Collection) -> Result<BoundFilter, FilterError> {
         Ok(match self {
-            Filter::And(v) => {
-                BoundFilter::And(v.iter().map(|f| f.bind(c)).collect::<Result<_, _>>()?)
-            }
-            Filter::Or(v) => {
-                BoundFilter::Or(v.iter().map(|f| f.bind(c)).collect::<Result<_, _>>()?)
-            }
+            Filter::And(v) => BoundFilter::And(v.iter().map(|f| f.bind(c)).collect::<Result<_, _>>()?),
+            Filter::Or(v) => BoundFilter::Or(v.iter().map(|f| f.bind(c)).collect::<Result<_, _>>()?),
             Filter::Not(f) => BoundFilter::Not(Box::new(f.bind(c)?)),
             Filter::Cmp { field, op, value } => {
                 let ty = field_type(c, field)?;
@@ -642,11 +563,7 @@ impl Filter {
                         op.as_str()
                     )));
                 }
-                BoundFilter::Cmp {
-                    field: field.clone(),
-                    op: *op,
-                    value: typed(field, ty, value)?,
-                }
+                BoundFilter::Cmp { field: field.clone(), op: *op, value: typed(field, ty, value)? }
             }
             Filter::In { field, values } => {
                 let ty = field_type(c, field)?;
@@ -655,14 +572,8 @@ impl Filter {
                         "null cannot be listed in 'in' (field {field}): use or=({field}.in.(...),{field}.is.null)"
                     )));
                 }
-                let values = values
-                    .iter()
-                    .map(|v| typed(field, ty, v))
-                    .collect::<Result<_, _>>()?;
-                BoundFilter::In {
-                    field: field.clone(),
-                    values,
-                }
+                let values = values.iter().map(|v| typed(field, ty, v)).collect::<Result<_, _>>()?;
+                BoundFilter::In { field: field.clone(), values }
             }
             Filter::Is { field, value } => {
                 let ty = field_type(c, field)?;
@@ -682,16 +593,9 @@ impl Filter {
                         )))
                     }
                 };
-                BoundFilter::Is {
-                    field: field.clone(),
-                    value,
-                }
+                BoundFilter::Is { field: field.clone(), value }
             }
-            Filter::Like {
-                field,
-                pattern,
-                case_insensitive,
-            } => {
+            Filter::Like { field, pattern, case_insensitive } => {
                 let ty = field_type(c, field)?;
                 if !matches!(
                     ty,
@@ -719,12 +623,10 @@ fn field_type(c: &Collection, field: &str) -> Result<FieldType, FilterError> {
         "id" => Ok(FieldType::Text),
         "version" => Ok(FieldType::Integer),
         "created_at" | "updated_at" => Ok(FieldType::Datetime),
-        _ => c.field(field).map(|f| f.ty).ok_or_else(|| {
-            ferr(format!(
-                "field '{field}' does not exist in collection '{}'",
-                c.name
-            ))
-        }),
+        _ => c
+            .field(field)
+            .map(|f| f.ty)
+            .ok_or_else(|| ferr(format!("field '{field}' does not exist in collection '{}'", c.name))),
     }
 }
 
@@ -742,27 +644,19 @@ fn datetime_literal(v: &str) -> Option<String> {
 /// Types a literal by its field's type (not `null`; that is refused by the callers).
 fn typed(field: &str, ty: FieldType, v: &str) -> Result<Scalar, FilterError> {
     match ty {
-        FieldType::Text | FieldType::Select | FieldType::Relation => {
-            Ok(Scalar::Text(v.to_string()))
-        }
+        FieldType::Text | FieldType::Select | FieldType::Relation => Ok(Scalar::Text(v.to_string())),
         FieldType::Integer => v
             .parse::<i64>()
             .map(Scalar::Int)
             .map_err(|_| ferr(format!("'{}' is not an integer (field {field})", show(v)))),
         FieldType::Number => match v.parse::<f64>() {
             Ok(x) if x.is_finite() => Ok(Scalar::Num(x)),
-            _ => Err(ferr(format!(
-                "'{}' is not a finite number (field {field})",
-                show(v)
-            ))),
+            _ => Err(ferr(format!("'{}' is not a finite number (field {field})", show(v)))),
         },
         FieldType::Boolean => match v {
             "true" => Ok(Scalar::Bool(true)),
             "false" => Ok(Scalar::Bool(false)),
-            _ => Err(ferr(format!(
-                "'{}' is not a boolean (field {field}); use true or false",
-                show(v)
-            ))),
+            _ => Err(ferr(format!("'{}' is not a boolean (field {field}); use true or false", show(v)))),
         },
         FieldType::Datetime => datetime_literal(v).map(Scalar::Text).ok_or_else(|| {
             ferr(format!(
@@ -770,9 +664,9 @@ fn typed(field: &str, ty: FieldType, v: &str) -> Result<Scalar, FilterError> {
                 show(v)
             ))
         }),
-        FieldType::Json => Err(ferr(format!(
-            "json field {field} can only be filtered with is.null or not.is.null"
-        ))),
+        FieldType::Json => {
+            Err(ferr(format!("json field {field} can only be filtered with is.null or not.is.null")))
+        }
     }
 }
 
@@ -825,11 +719,7 @@ fn push_op_value(f: &Filter, in_group: bool, out: &mut String) {
             out.push_str("is.");
             plain(value, out);
         }
-        Filter::Like {
-            pattern,
-            case_insensitive,
-            ..
-        } => {
+        Filter::Like { pattern, case_insensitive, .. } => {
             out.push_str(if *case_insensitive { "ilike." } else { "like." });
             plain(pattern, out);
         }
@@ -1051,9 +941,7 @@ impl BoundFilter {
             BoundFilter::And(v) => and3(v.iter().map(|f| f.evaluate(r))),
             BoundFilter::Or(v) => or3(v.iter().map(|f| f.evaluate(r))),
             BoundFilter::Not(f) => f.evaluate(r).map(|b| !b),
-            BoundFilter::Cmp { field, op, value } => {
-                compare(get(field)?, value).map(|o| op.holds(o))
-            }
+            BoundFilter::Cmp { field, op, value } => compare(get(field)?, value).map(|o| op.holds(o)),
             BoundFilter::In { field, values } => {
                 // SQL: `x IN ()` is false even when x is null.
                 if values.is_empty() {
@@ -1074,11 +962,7 @@ impl BoundFilter {
                 Scalar::Bool(b) => get(field).and_then(Value::as_bool) == Some(*b),
                 _ => false,
             }),
-            BoundFilter::Like {
-                field,
-                pattern,
-                case_insensitive,
-            } => {
+            BoundFilter::Like { field, pattern, case_insensitive } => {
                 let text = get(field)?.as_str()?;
                 Some(if *case_insensitive {
                     like_match(&pattern.to_ascii_lowercase(), &text.to_ascii_lowercase())
@@ -1093,11 +977,7 @@ impl BoundFilter {
     pub fn index_key(&self) -> Option<(&str, &Scalar)> {
         fn eq(f: &BoundFilter) -> Option<(&str, &Scalar)> {
             match f {
-                BoundFilter::Cmp {
-                    field,
-                    op: CmpOp::Eq,
-                    value,
-                } => Some((field.as_str(), value)),
+                BoundFilter::Cmp { field, op: CmpOp::Eq, value } => Some((field.as_str(), value)),
                 _ => None,
             }
         }
@@ -1152,13 +1032,7 @@ mod tests {
 
     fn rec(data: Value) -> Record {
         let m = data.as_object().unwrap().clone();
-        Record::new(
-            "r1",
-            3,
-            "2026-01-01T00:00:00.000000Z",
-            "2026-01-02T00:00:00.000000Z",
-            m,
-        )
+        Record::new("r1", 3, "2026-01-01T00:00:00.000000Z", "2026-01-02T00:00:00.000000Z", m)
     }
 
     fn parse(s: &str) -> Filter {
@@ -1182,11 +1056,7 @@ mod tests {
     }
 
     fn cmp(field: &str, op: CmpOp, value: &str) -> Filter {
-        Filter::Cmp {
-            field: field.into(),
-            op,
-            value: value.into(),
-        }
+        Filter::Cmp { field: field.into(), op, value: value.into() }
     }
 
     #[test]
@@ -1199,38 +1069,18 @@ mod tests {
         assert_eq!(parse("qty=gte.5"), cmp("qty", CmpOp::Gte, "5"));
         assert_eq!(
             parse("status=in.(open,late)"),
-            Filter::In {
-                field: "status".into(),
-                values: vec!["open".into(), "late".into()]
-            }
+            Filter::In { field: "status".into(), values: vec!["open".into(), "late".into()] }
         );
-        assert_eq!(
-            parse("owner=is.null"),
-            Filter::Is {
-                field: "owner".into(),
-                value: "null".into()
-            }
-        );
+        assert_eq!(parse("owner=is.null"), Filter::Is { field: "owner".into(), value: "null".into() });
         assert_eq!(
             parse("title=like.*box*"),
-            Filter::Like {
-                field: "title".into(),
-                pattern: "*box*".into(),
-                case_insensitive: false
-            }
+            Filter::Like { field: "title".into(), pattern: "*box*".into(), case_insensitive: false }
         );
         assert_eq!(
             parse("title=ilike.*Box*"),
-            Filter::Like {
-                field: "title".into(),
-                pattern: "*Box*".into(),
-                case_insensitive: true
-            }
+            Filter::Like { field: "title".into(), pattern: "*Box*".into(), case_insensitive: true }
         );
-        assert_eq!(
-            parse("qty=not.gt.5"),
-            Filter::Not(Box::new(cmp("qty", CmpOp::Gt, "5")))
-        );
+        assert_eq!(parse("qty=not.gt.5"), Filter::Not(Box::new(cmp("qty", CmpOp::Gt, "5"))));
     }
 
     #[test]
@@ -1250,24 +1100,15 @@ mod tests {
         assert_eq!(Filter::from_pairs(&[]).unwrap(), None);
         assert_eq!(
             parse("qty=gt.1&title=eq.a"),
-            Filter::And(vec![
-                cmp("qty", CmpOp::Gt, "1"),
-                cmp("title", CmpOp::Eq, "a")
-            ])
+            Filter::And(vec![cmp("qty", CmpOp::Gt, "1"), cmp("title", CmpOp::Eq, "a")])
         );
         let pairs = vec![("qty".to_string(), "gt.1".to_string())];
-        assert_eq!(
-            Filter::from_pairs(&pairs).unwrap(),
-            Some(cmp("qty", CmpOp::Gt, "1"))
-        );
+        assert_eq!(Filter::from_pairs(&pairs).unwrap(), Some(cmp("qty", CmpOp::Gt, "1")));
     }
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(
-            parse("title=eq.a%20b+c%26d"),
-            cmp("title", CmpOp::Eq, "a b c&d")
-        );
+        assert_eq!(parse("title=eq.a%20b+c%26d"), cmp("title", CmpOp::Eq, "a b c&d"));
         assert_eq!(parse("title=eq.100%"), cmp("title", CmpOp::Eq, "100%"));
         assert_eq!(parse("title=eq.%zz"), cmp("title", CmpOp::Eq, "%zz"));
         assert_eq!(parse("t%69tle=eq.%C3%BC"), cmp("title", CmpOp::Eq, "ü"));
@@ -1293,25 +1134,15 @@ mod tests {
                 cmp("a", CmpOp::Eq, "1"),
                 Filter::Not(Box::new(Filter::And(vec![
                     Filter::Not(Box::new(cmp("b", CmpOp::Lt, "2"))),
-                    Filter::Is {
-                        field: "c".into(),
-                        value: "null".into()
-                    },
+                    Filter::Is { field: "c".into(), value: "null".into() },
                 ])))
             ])))
         );
         assert_eq!(
             parse("not.and=(a.in.(1,2),b.like.x*)"),
             Filter::Not(Box::new(Filter::And(vec![
-                Filter::In {
-                    field: "a".into(),
-                    values: vec!["1".into(), "2".into()]
-                },
-                Filter::Like {
-                    field: "b".into(),
-                    pattern: "x*".into(),
-                    case_insensitive: false
-                },
+                Filter::In { field: "a".into(), values: vec!["1".into(), "2".into()] },
+                Filter::Like { field: "b".into(), pattern: "x*".into(), case_insensitive: false },
             ])))
         );
         // Whitespace before a condition is skipped; values keep theirs.
@@ -1322,10 +1153,7 @@ mod tests {
         // Values in groups run to the next comma/paren at their own level.
         assert_eq!(
             parse("or=(a.eq.f(x,y),b.eq.a.b)"),
-            Filter::Or(vec![
-                cmp("a", CmpOp::Eq, "f(x,y)"),
-                cmp("b", CmpOp::Eq, "a.b")
-            ])
+            Filter::Or(vec![cmp("a", CmpOp::Eq, "f(x,y)"), cmp("b", CmpOp::Eq, "a.b")])
         );
     }
 
@@ -1333,54 +1161,30 @@ mod tests {
     fn quoting_in_lists_and_groups() {
         assert_eq!(
             parse(r#"status=in.("a,b",c)"#),
-            Filter::In {
-                field: "status".into(),
-                values: vec!["a,b".into(), "c".into()]
-            }
+            Filter::In { field: "status".into(), values: vec!["a,b".into(), "c".into()] }
         );
         assert_eq!(
             parse(r#"or=(title.eq."x,y",qty.gt.1)"#),
-            Filter::Or(vec![
-                cmp("title", CmpOp::Eq, "x,y"),
-                cmp("qty", CmpOp::Gt, "1")
-            ])
+            Filter::Or(vec![cmp("title", CmpOp::Eq, "x,y"), cmp("qty", CmpOp::Gt, "1")])
         );
         assert_eq!(
             parse(r#"or=(title.eq."a\"b\\c\d(.)")"#),
             Filter::Or(vec![cmp("title", CmpOp::Eq, r#"a"b\c\d(.)"#)])
         );
-        assert_eq!(
-            parse(r#"status=in.()"#),
-            Filter::In {
-                field: "status".into(),
-                values: vec![]
-            }
-        );
+        assert_eq!(parse(r#"status=in.()"#), Filter::In { field: "status".into(), values: vec![] });
         assert_eq!(
             parse(r#"status=in.("",)"#),
-            Filter::In {
-                field: "status".into(),
-                values: vec!["".into(), "".into()]
-            }
+            Filter::In { field: "status".into(), values: vec!["".into(), "".into()] }
         );
-        assert_eq!(
-            parse(r#"or=(title.eq."")"#),
-            Filter::Or(vec![cmp("title", CmpOp::Eq, "")])
-        );
+        assert_eq!(parse(r#"or=(title.eq."")"#), Filter::Or(vec![cmp("title", CmpOp::Eq, "")]));
     }
 
     #[test]
     fn parse_errors_are_precise() {
         assert_eq!(perr("qty=gtx.5"), "unknown operator 'gtx' in 'qty=gtx.5'");
         assert_eq!(perr("or=(a.eq.1"), "unbalanced parentheses in 'or=(a.eq.1'");
-        assert_eq!(
-            perr("status=in.(a,b"),
-            "unbalanced parentheses in 'status=in.(a,b'"
-        );
-        assert_eq!(
-            perr("or=(a.eq.(1)"),
-            "unbalanced parentheses in 'or=(a.eq.(1)'"
-        );
+        assert_eq!(perr("status=in.(a,b"), "unbalanced parentheses in 'status=in.(a,b'");
+        assert_eq!(perr("or=(a.eq.(1)"), "unbalanced parentheses in 'or=(a.eq.(1)'");
         assert!(perr("qty=5").contains("expected operator.value"));
         assert!(perr("qty=gt").contains("missing value after operator 'gt'"));
         assert!(perr("qty").contains("expected key=value"));
@@ -1407,27 +1211,13 @@ mod tests {
     fn limits() {
         let long = format!("title=eq.{}", "x".repeat(MAX_FILTER_BYTES));
         assert!(perr(&long).contains("longer than 4096 bytes"));
-        let pairs = vec![(
-            "title".to_string(),
-            format!("eq.{}", "x".repeat(MAX_FILTER_BYTES)),
-        )];
-        assert!(Filter::from_pairs(&pairs)
-            .unwrap_err()
-            .message
-            .contains("longer"));
+        let pairs = vec![("title".to_string(), format!("eq.{}", "x".repeat(MAX_FILTER_BYTES)))];
+        assert!(Filter::from_pairs(&pairs).unwrap_err().message.contains("longer"));
 
-        let conds = |n: usize| {
-            (0..n)
-                .map(|i| format!("a.eq.{i}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let conds = |n: usize| (0..n).map(|i| format!("a.eq.{i}")).collect::<Vec<_>>().join(",");
         assert!(Filter::parse(&format!("or=({})", conds(64))).is_ok());
         assert!(perr(&format!("or=({})", conds(65))).contains("more than 64 conditions"));
-        let many_pairs = (0..65)
-            .map(|i| format!("a=eq.{i}"))
-            .collect::<Vec<_>>()
-            .join("&");
+        let many_pairs = (0..65).map(|i| format!("a=eq.{i}")).collect::<Vec<_>>().join("&");
         assert!(perr(&many_pairs).contains("more than 64 conditions"));
 
         let nest = |n: usize| format!("and=({}a.eq.1{}", "or(".repeat(n - 1), ")".repeat(n));
@@ -1445,27 +1235,15 @@ mod tests {
     fn binding_types_literals() {
         assert_eq!(
             bound("qty=eq.5"),
-            BoundFilter::Cmp {
-                field: "qty".into(),
-                op: CmpOp::Eq,
-                value: Scalar::Int(5)
-            }
+            BoundFilter::Cmp { field: "qty".into(), op: CmpOp::Eq, value: Scalar::Int(5) }
         );
         assert_eq!(
             bound("price=gt.5"),
-            BoundFilter::Cmp {
-                field: "price".into(),
-                op: CmpOp::Gt,
-                value: Scalar::Num(5.0)
-            }
+            BoundFilter::Cmp { field: "price".into(), op: CmpOp::Gt, value: Scalar::Num(5.0) }
         );
         assert_eq!(
             bound("done=eq.true"),
-            BoundFilter::Cmp {
-                field: "done".into(),
-                op: CmpOp::Eq,
-                value: Scalar::Bool(true)
-            }
+            BoundFilter::Cmp { field: "done".into(), op: CmpOp::Eq, value: Scalar::Bool(true) }
         );
         assert_eq!(
             bound("due=lt.2026-01-02T03:04:05+02:00"),
@@ -1477,26 +1255,13 @@ mod tests {
         );
         assert_eq!(
             bound("version=gte.2"),
-            BoundFilter::Cmp {
-                field: "version".into(),
-                op: CmpOp::Gte,
-                value: Scalar::Int(2)
-            }
+            BoundFilter::Cmp { field: "version".into(), op: CmpOp::Gte, value: Scalar::Int(2) }
         );
         assert_eq!(
             bound("done=is.false"),
-            BoundFilter::Is {
-                field: "done".into(),
-                value: Scalar::Bool(false)
-            }
+            BoundFilter::Is { field: "done".into(), value: Scalar::Bool(false) }
         );
-        assert_eq!(
-            bound("meta=is.null"),
-            BoundFilter::Is {
-                field: "meta".into(),
-                value: Scalar::Null
-            }
-        );
+        assert_eq!(bound("meta=is.null"), BoundFilter::Is { field: "meta".into(), value: Scalar::Null });
         // A select value outside the allowed ones simply matches nothing.
         assert!(!m("status=eq.nope", json!({"status": "open"})));
         bound("id=like.r*");
@@ -1506,10 +1271,7 @@ mod tests {
 
     #[test]
     fn binding_errors_are_precise() {
-        assert_eq!(
-            berr("nope=eq.1"),
-            "field 'nope' does not exist in collection 'items'"
-        );
+        assert_eq!(berr("nope=eq.1"), "field 'nope' does not exist in collection 'items'");
         assert_eq!(berr("qty=eq.5.5"), "'5.5' is not an integer (field qty)");
         assert!(berr("qty=eq.abc").contains("'abc' is not an integer"));
         assert!(berr("qty=in.(1,x)").contains("'x' is not an integer"));
@@ -1599,14 +1361,8 @@ mod tests {
         assert!(!m("title=not.like.x*", json!({"title": null})));
         let f = bound("qty=gt.5");
         assert_eq!(f.evaluate(&rec(null_qty)), None);
-        assert_eq!(
-            BoundFilter::And(vec![]).evaluate(&rec(json!({}))),
-            Some(true)
-        );
-        assert_eq!(
-            BoundFilter::Or(vec![]).evaluate(&rec(json!({}))),
-            Some(false)
-        );
+        assert_eq!(BoundFilter::And(vec![]).evaluate(&rec(json!({}))), Some(true));
+        assert_eq!(BoundFilter::Or(vec![]).evaluate(&rec(json!({}))), Some(false));
     }
 
     #[test]
@@ -1624,10 +1380,7 @@ mod tests {
         assert!(!like_match("a*b*c", "aXbYbZ"));
         assert!(like_match("[x]?", "[x]?"));
         assert!(!like_match("[x]", "x"));
-        assert!(like_match(
-            "*a*a*a*a*a*a*b",
-            &format!("{}b", "a".repeat(60))
-        ));
+        assert!(like_match("*a*a*a*a*a*a*b", &format!("{}b", "a".repeat(60))));
         assert!(!like_match("*a*a*a*a*a*a*b", &"a".repeat(5000)));
         assert!(m("title=like.*box*", json!({"title": "a box"})));
         assert!(!m("title=like.*box*", json!({"title": "a Box"})));
@@ -1635,10 +1388,7 @@ mod tests {
         // ilike lowercases ASCII only, as SQLite's lower().
         assert!(!m("title=ilike.Ü", json!({"title": "ü"})));
         assert!(m("title=ilike.ü", json!({"title": "ü"})));
-        assert!(m(
-            "due=like.2026-03*",
-            json!({"due": "2026-03-01T00:00:00.000000Z"})
-        ));
+        assert!(m("due=like.2026-03*", json!({"due": "2026-03-01T00:00:00.000000Z"})));
         assert!(m("title=not.like.x*", json!({"title": "box"})));
     }
 
@@ -1647,10 +1397,7 @@ mod tests {
         let f = bound("qty=eq.5");
         assert_eq!(f.index_key(), Some(("qty", &Scalar::Int(5))));
         let f = bound("qty=gt.1&status=eq.open&title=eq.a");
-        assert_eq!(
-            f.index_key(),
-            Some(("status", &Scalar::Text("open".into())))
-        );
+        assert_eq!(f.index_key(), Some(("status", &Scalar::Text("open".into()))));
         assert_eq!(bound("or=(qty.eq.1,qty.eq.2)").index_key(), None);
         assert_eq!(bound("qty=not.eq.1").index_key(), None);
         assert_eq!(bound("and=(or(qty.eq.1),title.gt.a)").index_key(), None);
@@ -1676,10 +1423,7 @@ mod tests {
             let shown = f.to_string();
             assert_eq!(parse(&shown), f, "{s} -> {shown}");
         }
-        assert_eq!(
-            parse("qty=gt.5&or=(a.eq.1,b.lt.2)").to_string(),
-            "qty=gt.5&or=(a.eq.1,b.lt.2)"
-        );
+        assert_eq!(parse("qty=gt.5&or=(a.eq.1,b.lt.2)").to_string(), "qty=gt.5&or=(a.eq.1,b.lt.2)");
         assert_eq!(parse("title=eq.a b").to_string(), "title=eq.a%20b");
     }
 
@@ -1689,8 +1433,8 @@ mod tests {
             "[ -~]{0,8}",
             prop::collection::vec(
                 prop::sample::select(vec![
-                    ",", "(", ")", "\"", "\\", ".", "&", "%", "+", "=", "#", " ", "ü", "a", "null",
-                    "*", "_", "%2", "\t"
+                    ",", "(", ")", "\"", "\\", ".", "&", "%", "+", "=", "#", " ", "ü", "a", "null", "*", "_",
+                    "%2", "\t"
                 ]),
                 0..6
             )
@@ -1699,38 +1443,17 @@ mod tests {
     }
 
     fn arb_leaf() -> impl Strategy<Value = Filter> {
-        let field =
-            prop::sample::select(vec!["a", "qty", "title", "x_1", "B9"]).prop_map(String::from);
-        let op = prop::sample::select(vec![
-            CmpOp::Eq,
-            CmpOp::Neq,
-            CmpOp::Lt,
-            CmpOp::Lte,
-            CmpOp::Gt,
-            CmpOp::Gte,
-        ]);
+        let field = prop::sample::select(vec!["a", "qty", "title", "x_1", "B9"]).prop_map(String::from);
+        let op =
+            prop::sample::select(vec![CmpOp::Eq, CmpOp::Neq, CmpOp::Lt, CmpOp::Lte, CmpOp::Gt, CmpOp::Gte]);
         let leaf = prop_oneof![
-            (field.clone(), op, arb_value()).prop_map(|(field, op, value)| Filter::Cmp {
-                field,
-                op,
-                value
-            }),
+            (field.clone(), op, arb_value()).prop_map(|(field, op, value)| Filter::Cmp { field, op, value }),
             (field.clone(), prop::collection::vec(arb_value(), 0..4))
                 .prop_map(|(field, values)| Filter::In { field, values }),
-            (
-                field.clone(),
-                prop::sample::select(vec!["null", "true", "false"])
-            )
-                .prop_map(|(field, v)| Filter::Is {
-                    field,
-                    value: v.to_string()
-                }),
+            (field.clone(), prop::sample::select(vec!["null", "true", "false"]))
+                .prop_map(|(field, v)| Filter::Is { field, value: v.to_string() }),
             (field, arb_value(), any::<bool>()).prop_map(|(field, pattern, case_insensitive)| {
-                Filter::Like {
-                    field,
-                    pattern,
-                    case_insensitive,
-                }
+                Filter::Like { field, pattern, case_insensitive }
             }),
         ];
         (leaf, any::<bool>()).prop_map(|(l, neg)| if neg { Filter::Not(Box::new(l)) } else { l })
@@ -1739,23 +1462,16 @@ mod tests {
     /// Filters of the shapes the parser produces: no double negation, no empty groups.
     fn arb_filter() -> impl Strategy<Value = Filter> {
         arb_leaf().prop_recursive(4, 24, 4, |inner| {
-            (
-                prop::collection::vec(inner, 1..4),
-                any::<bool>(),
-                any::<bool>(),
-            )
-                .prop_map(|(items, is_and, neg)| {
-                    let g = if is_and {
-                        Filter::And(items)
-                    } else {
-                        Filter::Or(items)
-                    };
+            (prop::collection::vec(inner, 1..4), any::<bool>(), any::<bool>()).prop_map(
+                |(items, is_and, neg)| {
+                    let g = if is_and { Filter::And(items) } else { Filter::Or(items) };
                     if neg {
                         Filter::Not(Box::new(g))
                     } else {
                         g
                     }
-                })
+                },
+            )
         })
     }
 

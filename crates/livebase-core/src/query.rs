@@ -41,32 +41,21 @@ pub struct OrderBy {
 impl OrderBy {
     /// Ascending, nulls last.
     pub fn asc(field: &str) -> OrderBy {
-        OrderBy {
-            field: field.to_string(),
-            descending: false,
-            nulls_first: false,
-        }
+        OrderBy { field: field.to_string(), descending: false, nulls_first: false }
     }
 
     /// Descending, nulls first.
     pub fn desc(field: &str) -> OrderBy {
-        OrderBy {
-            field: field.to_string(),
-            descending: true,
-            nulls_first: true,
-        }
+        OrderBy { field: field.to_string(), descending: true, nulls_first: true }
     }
 }
 
 fn qerr(message: impl Into<String>) -> FilterError {
-    FilterError {
-        message: message.into(),
-    }
+    FilterError { message: message.into() }
 }
 
 fn parse_count(key: &str, v: &str) -> Result<usize, FilterError> {
-    v.parse::<usize>()
-        .map_err(|_| qerr(format!("{key} must be a non-negative integer, not '{v}'")))
+    v.parse::<usize>().map_err(|_| qerr(format!("{key} must be a non-negative integer, not '{v}'")))
 }
 
 fn parse_order(v: &str) -> Result<Vec<OrderBy>, FilterError> {
@@ -85,11 +74,9 @@ fn parse_order(v: &str) -> Result<Vec<OrderBy>, FilterError> {
                 "desc" => (&mut descending, true),
                 "nullsfirst" => (&mut nulls_first, true),
                 "nullslast" => (&mut nulls_first, false),
-                _ => {
-                    return Err(qerr(format!(
-                        "unknown order modifier '{m}' in '{item}' (expected asc, desc, nullsfirst or nullslast)"
-                    )))
-                }
+                _ => return Err(qerr(format!(
+                    "unknown order modifier '{m}' in '{item}' (expected asc, desc, nullsfirst or nullslast)"
+                ))),
             };
             if slot.replace(value).is_some() {
                 return Err(qerr(format!("conflicting order modifiers in '{item}'")));
@@ -166,12 +153,7 @@ impl ListQuery {
     /// The filter is checked by binding it ([`Filter::bind`]).
     pub fn check(&self, c: &Collection) -> Result<(), FilterError> {
         let exists = |f: &str| SYSTEM_FIELDS.contains(&f) || c.field(f).is_some();
-        let missing = |f: &str| {
-            qerr(format!(
-                "field '{f}' does not exist in collection '{}'",
-                c.name
-            ))
-        };
+        let missing = |f: &str| qerr(format!("field '{f}' does not exist in collection '{}'", c.name));
         for o in &self.order {
             if !exists(&o.field) {
                 return Err(missing(&o.field));
@@ -220,9 +202,7 @@ pub fn compare_values(a: &Value, b: &Value) -> Ordering {
         (Value::String(x), Value::String(y)) => x.cmp(y),
         (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
         _ => match type_rank(a).cmp(&type_rank(b)) {
-            Ordering::Equal if type_rank(a) == 1 => {
-                num(a).partial_cmp(&num(b)).unwrap_or(Ordering::Equal)
-            }
+            Ordering::Equal if type_rank(a) == 1 => num(a).partial_cmp(&num(b)).unwrap_or(Ordering::Equal),
             Ordering::Equal => a.to_string().cmp(&b.to_string()),
             o => o,
         },
@@ -275,21 +255,15 @@ pub fn compare_records(order: &[OrderBy], a: &Record, b: &Record) -> Ordering {
 pub fn effective_order(order: &[OrderBy]) -> Vec<OrderBy> {
     let mut o = order.to_vec();
     if !o.iter().any(|k| k.field == "id") {
-        o.push(OrderBy {
-            field: "id".into(),
-            descending: false,
-            nulls_first: false,
-        });
+        o.push(OrderBy { field: "id".into(), descending: false, nulls_first: false });
     }
     o
 }
 
 /// A cursor is the sort-key values of the last row returned, hex-encoded JSON.
 pub fn encode_cursor(order: &[OrderBy], r: &Record) -> String {
-    let vals: Vec<&serde_json::Value> = order
-        .iter()
-        .map(|k| r.get(&k.field).unwrap_or(&serde_json::Value::Null))
-        .collect();
+    let vals: Vec<&serde_json::Value> =
+        order.iter().map(|k| r.get(&k.field).unwrap_or(&serde_json::Value::Null)).collect();
     let json = serde_json::to_string(&vals).unwrap_or_default();
     json.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -318,9 +292,7 @@ mod tests {
     use serde_json::json;
 
     fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
-        s.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn q(s: &[(&str, &str)]) -> ListQuery {
@@ -343,10 +315,7 @@ mod tests {
     fn reserved_keys_and_filter_pairs() {
         let l = q(&[
             ("select", "title, qty,title"),
-            (
-                "order",
-                "qty.desc,title,id.asc.nullsfirst,version.desc.nullslast",
-            ),
+            ("order", "qty.desc,title,id.asc.nullsfirst,version.desc.nullslast"),
             ("limit", "10"),
             ("offset", "20"),
             ("cursor", "abc"),
@@ -360,26 +329,15 @@ mod tests {
             vec![
                 OrderBy::desc("qty"),
                 OrderBy::asc("title"),
-                OrderBy {
-                    field: "id".into(),
-                    descending: false,
-                    nulls_first: true
-                },
-                OrderBy {
-                    field: "version".into(),
-                    descending: true,
-                    nulls_first: false
-                },
+                OrderBy { field: "id".into(), descending: false, nulls_first: true },
+                OrderBy { field: "version".into(), descending: true, nulls_first: false },
             ]
         );
         assert_eq!(
             (l.limit, l.offset, l.cursor.as_deref(), l.count),
             (Some(10), Some(20), Some("abc"), true)
         );
-        assert_eq!(
-            l.filter,
-            Filter::parse("qty=gt.5&or=(title.eq.a,title.eq.b)").unwrap()
-        );
+        assert_eq!(l.filter, Filter::parse("qty=gt.5&or=(title.eq.a,title.eq.b)").unwrap());
         l.check(&items()).unwrap();
         assert_eq!(l.effective_limit(), 10);
 
@@ -411,36 +369,18 @@ mod tests {
     fn check_finds_unknown_fields() {
         let c = items();
         let e = q(&[("order", "nope")]).check(&c).unwrap_err();
-        assert_eq!(
-            e.message,
-            "field 'nope' does not exist in collection 'items'"
-        );
+        assert_eq!(e.message, "field 'nope' does not exist in collection 'items'");
         assert!(q(&[("select", "title,nope")]).check(&c).is_err());
         assert!(q(&[("select", "id,created_at,meta")]).check(&c).is_ok());
-        assert!(q(&[("order", "meta")])
-            .check(&c)
-            .unwrap_err()
-            .message
-            .contains("json"));
+        assert!(q(&[("order", "meta")]).check(&c).unwrap_err().message.contains("json"));
     }
 
     #[test]
     fn record_order_is_postgres_like() {
         let r = |id: &str, qty: Value| {
-            Record::new(
-                id,
-                1,
-                "t",
-                "t",
-                [("qty".to_string(), qty), ("title".to_string(), json!("x"))],
-            )
+            Record::new(id, 1, "t", "t", [("qty".to_string(), qty), ("title".to_string(), json!("x"))])
         };
-        let mut rs = vec![
-            r("a", json!(2)),
-            r("b", Value::Null),
-            r("c", json!(1)),
-            r("d", json!(2)),
-        ];
+        let mut rs = vec![r("a", json!(2)), r("b", Value::Null), r("c", json!(1)), r("d", json!(2))];
         let ids = |rs: &[Record]| rs.iter().map(|r| r.id().to_string()).collect::<String>();
         rs.sort_by(|a, b| compare_records(&[OrderBy::asc("qty")], a, b));
         assert_eq!(ids(&rs), "cadb");

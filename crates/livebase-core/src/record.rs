@@ -37,10 +37,7 @@ impl Record {
     }
 
     pub fn version(&self) -> i64 {
-        self.0
-            .get("version")
-            .and_then(Value::as_i64)
-            .unwrap_or_default()
+        self.0.get("version").and_then(Value::as_i64).unwrap_or_default()
     }
 
     /// A field's value; a declared field that is absent reads as null.
@@ -50,9 +47,7 @@ impl Record {
 
     /// Data fields only (system fields left out).
     pub fn data(&self) -> impl Iterator<Item = (&String, &Value)> {
-        self.0
-            .iter()
-            .filter(|(k, _)| !crate::schema::SYSTEM_FIELDS.contains(&k.as_str()))
+        self.0.iter().filter(|(k, _)| !crate::schema::SYSTEM_FIELDS.contains(&k.as_str()))
     }
 
     /// Keeps only the named fields (a `select=` projection). `id` is always kept.
@@ -102,9 +97,7 @@ const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 /// Ids made later sort after earlier ones (to the millisecond).
 pub fn make_id(unix_ms: u64, random: u128) -> String {
     let v: u128 = ((unix_ms as u128 & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
-    (0..26)
-        .map(|i| CROCKFORD[((v >> (125 - i * 5)) & 31) as usize] as char)
-        .collect()
+    (0..26).map(|i| CROCKFORD[((v >> (125 - i * 5)) & 31) as usize] as char).collect()
 }
 
 pub fn generate_id() -> String {
@@ -119,9 +112,7 @@ pub fn generate_id() -> String {
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -141,14 +132,8 @@ mod tests {
 
     #[test]
     fn timestamps_normalize_to_utc_micros() {
-        assert_eq!(
-            normalize_timestamp("2026-01-02T03:04:05+02:00").unwrap(),
-            "2026-01-02T01:04:05.000000Z"
-        );
-        assert_eq!(
-            normalize_timestamp("2026-01-02T03:04:05.5Z").unwrap(),
-            "2026-01-02T03:04:05.500000Z"
-        );
+        assert_eq!(normalize_timestamp("2026-01-02T03:04:05+02:00").unwrap(), "2026-01-02T01:04:05.000000Z");
+        assert_eq!(normalize_timestamp("2026-01-02T03:04:05.5Z").unwrap(), "2026-01-02T03:04:05.500000Z");
         assert!(normalize_timestamp("yesterday").is_none());
     }
 }

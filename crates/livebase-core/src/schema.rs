@@ -123,10 +123,7 @@ pub struct SchemaError {
 }
 
 fn schema_err(path: impl Into<String>, message: impl Into<String>) -> SchemaError {
-    SchemaError {
-        path: path.into(),
-        message: message.into(),
-    }
+    SchemaError { path: path.into(), message: message.into() }
 }
 
 /// A lower-case identifier: `[a-z][a-z0-9_]*`, at most 63 bytes.
@@ -163,28 +160,16 @@ impl Collection {
                 ));
             }
             if SYSTEM_FIELDS.contains(&f.name.as_str()) {
-                return Err(schema_err(
-                    at("name"),
-                    format!("'{}' is a system field", f.name),
-                ));
+                return Err(schema_err(at("name"), format!("'{}' is a system field", f.name)));
             }
             if self.fields[..i].iter().any(|g| g.name == f.name) {
-                return Err(schema_err(
-                    at("name"),
-                    format!("duplicate field '{}'", f.name),
-                ));
+                return Err(schema_err(at("name"), format!("duplicate field '{}'", f.name)));
             }
-            let bounded = matches!(
-                f.ty,
-                FieldType::Text | FieldType::Integer | FieldType::Number
-            );
+            let bounded = matches!(f.ty, FieldType::Text | FieldType::Integer | FieldType::Number);
             if (f.min.is_some() || f.max.is_some()) && !bounded {
                 return Err(schema_err(
                     at("min"),
-                    format!(
-                        "min/max apply to text, integer and number, not {}",
-                        f.ty.as_str()
-                    ),
+                    format!("min/max apply to text, integer and number, not {}", f.ty.as_str()),
                 ));
             }
             if let (Some(lo), Some(hi)) = (f.min, f.max) {
@@ -197,18 +182,12 @@ impl Collection {
                     return Err(schema_err(at("values"), "a select field needs values"));
                 }
                 FieldType::Relation if f.collection.is_none() => {
-                    return Err(schema_err(
-                        at("collection"),
-                        "a relation field needs a target collection",
-                    ));
+                    return Err(schema_err(at("collection"), "a relation field needs a target collection"));
                 }
                 _ => {}
             }
             if f.ty != FieldType::Select && !f.values.is_empty() {
-                return Err(schema_err(
-                    at("values"),
-                    "values apply to select fields only",
-                ));
+                return Err(schema_err(at("values"), "values apply to select fields only"));
             }
             if f.ty != FieldType::Relation && (f.collection.is_some() || f.on_delete.is_some()) {
                 return Err(schema_err(
@@ -217,21 +196,14 @@ impl Collection {
                 ));
             }
             if f.on_delete == Some(OnDelete::SetNull) && f.required {
-                return Err(schema_err(
-                    at("on_delete"),
-                    "on_delete set_null conflicts with required",
-                ));
+                return Err(schema_err(at("on_delete"), "on_delete set_null conflicts with required"));
             }
             if let Some(d) = &f.default {
                 if f.unique {
-                    return Err(schema_err(
-                        at("default"),
-                        "a unique field cannot have a default",
-                    ));
+                    return Err(schema_err(at("default"), "a unique field cannot have a default"));
                 }
-                crate::validate::check_value(f, d).map_err(|e| {
-                    schema_err(at("default"), format!("default is invalid: {}", e.message))
-                })?;
+                crate::validate::check_value(f, d)
+                    .map_err(|e| schema_err(at("default"), format!("default is invalid: {}", e.message)))?;
             }
         }
         self.check_rules()
@@ -299,8 +271,7 @@ impl Migration {
                         || (f.unique && !o.unique)
                         || f.min.is_some_and(|v| o.min.is_none_or(|w| v > w))
                         || f.max.is_some_and(|v| o.max.is_none_or(|w| v < w))
-                        || (f.ty == FieldType::Select
-                            && o.values.iter().any(|v| !f.values.contains(v)));
+                        || (f.ty == FieldType::Select && o.values.iter().any(|v| !f.values.contains(v)));
                     if narrower {
                         m.tightened.push(f.name.clone());
                     }
@@ -335,8 +306,7 @@ impl Schema {
     /// Checks every collection, and that every relation points at an existing collection.
     pub fn check(&self) -> Result<(), SchemaError> {
         for c in self.collections.values() {
-            c.check()
-                .map_err(|e| schema_err(format!("{}.{}", c.name, e.path), e.message))?;
+            c.check().map_err(|e| schema_err(format!("{}.{}", c.name, e.path), e.message))?;
             for (i, f) in c.fields.iter().enumerate() {
                 if let Some(target) = &f.collection {
                     if !self.collections.contains_key(target) {
@@ -353,10 +323,7 @@ impl Schema {
 
     /// Collections with a relation to `target`, with the fields that point at it.
     pub fn referrers<'a>(&'a self, target: &'a str) -> Vec<(&'a Collection, &'a Field)> {
-        self.collections
-            .values()
-            .flat_map(|c| c.relations_to(target).map(move |f| (c, f)))
-            .collect()
+        self.collections.values().flat_map(|c| c.relations_to(target).map(move |f| (c, f))).collect()
     }
 }
 
@@ -380,8 +347,7 @@ mod tests {
         let mut s = Schema::default();
         s.collections.insert(c.name.clone(), c.clone());
         assert!(s.check().unwrap_err().message.contains("users"));
-        s.collections
-            .insert("users".into(), coll(json!({"name": "users"})));
+        s.collections.insert("users".into(), coll(json!({"name": "users"})));
         s.check().unwrap();
         assert_eq!(s.referrers("users").len(), 1);
     }
@@ -394,10 +360,8 @@ mod tests {
         assert_eq!(e.unwrap_err().path, "fields[0].name");
         let e = coll(json!({"name": "a", "fields": [{"name": "s", "type": "select"}]})).check();
         assert_eq!(e.unwrap_err().path, "fields[0].values");
-        let e = coll(
-            json!({"name": "a", "fields": [{"name": "n", "type": "integer", "default": "x"}]}),
-        )
-        .check();
+        let e =
+            coll(json!({"name": "a", "fields": [{"name": "n", "type": "integer", "default": "x"}]})).check();
         assert_eq!(e.unwrap_err().path, "fields[0].default");
     }
 
@@ -420,24 +384,14 @@ mod tests {
 
         let e = with_rules(json!({"edit": "true"})).unwrap_err();
         assert_eq!(e.path, "rules.edit");
-        assert_eq!(
-            e.message,
-            "unknown rule action 'edit'; use list, view, create, update, delete"
-        );
+        assert_eq!(e.message, "unknown rule action 'edit'; use list, view, create, update, delete");
 
         let e = with_rules(json!({"view": "record.owner = auth.sub"})).unwrap_err();
         assert_eq!(e.path, "rules.view");
-        assert_eq!(
-            e.message,
-            "'=' is not an operator; use '==' to compare at line 1, column 14"
-        );
+        assert_eq!(e.message, "'=' is not an operator; use '==' to compare at line 1, column 14");
         let e = with_rules(json!({"update": "true &&\n  user.id == 1"})).unwrap_err();
         assert_eq!(e.path, "rules.update");
-        assert!(
-            e.message.starts_with("unknown name 'user'"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.starts_with("unknown name 'user'"), "{}", e.message);
         assert!(e.message.ends_with("at line 2, column 3"), "{}", e.message);
 
         let e = with_rules(json!({"view": "record.ownr == auth.sub"})).unwrap_err();

@@ -16,11 +16,7 @@ pub struct FieldError {
 }
 
 fn err(f: &str, code: &'static str, message: String) -> FieldError {
-    FieldError {
-        field: f.to_string(),
-        code,
-        message,
-    }
+    FieldError { field: f.to_string(), code, message }
 }
 
 /// Checks one non-null value against a field and returns its canonical form
@@ -32,31 +28,21 @@ pub fn check_value(f: &Field, v: &Value) -> Result<Value, FieldError> {
         FieldType::Text | FieldType::Relation => {
             let s = v.as_str().ok_or_else(|| wrong("a string"))?;
             if f.ty == FieldType::Relation && !crate::record::valid_id(s) {
-                return Err(err(
-                    name,
-                    "invalid_id",
-                    format!("{name} is not a valid record id"),
-                ));
+                return Err(err(name, "invalid_id", format!("{name} is not a valid record id")));
             }
             let len = s.chars().count() as f64;
             if f.min.is_some_and(|m| len < m) {
                 return Err(err(
                     name,
                     "too_short",
-                    format!(
-                        "{name} must have at least {} characters",
-                        f.min.unwrap_or_default()
-                    ),
+                    format!("{name} must have at least {} characters", f.min.unwrap_or_default()),
                 ));
             }
             if f.max.is_some_and(|m| len > m) {
                 return Err(err(
                     name,
                     "too_long",
-                    format!(
-                        "{name} must have at most {} characters",
-                        f.max.unwrap_or_default()
-                    ),
+                    format!("{name} must have at most {} characters", f.max.unwrap_or_default()),
                 ));
             }
             v.clone()
@@ -86,9 +72,7 @@ pub fn check_value(f: &Field, v: &Value) -> Result<Value, FieldError> {
         }
         FieldType::Boolean => Value::Bool(v.as_bool().ok_or_else(|| wrong("a boolean"))?),
         FieldType::Datetime => {
-            let s = v
-                .as_str()
-                .ok_or_else(|| wrong("an RFC 3339 datetime string"))?;
+            let s = v.as_str().ok_or_else(|| wrong("an RFC 3339 datetime string"))?;
             Value::String(normalize_timestamp(s).ok_or_else(|| wrong("an RFC 3339 datetime"))?)
         }
         FieldType::Json => v.clone(),
@@ -110,11 +94,7 @@ pub fn check_value(f: &Field, v: &Value) -> Result<Value, FieldError> {
 fn check_keys(c: &Collection, input: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     for k in input.keys() {
         if c.field(k).is_none() && !SYSTEM_FIELDS.contains(&k.as_str()) {
-            errors.push(err(
-                k,
-                "unknown_field",
-                format!("{} has no field '{k}'", c.name),
-            ));
+            errors.push(err(k, "unknown_field", format!("{} has no field '{k}'", c.name)));
         }
     }
 }
@@ -173,11 +153,7 @@ pub fn validate_patch(
         };
         if v.is_null() {
             if f.required {
-                errors.push(err(
-                    &f.name,
-                    "required",
-                    format!("{} cannot be null", f.name),
-                ));
+                errors.push(err(&f.name, "required", format!("{} cannot be null", f.name)));
             } else {
                 out.push((f.name.clone(), Value::Null));
             }
@@ -220,10 +196,7 @@ mod tests {
     fn create_applies_defaults_and_nulls_in_schema_order() {
         let out = validate_create(&items(), &obj(json!({"title": "box"}))).unwrap();
         let names: Vec<_> = out.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            names,
-            ["title", "qty", "price", "done", "due", "status", "meta"]
-        );
+        assert_eq!(names, ["title", "qty", "price", "done", "due", "status", "meta"]);
         assert_eq!(out[1].1, json!(1));
         assert_eq!(out[2].1, Value::Null);
     }
@@ -232,18 +205,13 @@ mod tests {
     fn every_failing_field_is_named() {
         let e = validate_create(
             &items(),
-            &obj(
-                json!({"qty": "5", "price": "1", "done": 1, "due": "soon", "status": "x",
-                        "nope": 1, "title": "toolong"}),
-            ),
+            &obj(json!({"qty": "5", "price": "1", "done": 1, "due": "soon", "status": "x",
+                        "nope": 1, "title": "toolong"})),
         )
         .unwrap_err();
         let mut fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
         fields.sort();
-        assert_eq!(
-            fields,
-            ["done", "due", "nope", "price", "qty", "status", "title"]
-        );
+        assert_eq!(fields, ["done", "due", "nope", "price", "qty", "status", "title"]);
     }
 
     #[test]
@@ -259,8 +227,7 @@ mod tests {
     fn patch_refuses_null_for_required() {
         let e = validate_patch(&items(), &obj(json!({"title": null}))).unwrap_err();
         assert_eq!(e[0].code, "required");
-        let ok =
-            validate_patch(&items(), &obj(json!({"due": "2026-01-01T00:00:00+01:00"}))).unwrap();
+        let ok = validate_patch(&items(), &obj(json!({"due": "2026-01-01T00:00:00+01:00"}))).unwrap();
         assert_eq!(ok[0].1, json!("2025-12-31T23:00:00.000000Z"));
     }
 }

@@ -44,7 +44,8 @@ impl AccessCache {
     pub fn new(schema: Arc<Schema>, channels: &[ChannelRule]) -> anyhow::Result<AccessCache> {
         let mut compiled = Vec::new();
         for c in channels {
-            let rule = Rule::parse(&c.rule).map_err(|e| anyhow::anyhow!("channel rule for '{}': {e}", c.pattern))?;
+            let rule =
+                Rule::parse(&c.rule).map_err(|e| anyhow::anyhow!("channel rule for '{}': {e}", c.pattern))?;
             compiled.push((c.pattern.clone(), rule));
         }
         let channels = Arc::new(compiled);
@@ -84,7 +85,12 @@ impl Access {
         self.rules.get(collection)
     }
 
-    fn eval(rule: Option<&Rule>, who: &Principal, record: Option<&Record>, data: Option<&Map<String, Value>>) -> bool {
+    fn eval(
+        rule: Option<&Rule>,
+        who: &Principal,
+        record: Option<&Record>,
+        data: Option<&Map<String, Value>>,
+    ) -> bool {
         match rule {
             None => false,
             Some(r) if r.always() => true,
@@ -92,9 +98,17 @@ impl Access {
         }
     }
 
-    /// May the caller list (or subscribe to) this collection at all?
+    /// May the caller list (or subscribe to) this collection at all? A list rule that reads
+    /// only `auth` decides here (403 when false); one that reads `record` filters rows.
     pub fn can_list(&self, who: &Principal, collection: &str) -> bool {
-        who.is_admin() || self.rules(collection).is_some_and(|r| r.list.is_some())
+        if who.is_admin() {
+            return true;
+        }
+        match self.rules(collection).and_then(|r| r.list.as_ref()) {
+            None => false,
+            Some(r) if r.uses_record() => true,
+            Some(r) => Self::eval(Some(r), who, None, None),
+        }
     }
 
     /// True when every row passes list and view for this caller without evaluating anything.
@@ -104,8 +118,9 @@ impl Access {
 
     /// True when the list and view rules are both `true`: everyone sees every row.
     pub fn open_to_all(&self, collection: &str) -> bool {
-        self.rules(collection)
-            .is_some_and(|r| r.list.as_ref().is_some_and(Rule::always) && r.view.as_ref().is_some_and(Rule::always))
+        self.rules(collection).is_some_and(|r| {
+            r.list.as_ref().is_some_and(Rule::always) && r.view.as_ref().is_some_and(Rule::always)
+        })
     }
 
     /// Whether a row may appear in the caller's lists, snapshots and change feeds.
@@ -114,11 +129,13 @@ impl Access {
             return true;
         }
         let Some(rules) = self.rules(collection) else { return false };
-        Self::eval(rules.list.as_ref(), who, Some(r), None) && Self::eval(rules.view.as_ref(), who, Some(r), None)
+        Self::eval(rules.list.as_ref(), who, Some(r), None)
+            && Self::eval(rules.view.as_ref(), who, Some(r), None)
     }
 
     pub fn can_view(&self, who: &Principal, collection: &str, r: &Record) -> bool {
-        who.is_admin() || self.rules(collection).is_some_and(|rules| Self::eval(rules.view.as_ref(), who, Some(r), None))
+        who.is_admin()
+            || self.rules(collection).is_some_and(|rules| Self::eval(rules.view.as_ref(), who, Some(r), None))
     }
 
     /// The store's write hook for this caller.
@@ -134,7 +151,10 @@ impl Access {
         };
         if let Some(r) = check.record {
             if !self.can_view(who, check.collection, r) {
-                return Err(StoreError::NotFound { collection: check.collection.to_string(), id: r.id().to_string() });
+                return Err(StoreError::NotFound {
+                    collection: check.collection.to_string(),
+                    id: r.id().to_string(),
+                });
             }
         }
         if Self::eval(rule(check.action), who, check.record, check.data) {
@@ -162,7 +182,11 @@ impl Access {
 
     /// A change event as the caller may see it: the sides it cannot view are blanked; None
     /// when it can see neither.
-    pub fn redact_event(&self, who: &Principal, mut e: livebase_core::ChangeEvent) -> Option<livebase_core::ChangeEvent> {
+    pub fn redact_event(
+        &self,
+        who: &Principal,
+        mut e: livebase_core::ChangeEvent,
+    ) -> Option<livebase_core::ChangeEvent> {
         if who.is_admin() {
             return Some(e);
         }

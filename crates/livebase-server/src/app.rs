@@ -63,7 +63,9 @@ impl App {
     pub fn require_admin(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         match self.principal(headers)? {
             Principal::Admin => Ok(Principal::Admin),
-            _ => Err(ApiError::unauthorized("this endpoint needs the admin key: Authorization: Bearer <admin key>")),
+            _ => Err(ApiError::unauthorized(
+                "this endpoint needs the admin key: Authorization: Bearer <admin key>",
+            )),
         }
     }
 }

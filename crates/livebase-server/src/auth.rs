@@ -92,9 +92,11 @@ impl From<TokenError> for ApiError {
                 "token_expired",
                 "the token has expired; get a fresh one",
             ),
-            TokenError::Invalid(m) => {
-                ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "invalid_token", format!("invalid token: {m}"))
-            }
+            TokenError::Invalid(m) => ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                format!("invalid token: {m}"),
+            ),
         }
     }
 }
@@ -176,7 +178,9 @@ impl Verifier {
             alg @ (Algorithm::RS256 | Algorithm::ES256) => self
                 .public
                 .iter()
-                .find(|(kid, a, _)| *a == alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid))
+                .find(|(kid, a, _)| {
+                    *a == alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
+                })
                 .map(|(_, _, k)| k),
             other => return Err(TokenError::Invalid(format!("algorithm {other:?} is not accepted"))),
         };
@@ -186,10 +190,11 @@ impl Verifier {
         let mut v = Validation::new(header.alg);
         v.leeway = 0;
         v.validate_aud = false;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-            _ => TokenError::Invalid(e.to_string()),
-        })?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            })?;
         let mut claims = data.claims;
         let exp = claims.get("exp").and_then(Value::as_u64);
         if !claims.get("role").is_some_and(Value::is_string) {
@@ -200,21 +205,32 @@ impl Verifier {
 }
 
 /// Signs an HS256 token (for `livebase token` and tests).
-pub fn sign(secret: &str, sub: &str, role: &str, ttl_secs: u64, extra: Map<String, Value>) -> anyhow::Result<String> {
+pub fn sign(
+    secret: &str,
+    sub: &str,
+    role: &str,
+    ttl_secs: u64,
+    extra: Map<String, Value>,
+) -> anyhow::Result<String> {
     let now = jsonwebtoken::get_current_timestamp();
     let mut claims = extra;
     claims.insert("sub".into(), Value::String(sub.into()));
     claims.insert("role".into(), Value::String(role.into()));
     claims.insert("iat".into(), Value::from(now));
     claims.insert("exp".into(), Value::from(now + ttl_secs));
-    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))?)
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }
 
 /// Parses `90`, `45s`, `30m`, `1h`, `7d` into seconds.
 pub fn parse_ttl(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("invalid duration '{s}': use e.g. 45s, 30m, 1h, 7d"))?;
+    let n: u64 =
+        num.parse().map_err(|_| anyhow::anyhow!("invalid duration '{s}': use e.g. 45s, 30m, 1h, 7d"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -252,8 +268,12 @@ mod tests {
         let mut claims = Map::new();
         claims.insert("sub".into(), "u1".into());
         claims.insert("exp".into(), Value::from(jsonwebtoken::get_current_timestamp() - 10));
-        let expired =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert_eq!(v.principal(Some(&expired)), Err(TokenError::Expired));
         // alg: none, hand-made.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSIsInJvbGUiOiJhZG1pbiIsImV4cCI6OTk5OTk5OTk5OX0.";

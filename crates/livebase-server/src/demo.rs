@@ -46,9 +46,7 @@ pub const SCHEMA: &str = r#"{"collections": [
 ]}"#;
 
 pub fn collections() -> Vec<Collection> {
-    schema_file::parse(SCHEMA, false)
-        .map(|f| f.collections)
-        .unwrap_or_default()
+    schema_file::parse(SCHEMA, false).map(|f| f.collections).unwrap_or_default()
 }
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -58,46 +56,20 @@ fn obj(v: Value) -> Map<String, Value> {
 /// Creates the demo collections, and fills the ones that are empty.
 pub async fn load(store: &dyn Store) -> anyhow::Result<()> {
     schema_file::ensure(store, collections()).await?;
-    let empty = store
-        .list("customers", Default::default())
-        .await?
-        .items
-        .is_empty();
+    let empty = store.list("customers", Default::default()).await?.items.is_empty();
     if !empty {
         return Ok(());
     }
     let mut rng = StdRng::seed_from_u64(7);
-    let cities = [
-        "Rotterdam",
-        "Hamburg",
-        "Antwerp",
-        "Lyon",
-        "Milan",
-        "Gdansk",
-        "Porto",
-        "Vienna",
-    ];
-    let first = [
-        "Ada", "Ben", "Chloe", "Dev", "Eva", "Finn", "Gia", "Hugo", "Iris", "Jon",
-    ];
-    let last = [
-        "Logistics",
-        "Freight",
-        "Cargo",
-        "Trading",
-        "Supply",
-        "Imports",
-    ];
+    let cities = ["Rotterdam", "Hamburg", "Antwerp", "Lyon", "Milan", "Gdansk", "Porto", "Vienna"];
+    let first = ["Ada", "Ben", "Chloe", "Dev", "Eva", "Finn", "Gia", "Hugo", "Iris", "Jon"];
+    let last = ["Logistics", "Freight", "Cargo", "Trading", "Supply", "Imports"];
     let mut ops = Vec::new();
     let mut customers = Vec::new();
     for i in 0..60 {
         let id = format!("cust_{i:03}");
         customers.push(id.clone());
-        let name = format!(
-            "{} {}",
-            first[i % first.len()],
-            last[rng.random_range(0..last.len())]
-        );
+        let name = format!("{} {}", first[i % first.len()], last[rng.random_range(0..last.len())]);
         ops.push(WriteOp::Create {
             collection: "customers".into(),
             id: Some(id),
@@ -156,12 +128,7 @@ pub async fn load(store: &dyn Store) -> anyhow::Result<()> {
     }
     let n = ops.len();
     match store
-        .write(WriteRequest {
-            ops,
-            actor: Some("demo".into()),
-            idempotency: None,
-            authorize: None,
-        })
+        .write(WriteRequest { ops, actor: Some("demo".into()), idempotency: None, authorize: None })
         .await?
     {
         livebase_store::WriteResult::Applied(Ok(_)) => {

@@ -15,12 +15,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            details: None,
-        }
+        ApiError { status, code, message: message.into(), details: None }
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {
@@ -76,12 +71,11 @@ impl From<StoreError> for ApiError {
                 )
                 .with_details(json!({ "fields": errors }))
             }
-            StoreError::Conflict { current, fields } => {
-                ApiError::new(S::CONFLICT, "version_conflict", msg)
-                    .with_details(json!({"current": current, "fields": fields}))
+            StoreError::Conflict { current, fields } => ApiError::new(S::CONFLICT, "version_conflict", msg)
+                .with_details(json!({"current": current, "fields": fields})),
+            StoreError::Unique { field } => {
+                ApiError::new(S::CONFLICT, "unique_violation", msg).with_details(json!({ "fields": [field] }))
             }
-            StoreError::Unique { field } => ApiError::new(S::CONFLICT, "unique_violation", msg)
-                .with_details(json!({ "fields": [field] })),
             StoreError::MissingRelation { field, .. } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_relation", msg)
                     .with_details(json!({ "fields": [field] }))

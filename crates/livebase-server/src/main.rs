@@ -5,11 +5,7 @@ use livebase_server::bench::{BenchOptions, Scenario};
 use livebase_server::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "livebase",
-    version,
-    about = "A self-hosted realtime CRUD backend"
-)]
+#[command(name = "livebase", version, about = "A self-hosted realtime CRUD backend")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +15,23 @@ struct Cli {
 enum Command {
     /// Start the server.
     Serve(Config),
+    /// Print a signed HS256 user token (secret from --secret or LIVEBASE_JWT_SECRET).
+    Token {
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// The role (`role` claim), used by rules as auth.role.
+        #[arg(long, default_value = "authenticated")]
+        role: String,
+        /// Lifetime: 45s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Extra claims as key=value (repeatable); values that parse as JSON are kept typed.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        #[arg(long, env = "LIVEBASE_JWT_SECRET", hide_env_values = true)]
+        secret: String,
+    },
     /// Measure a server: writes, fanout, connections, catchup or presence (loopback only).
     Bench {
         #[arg(value_enum)]
@@ -31,6 +44,18 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token { sub, role, ttl, claims, secret } => {
+            let mut extra = serde_json::Map::new();
+            for c in claims {
+                let (k, v) =
+                    c.split_once('=').ok_or_else(|| anyhow::anyhow!("--claim takes key=value, got '{c}'"))?;
+                let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+                extra.insert(k.to_string(), v);
+            }
+            let ttl = livebase_server::auth::parse_ttl(&ttl)?;
+            println!("{}", livebase_server::auth::sign(&secret, &sub, &role, ttl, extra)?);
+            Ok(())
+        }
         Command::Bench { scenario, mut opts } => {
             if opts.url.is_none() && !opts.in_process {
                 // The server runs as a child process, so its memory and CPU are its own.
@@ -51,13 +76,10 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(config) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(&config.log)
-                        .unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into()),
                 )
                 .init();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let server = livebase_server::start(config).await?;
                 println!("livebase listening on {}", server.url());

@@ -328,10 +328,14 @@ struct Labeled<M> {
     inner: Arc<LabeledInner<M>>,
 }
 
+/// Series that share a label hash: their label values and metric.
+type Series<M> = Vec<(Vec<String>, M)>;
+
 struct LabeledInner<M> {
     names: &'static [&'static str],
     make: fn() -> M,
-    series: RwLock<HashMap<u64, Vec<(Vec<String>, M)>>>,
+    /// Label values hash → the series with that hash (their values, the metric).
+    series: RwLock<HashMap<u64, Series<M>>>,
 }
 
 impl<M> std::fmt::Debug for Labeled<M> {

@@ -14,8 +14,8 @@ use livebase_core::query::{effective_order, encode_cursor, ListQuery};
 use livebase_core::schema::Collection;
 use livebase_core::Record;
 use livebase_store::{
-    ChangeQuery, Idempotency, OpOutcome, OpsResult, SchemaChange, StoredResponse, WriteOp,
-    WriteRequest, WriteResult,
+    ChangeQuery, Idempotency, OpOutcome, OpsResult, SchemaChange, StoredResponse, WriteOp, WriteRequest,
+    WriteResult,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -23,20 +23,12 @@ use std::sync::Arc;
 
 pub fn routes(app: App) -> Router<App> {
     Router::new()
-        .route(
-            "/api/collections",
-            get(list_collections).post(create_collection),
-        )
+        .route("/api/collections", get(list_collections).post(create_collection))
         .route(
             "/api/collections/{name}",
-            get(get_collection)
-                .patch(update_collection)
-                .delete(drop_collection),
+            get(get_collection).patch(update_collection).delete(drop_collection),
         )
-        .route(
-            "/api/collections/{name}/records",
-            get(list_records).post(create_record),
-        )
+        .route("/api/collections/{name}/records", get(list_records).post(create_record))
         .route(
             "/api/collections/{name}/records/{id}",
             get(get_record).patch(update_record).delete(delete_record),
@@ -93,43 +85,31 @@ fn require_admin(who: &Principal) -> Result<(), ApiError> {
 
 /// Reads a body of at most `max_body` bytes and parses it as a JSON object.
 pub async fn read_object(app: &App, body: Body) -> Result<(Bytes, Map<String, Value>), ApiError> {
-    let bytes = axum::body::to_bytes(body, app.config.max_body)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body is larger than {} bytes", app.config.max_body),
-            )
-        })?;
+    let bytes = axum::body::to_bytes(body, app.config.max_body).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than {} bytes", app.config.max_body),
+        )
+    })?;
     if bytes.is_empty() {
         return Ok((bytes, Map::new()));
     }
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(
-            "malformed_json",
-            format!("request body is not valid JSON: {e}"),
-        )
+        ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}"))
     })?;
     match v {
         Value::Object(m) => Ok((bytes, m)),
-        _ => Err(ApiError::bad_request(
-            "malformed_json",
-            "request body must be a JSON object",
-        )),
+        _ => Err(ApiError::bad_request("malformed_json", "request body must be a JSON object")),
     }
 }
 
 fn query_pairs(q: &Option<String>) -> Vec<(String, String)> {
-    q.as_deref()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+    q.as_deref().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
 fn flag(pairs: &[(String, String)], name: &str) -> bool {
-    pairs
-        .iter()
-        .any(|(k, v)| k == name && (v == "true" || v == "1"))
+    pairs.iter().any(|(k, v)| k == name && (v == "true" || v == "1"))
 }
 
 // ---------- collections ----------
@@ -163,11 +143,7 @@ async fn get_collection(
 
 fn parse_collection(v: Value) -> Result<Collection, ApiError> {
     serde_json::from_value(v).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_schema",
-            format!("invalid collection: {e}"),
-        )
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_schema", format!("invalid collection: {e}"))
     })
 }
 
@@ -179,10 +155,7 @@ async fn create_collection(
     require_admin(&who)?;
     let (_, obj) = read_object(&app, body).await?;
     let c = parse_collection(Value::Object(obj))?;
-    let schema = app
-        .store
-        .change_schema(SchemaChange::Create(c.clone()))
-        .await?;
+    let schema = app.store.change_schema(SchemaChange::Create(c.clone())).await?;
     Ok((StatusCode::CREATED, Json(schema.get(&c.name))).into_response())
 }
 
@@ -210,19 +183,10 @@ async fn update_collection(
     }
     let c = parse_collection(merged)?;
     if c.name != name {
-        return Err(ApiError::bad_request(
-            "rename_unsupported",
-            "a collection cannot be renamed",
-        ));
+        return Err(ApiError::bad_request("rename_unsupported", "a collection cannot be renamed"));
     }
     let force = flag(&query_pairs(&q), "force");
-    let schema = app
-        .store
-        .change_schema(SchemaChange::Update {
-            collection: c,
-            force,
-        })
-        .await?;
+    let schema = app.store.change_schema(SchemaChange::Update { collection: c, force }).await?;
     Ok(Json(schema.get(&name)).into_response())
 }
 
@@ -234,9 +198,7 @@ async fn drop_collection(
 ) -> Result<Response, ApiError> {
     require_admin(&who)?;
     let force = flag(&query_pairs(&q), "force");
-    app.store
-        .change_schema(SchemaChange::Drop { name, force })
-        .await?;
+    app.store.change_schema(SchemaChange::Drop { name, force }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -279,7 +241,13 @@ async fn visible_page(
     let limit = q.effective_limit();
     let mut skip = q.offset.unwrap_or(0);
     let order = effective_order(&q.order);
-    let mut scan = ListQuery { limit: Some(livebase_core::query::MAX_LIMIT), offset: None, count: false, select: None, ..q.clone() };
+    let mut scan = ListQuery {
+        limit: Some(livebase_core::query::MAX_LIMIT),
+        offset: None,
+        count: false,
+        select: None,
+        ..q.clone()
+    };
     let mut items = Vec::new();
     let mut total = 0u64;
     let mut next_cursor = None;
@@ -331,10 +299,7 @@ async fn get_record(
 }
 
 /// The base version a client sent: `If-Match: 3` / `If-Match: "3"` or `expected_version`.
-fn base_version(
-    headers: &HeaderMap,
-    data: &mut Map<String, Value>,
-) -> Result<Option<i64>, ApiError> {
+fn base_version(headers: &HeaderMap, data: &mut Map<String, Value>) -> Result<Option<i64>, ApiError> {
     let bad = || {
         ApiError::bad_request(
             "bad_version",
@@ -348,12 +313,7 @@ fn base_version(
     let from_header = match headers.get(axum::http::header::IF_MATCH) {
         None => None,
         Some(h) => {
-            let s = h
-                .to_str()
-                .map_err(|_| bad())?
-                .trim()
-                .trim_start_matches("W/")
-                .trim_matches('"');
+            let s = h.to_str().map_err(|_| bad())?.trim().trim_start_matches("W/").trim_matches('"');
             Some(s.parse::<i64>().map_err(|_| bad())?)
         }
     };
@@ -367,7 +327,6 @@ async fn create_record(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    
     let (bytes, mut data) = read_object(&app, body).await?;
     let id = match data.remove("id") {
         None | Some(Value::Null) => None,
@@ -380,22 +339,8 @@ async fn create_record(
             ))
         }
     };
-    let op = WriteOp::Create {
-        collection: name.clone(),
-        id,
-        data,
-    };
-    mutate(
-        &app,
-        &who,
-        &headers,
-        Method::POST,
-        &name,
-        &bytes,
-        vec![op],
-        single_response,
-    )
-    .await
+    let op = WriteOp::Create { collection: name.clone(), id, data };
+    mutate(&app, &who, &headers, Method::POST, &name, &bytes, vec![op], single_response).await
 }
 
 async fn update_record(
@@ -405,27 +350,11 @@ async fn update_record(
     Path((name, id)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    
     let (bytes, mut data) = read_object(&app, body).await?;
     let base_version = base_version(&headers, &mut data)?;
-    let op = WriteOp::Update {
-        collection: name.clone(),
-        id: id.clone(),
-        data,
-        base_version,
-    };
+    let op = WriteOp::Update { collection: name.clone(), id: id.clone(), data, base_version };
     let path = format!("{name}/{id}");
-    mutate(
-        &app,
-        &who,
-        &headers,
-        Method::PATCH,
-        &path,
-        &bytes,
-        vec![op],
-        single_response,
-    )
-    .await
+    mutate(&app, &who, &headers, Method::PATCH, &path, &bytes, vec![op], single_response).await
 }
 
 async fn delete_record(
@@ -434,25 +363,10 @@ async fn delete_record(
     headers: HeaderMap,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    
     let base_version = base_version(&headers, &mut Map::new())?;
-    let op = WriteOp::Delete {
-        collection: name.clone(),
-        id: id.clone(),
-        base_version,
-    };
+    let op = WriteOp::Delete { collection: name.clone(), id: id.clone(), base_version };
     let path = format!("{name}/{id}");
-    mutate(
-        &app,
-        &who,
-        &headers,
-        Method::DELETE,
-        &path,
-        &[],
-        vec![op],
-        single_response,
-    )
-    .await
+    mutate(&app, &who, &headers, Method::DELETE, &path, &[], vec![op], single_response).await
 }
 
 async fn batch(
@@ -462,19 +376,12 @@ async fn batch(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    
     let (bytes, mut body) = read_object(&app, body).await?;
     let Some(Value::Array(raw)) = body.remove("ops") else {
-        return Err(ApiError::bad_request(
-            "bad_batch",
-            "body must be {\"ops\": [...]}",
-        ));
+        return Err(ApiError::bad_request("bad_batch", "body must be {\"ops\": [...]}"));
     };
     if raw.len() > 1000 {
-        return Err(ApiError::bad_request(
-            "bad_batch",
-            "a batch holds at most 1000 ops",
-        ));
+        return Err(ApiError::bad_request("bad_batch", "a batch holds at most 1000 ops"));
     }
     let mut ops = Vec::with_capacity(raw.len());
     for (index, op) in raw.into_iter().enumerate() {
@@ -483,43 +390,25 @@ async fn batch(
             ApiError { message: msg, ..e }.with_details(json!({ "index": index }))
         })?);
     }
-    mutate(
-        &app,
-        &who,
-        &headers,
-        Method::POST,
-        &format!("{name}/batch"),
-        &bytes,
-        ops,
-        batch_response,
-    )
-    .await
+    mutate(&app, &who, &headers, Method::POST, &format!("{name}/batch"), &bytes, ops, batch_response).await
 }
 
 fn parse_batch_op(collection: &str, op: Value) -> Result<WriteOp, ApiError> {
     let Value::Object(mut m) = op else {
-        return Err(ApiError::bad_request(
-            "bad_batch",
-            "each op must be an object",
-        ));
+        return Err(ApiError::bad_request("bad_batch", "each op must be an object"));
     };
-    let kind = m
-        .remove("op")
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let kind = m.remove("op").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     let id = match m.remove("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err(ApiError::bad_request("bad_batch", "id must be a string")),
     };
-    let base_version = match m
-        .remove("if_version")
-        .or_else(|| m.remove("expected_version"))
-    {
+    let base_version = match m.remove("if_version").or_else(|| m.remove("expected_version")) {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().ok_or_else(|| {
-            ApiError::bad_request("bad_version", "if_version must be an integer")
-        })?),
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| ApiError::bad_request("bad_version", "if_version must be an integer"))?,
+        ),
     };
     let data = match m.remove("data") {
         None => Map::new(),
@@ -527,33 +416,15 @@ fn parse_batch_op(collection: &str, op: Value) -> Result<WriteOp, ApiError> {
         Some(_) => return Err(ApiError::bad_request("bad_batch", "data must be an object")),
     };
     if let Some(k) = m.keys().next() {
-        return Err(ApiError::bad_request(
-            "bad_batch",
-            format!("unknown key '{k}'"),
-        ));
+        return Err(ApiError::bad_request("bad_batch", format!("unknown key '{k}'")));
     }
     let collection = collection.to_string();
-    let need_id = || {
-        id.clone()
-            .ok_or_else(|| ApiError::bad_request("bad_batch", format!("{kind} needs an id")))
-    };
+    let need_id =
+        || id.clone().ok_or_else(|| ApiError::bad_request("bad_batch", format!("{kind} needs an id")));
     match kind.as_str() {
-        "create" => Ok(WriteOp::Create {
-            collection,
-            id,
-            data,
-        }),
-        "update" => Ok(WriteOp::Update {
-            collection,
-            id: need_id()?,
-            data,
-            base_version,
-        }),
-        "delete" => Ok(WriteOp::Delete {
-            collection,
-            id: need_id()?,
-            base_version,
-        }),
+        "create" => Ok(WriteOp::Create { collection, id, data }),
+        "update" => Ok(WriteOp::Update { collection, id: need_id()?, data, base_version }),
+        "delete" => Ok(WriteOp::Delete { collection, id: need_id()?, base_version }),
         other => Err(ApiError::bad_request(
             "bad_batch",
             format!("unknown op '{other}': use create, update or delete"),
@@ -646,16 +517,12 @@ async fn mutate(
     let idempotency = match headers.get("idempotency-key") {
         None => None,
         Some(k) => {
-            let k = k
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "bad_idempotency_key",
-                        "Idempotency-Key must be 1 to 255 visible characters",
-                    )
-                })?;
+            let k = k.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible characters",
+                )
+            })?;
             let mut h = Sha256::new();
             h.update(method.as_str());
             h.update([0]);
@@ -667,10 +534,7 @@ async fn mutate(
                 fingerprint: hex::encode(h.finalize()),
                 render: Box::new(move |r: &OpsResult| {
                     let (status, body) = respond(r, &render_show);
-                    StoredResponse {
-                        status: status.as_u16(),
-                        body: body.to_string(),
-                    }
+                    StoredResponse { status: status.as_u16(), body: body.to_string() }
                 }),
             })
         }
@@ -685,10 +549,7 @@ async fn mutate(
             let status = StatusCode::from_u16(s.status).unwrap_or(StatusCode::OK);
             let mut resp = (status, s.body).into_response();
             let h = resp.headers_mut();
-            h.insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            h.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             h.insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(resp)
         }
@@ -703,10 +564,7 @@ async fn changes(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(&q);
-    let mut cq = ChangeQuery {
-        limit: 100,
-        ..Default::default()
-    };
+    let mut cq = ChangeQuery { limit: 100, ..Default::default() };
     for (k, v) in pairs {
         let num = |v: &str| {
             v.parse::<u64>().map_err(|_| {
@@ -726,12 +584,7 @@ async fn changes(
             "actor" => cq.actor = Some(v),
             "from" => cq.from = Some(ts(&v)?),
             "to" => cq.to = Some(ts(&v)?),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "bad_query",
-                    format!("unknown parameter '{k}'"),
-                ))
-            }
+            _ => return Err(ApiError::bad_request("bad_query", format!("unknown parameter '{k}'"))),
         }
     }
     let page = app.store.changes(cq).await?;

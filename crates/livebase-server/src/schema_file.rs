@@ -22,20 +22,14 @@ pub struct SchemaFile {
 }
 
 pub fn parse(text: &str, toml_syntax: bool) -> anyhow::Result<SchemaFile> {
-    Ok(if toml_syntax {
-        toml::from_str(text)?
-    } else {
-        serde_json::from_str(text)?
-    })
+    Ok(if toml_syntax { toml::from_str(text)? } else { serde_json::from_str(text)? })
 }
 
 /// Applies the file's collections and returns its channel rules.
 pub async fn apply(store: &dyn Store, path: &Path) -> anyhow::Result<Vec<crate::access::ChannelRule>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let is_toml = path.extension().is_some_and(|e| e == "toml");
-    let file =
-        parse(&text, is_toml).with_context(|| format!("invalid schema file {}", path.display()))?;
+    let file = parse(&text, is_toml).with_context(|| format!("invalid schema file {}", path.display()))?;
     ensure(store, file.collections).await?;
     Ok(file.channels)
 }
@@ -55,12 +49,8 @@ pub async fn ensure(store: &dyn Store, wanted: Vec<Collection>) -> anyhow::Resul
     for c in wanted {
         let current = store.schema().get(&c.name).cloned();
         if current.as_ref() != Some(&c) {
-            if let Err(e) = store
-                .change_schema(SchemaChange::Update {
-                    collection: c.clone(),
-                    force: false,
-                })
-                .await
+            if let Err(e) =
+                store.change_schema(SchemaChange::Update { collection: c.clone(), force: false }).await
             {
                 bail!("cannot migrate collection {}: {e}", c.name);
             }

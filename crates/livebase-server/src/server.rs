@@ -1,12 +1,12 @@
 //! Starting and stopping a server: store, router, listener.
 
-use crate::app::{App, AppInner};
-use crate::config::Config;
 use crate::access::AccessCache;
+use crate::app::{App, AppInner};
 use crate::auth::Verifier;
+use crate::config::Config;
 use crate::error::ApiError;
-use crate::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::realtime::hub::Hub;
 use crate::{demo, rest, schema_file};
 use anyhow::Context;
@@ -68,10 +68,7 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     }
-    eprintln!(
-        "Generated admin key (shown once, stored in {}):\n  {key}",
-        path.display()
-    );
+    eprintln!("Generated admin key (shown once, stored in {}):\n  {key}", path.display());
     Ok(key)
 }
 
@@ -105,26 +102,24 @@ async fn record_request(
     let method = req.method().clone();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    app.metrics.http_request(&route, method.as_str(), resp.status().as_u16(), started.elapsed().as_secs_f64());
+    app.metrics.http_request(
+        &route,
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     resp
 }
 
 async fn ready(axum::extract::State(app): axum::extract::State<App>) -> impl IntoResponse {
-    let q = livebase_store::ChangeQuery {
-        since: app.store.tail().head(),
-        limit: 1,
-        ..Default::default()
-    };
+    let q = livebase_store::ChangeQuery { since: app.store.tail().head(), limit: 1, ..Default::default() };
     match app.store.changes(q).await {
-        Ok(p) if p.head == app.store.tail().head() => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "head": p.head})),
-        ),
+        Ok(p) if p.head == app.store.tail().head() => {
+            (StatusCode::OK, Json(json!({"status": "ready", "head": p.head})))
+        }
         Ok(p) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "catching_up", "head": p.head, "published": app.store.tail().head()}),
-            ),
+            Json(json!({"status": "catching_up", "head": p.head, "published": app.store.tail().head()})),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -156,7 +151,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         channels = schema_file::apply(store.as_ref(), path).await?;
     }
     let read = |p: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
-        p.as_ref().map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))).transpose()
+        p.as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+            .transpose()
     };
     let pem = read(&config.jwt_public_key)?;
     let jwks = read(&config.jwks)?.map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -203,14 +200,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let router = router(app.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let r = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .await;
+        let r = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "server stopped with an error");
         }
@@ -218,11 +212,5 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         sampler.abort();
     });
     tracing::info!(%addr, "livebase listening");
-    Ok(Server {
-        addr,
-        admin_key,
-        app,
-        stop: Some(stop),
-        task,
-    })
+    Ok(Server { addr, admin_key, app, stop: Some(stop), task })
 }

@@ -353,8 +353,12 @@ async fn live_query_snapshot_and_changes_leave_no_gap() {
             break;
         }
     }
-    let rest: BTreeMap<String, Value> =
-        t.list("items", "qty=lt.5&limit=1000").await.into_iter().map(|r| (r["id"].as_str().unwrap().into(), r)).collect();
+    let rest: BTreeMap<String, Value> = t
+        .list("items", "qty=lt.5&limit=1000")
+        .await
+        .into_iter()
+        .map(|r| (r["id"].as_str().unwrap().into(), r))
+        .collect();
     assert_eq!(cache, rest);
 }
 
@@ -391,7 +395,10 @@ async fn broadcast_reaches_channel_members_but_not_the_sender_unless_asked() {
         .await;
     assert_eq!(ack["type"], "ok");
     let (m, _) = b.recv_until(|v| v["type"] == "broadcast").await;
-    assert_eq!((&m["event"], &m["payload"]["x"], &m["from"]), (&json!("cursor"), &json!(1), &json!(a.conn_id)));
+    assert_eq!(
+        (&m["event"], &m["payload"]["x"], &m["from"]),
+        (&json!("cursor"), &json!(1), &json!(a.conn_id))
+    );
     a.send(json!({"type": "broadcast", "channel": "room:1", "event": "e", "payload": 2, "self": true})).await;
     let (m, _) = a.recv_until(|v| v["type"] == "broadcast").await;
     assert_eq!(m["payload"], 2, "self: true echoes to the sender");
@@ -408,7 +415,9 @@ async fn presence_follows_tracks_and_vanishes_on_abrupt_disconnect() {
     a.request(json!({"type": "join", "channel": "doc:9"})).await;
     for ws in [&mut b, &mut b2] {
         ws.request(json!({"type": "join", "channel": "doc:9"})).await;
-        let r = ws.request(json!({"type": "presence_track", "channel": "doc:9", "key": "bob", "meta": {"tab": 1}})).await;
+        let r = ws
+            .request(json!({"type": "presence_track", "channel": "doc:9", "key": "bob", "meta": {"tab": 1}}))
+            .await;
         assert_eq!(r["type"], "ok");
     }
     let (d1, _) = a.recv_until(|v| v["type"] == "presence_diff").await;
@@ -470,7 +479,8 @@ async fn slow_consumer_is_cut_off_while_others_keep_receiving() {
         n
     });
     for b in 0..total / batch {
-        let ops: Vec<Value> = (0..batch).map(|i| json!({"op": "create", "data": {"line": format!("{b}-{i}-{pad}")}})).collect();
+        let ops: Vec<Value> =
+            (0..batch).map(|i| json!({"op": "create", "data": {"line": format!("{b}-{i}-{pad}")}})).collect();
         let (s, _) = t.post("/api/collections/logs/batch", json!({ "ops": ops })).await;
         assert_eq!(s, 200);
     }

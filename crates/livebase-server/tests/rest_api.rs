@@ -23,20 +23,13 @@ async fn record_round_trip_create_read_update_delete() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(got, r);
 
-    let (s, up) = t
-        .patch(
-            &format!("/api/collections/items/records/{id}"),
-            json!({"qty": 4}),
-        )
-        .await;
+    let (s, up) = t.patch(&format!("/api/collections/items/records/{id}"), json!({"qty": 4})).await;
     assert_eq!(s, StatusCode::OK, "{up}");
     assert_eq!(up["version"], 2);
     assert_eq!(up["qty"], 4);
     assert_eq!(up["title"], "box", "PATCH is partial");
 
-    let (s, del) = t
-        .delete(&format!("/api/collections/items/records/{id}"))
-        .await;
+    let (s, del) = t.delete(&format!("/api/collections/items/records/{id}")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(del["version"], 2);
     let (s, e) = t.get(&format!("/api/collections/items/records/{id}")).await;
@@ -48,24 +41,12 @@ async fn record_round_trip_create_read_update_delete() {
 async fn client_supplied_ids_allow_offline_creates() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
-    let r = t
-        .create("items", json!({"id": "local-1", "title": "a"}))
-        .await;
+    let r = t.create("items", json!({"id": "local-1", "title": "a"})).await;
     assert_eq!(r["id"], "local-1");
-    let (s, e) = t
-        .post(
-            "/api/collections/items/records",
-            json!({"id": "local-1", "title": "b"}),
-        )
-        .await;
+    let (s, e) = t.post("/api/collections/items/records", json!({"id": "local-1", "title": "b"})).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(e["error"]["code"], "already_exists");
-    let (s, e) = t
-        .post(
-            "/api/collections/items/records",
-            json!({"id": "bad id!", "title": "b"}),
-        )
-        .await;
+    let (s, e) = t.post("/api/collections/items/records", json!({"id": "bad id!", "title": "b"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(e["error"]["details"]["fields"][0]["field"], "id");
 }
@@ -109,35 +90,14 @@ async fn malformed_and_oversized_bodies_get_clear_errors() {
     let t = TestServer::start_with(|c| c.max_body = 1024).await;
     t.create_collection(items_collection()).await;
     let url = format!("{}/api/collections/items/records", t.url);
-    let r = t
-        .http
-        .post(&url)
-        .bearer_auth(&t.admin_key)
-        .body("{\"title\": ")
-        .send()
-        .await
-        .unwrap();
+    let r = t.http.post(&url).bearer_auth(&t.admin_key).body("{\"title\": ").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "malformed_json");
-    let r = t
-        .http
-        .post(&url)
-        .bearer_auth(&t.admin_key)
-        .body("[1,2]")
-        .send()
-        .await
-        .unwrap();
+    let r = t.http.post(&url).bearer_auth(&t.admin_key).body("[1,2]").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let big = json!({"title": "x".repeat(2000)});
-    let r = t
-        .http
-        .post(&url)
-        .bearer_auth(&t.admin_key)
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
+    let r = t.http.post(&url).bearer_auth(&t.admin_key).json(&big).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "body_too_large");
@@ -150,12 +110,7 @@ async fn unique_fields_refuse_duplicates() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
     t.create("items", json!({"title": "a", "sku": "S1"})).await;
-    let (s, e) = t
-        .post(
-            "/api/collections/items/records",
-            json!({"title": "b", "sku": "S1"}),
-        )
-        .await;
+    let (s, e) = t.post("/api/collections/items/records", json!({"title": "b", "sku": "S1"})).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(e["error"]["code"], "unique_violation");
     assert_eq!(e["error"]["details"]["fields"][0], "sku");
@@ -166,42 +121,17 @@ async fn stale_version_gets_409_with_the_current_record() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
     let r = t.create("items", json!({"title": "a", "qty": 1})).await;
-    let path = format!(
-        "/api/collections/items/records/{}",
-        r["id"].as_str().unwrap()
-    );
-    let (s, _) = t
-        .req(
-            Method::PATCH,
-            &path,
-            Some(json!({"qty": 2})),
-            &[("if-match", "1")],
-        )
-        .await;
+    let path = format!("/api/collections/items/records/{}", r["id"].as_str().unwrap());
+    let (s, _) = t.req(Method::PATCH, &path, Some(json!({"qty": 2})), &[("if-match", "1")]).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, e) = t
-        .req(
-            Method::PATCH,
-            &path,
-            Some(json!({"qty": 3})),
-            &[("if-match", "\"1\"")],
-        )
-        .await;
+    let (s, e) = t.req(Method::PATCH, &path, Some(json!({"qty": 3})), &[("if-match", "\"1\"")]).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(e["error"]["code"], "version_conflict");
     assert_eq!(e["error"]["details"]["current"]["qty"], 2);
     assert_eq!(e["error"]["details"]["current"]["version"], 2);
-    let (s, _) = t
-        .patch(&path, json!({"qty": 3, "expected_version": 1}))
-        .await;
-    assert_eq!(
-        s,
-        StatusCode::CONFLICT,
-        "expected_version in the body works too"
-    );
-    let (s, _) = t
-        .req(Method::DELETE, &path, None, &[("if-match", "1")])
-        .await;
+    let (s, _) = t.patch(&path, json!({"qty": 3, "expected_version": 1})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "expected_version in the body works too");
+    let (s, _) = t.req(Method::DELETE, &path, None, &[("if-match", "1")]).await;
     assert_eq!(s, StatusCode::CONFLICT, "stale delete refused");
     let (s, _) = t.patch(&path, json!({"qty": 3})).await;
     assert_eq!(s, StatusCode::OK, "without a base version, last write wins");
@@ -213,31 +143,17 @@ async fn merge_strategy_applies_disjoint_patches_and_names_overlaps() {
     let mut def = items_collection();
     def["conflict"] = json!("merge");
     t.create_collection(def).await;
-    let r = t
-        .create("items", json!({"title": "a", "qty": 1, "price": 1.0}))
-        .await;
-    let path = format!(
-        "/api/collections/items/records/{}",
-        r["id"].as_str().unwrap()
-    );
+    let r = t.create("items", json!({"title": "a", "qty": 1, "price": 1.0})).await;
+    let path = format!("/api/collections/items/records/{}", r["id"].as_str().unwrap());
     // Two editors start from version 1.
-    let (s, _) = t
-        .patch(&path, json!({"qty": 2, "expected_version": 1}))
-        .await;
+    let (s, _) = t.patch(&path, json!({"qty": 2, "expected_version": 1})).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, b) = t
-        .patch(&path, json!({"price": 9.5, "expected_version": 1}))
-        .await;
+    let (s, b) = t.patch(&path, json!({"price": 9.5, "expected_version": 1})).await;
     assert_eq!(s, StatusCode::OK, "disjoint fields merge: {b}");
     assert_eq!(b["qty"], 2);
     assert_eq!(b["price"], 9.5);
     assert_eq!(b["version"], 3);
-    let (s, e) = t
-        .patch(
-            &path,
-            json!({"qty": 7, "title": "z", "expected_version": 1}),
-        )
-        .await;
+    let (s, e) = t.patch(&path, json!({"qty": 7, "title": "z", "expected_version": 1})).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(e["error"]["details"]["fields"], json!(["qty"]));
 }
@@ -249,14 +165,9 @@ async fn lww_strategy_applies_stale_writes() {
     def["conflict"] = json!("lww");
     t.create_collection(def).await;
     let r = t.create("items", json!({"title": "a", "qty": 1})).await;
-    let path = format!(
-        "/api/collections/items/records/{}",
-        r["id"].as_str().unwrap()
-    );
+    let path = format!("/api/collections/items/records/{}", r["id"].as_str().unwrap());
     t.patch(&path, json!({"qty": 2})).await;
-    let (s, b) = t
-        .patch(&path, json!({"qty": 5, "expected_version": 1}))
-        .await;
+    let (s, b) = t.patch(&path, json!({"qty": 5, "expected_version": 1})).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["qty"], 5);
 }
@@ -267,44 +178,17 @@ async fn idempotent_retry_returns_the_same_response_and_applies_once_even_after_
     t.create_collection(items_collection()).await;
     let key = [("idempotency-key", "offline-42")];
     let body = json!({"title": "queued"});
-    let (s1, b1) = t
-        .req(
-            Method::POST,
-            "/api/collections/items/records",
-            Some(body.clone()),
-            &key,
-        )
-        .await;
+    let (s1, b1) = t.req(Method::POST, "/api/collections/items/records", Some(body.clone()), &key).await;
     assert_eq!(s1, StatusCode::CREATED);
-    let (s2, b2) = t
-        .req(
-            Method::POST,
-            "/api/collections/items/records",
-            Some(body.clone()),
-            &key,
-        )
-        .await;
+    let (s2, b2) = t.req(Method::POST, "/api/collections/items/records", Some(body.clone()), &key).await;
     assert_eq!((s2, &b2), (s1, &b1));
     t.restart().await;
-    let (s3, b3) = t
-        .req(
-            Method::POST,
-            "/api/collections/items/records",
-            Some(body),
-            &key,
-        )
-        .await;
+    let (s3, b3) = t.req(Method::POST, "/api/collections/items/records", Some(body), &key).await;
     assert_eq!((s3, &b3), (s1, &b1));
     assert_eq!(t.list("items", "").await.len(), 1, "applied once");
     assert_eq!(t.changes(0).await.len(), 1, "one change event");
-    let (s, e) = t
-        .req(
-            Method::POST,
-            "/api/collections/items/records",
-            Some(json!({"title": "other"})),
-            &key,
-        )
-        .await;
+    let (s, e) =
+        t.req(Method::POST, "/api/collections/items/records", Some(json!({"title": "other"})), &key).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(e["error"]["code"], "idempotency_key_reused");
 }
@@ -314,23 +198,9 @@ async fn idempotent_failures_replay_the_same_error() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
     let key = [("idempotency-key", "k-err")];
-    let (s1, b1) = t
-        .req(
-            Method::POST,
-            "/api/collections/items/records",
-            Some(json!({"qty": 1})),
-            &key,
-        )
-        .await;
+    let (s1, b1) = t.req(Method::POST, "/api/collections/items/records", Some(json!({"qty": 1})), &key).await;
     assert_eq!(s1, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s2, b2) = t
-        .req(
-            Method::POST,
-            "/api/collections/items/records",
-            Some(json!({"qty": 1})),
-            &key,
-        )
-        .await;
+    let (s2, b2) = t.req(Method::POST, "/api/collections/items/records", Some(json!({"qty": 1})), &key).await;
     assert_eq!((s1, b1), (s2, b2));
 }
 
@@ -365,22 +235,12 @@ async fn batch_is_all_or_nothing_and_reports_the_failing_op() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let ops: Vec<&str> = b["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["op"].as_str().unwrap())
-        .collect();
+    let ops: Vec<&str> = b["results"].as_array().unwrap().iter().map(|r| r["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["create", "update", "delete"]);
     let ev = t.changes(1).await;
     let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [2, 3, 4]);
-    let (s, e) = t
-        .post(
-            "/api/collections/items/batch",
-            json!({"ops": [{"op": "upsert"}]}),
-        )
-        .await;
+    let (s, e) = t.post("/api/collections/items/batch", json!({"ops": [{"op": "upsert"}]})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(e["error"]["details"]["index"], 0);
 }
@@ -389,64 +249,34 @@ async fn batch_is_all_or_nothing_and_reports_the_failing_op() {
 async fn list_filters_sorts_projects_and_paginates() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;
-    for (i, title) in ["apple box", "Banana box", "cherry", "date box", "elder"]
-        .iter()
-        .enumerate()
-    {
+    for (i, title) in ["apple box", "Banana box", "cherry", "date box", "elder"].iter().enumerate() {
         let status = if i % 2 == 0 { "open" } else { "late" };
         let qty = if i == 4 { Value::Null } else { json!(i * 10) };
-        t.create(
-            "items",
-            json!({"title": title, "qty": qty, "status": status}),
-        )
-        .await;
+        t.create("items", json!({"title": title, "qty": qty, "status": status})).await;
     }
-    let titles = |v: Vec<Value>| {
-        v.iter()
-            .map(|r| r["title"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        titles(t.list("items", "qty=gt.10&order=qty.desc").await),
-        ["date box", "cherry"]
-    );
+    let titles =
+        |v: Vec<Value>| v.iter().map(|r| r["title"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(titles(t.list("items", "qty=gt.10&order=qty.desc").await), ["date box", "cherry"]);
     assert_eq!(
         titles(t.list("items", "title=like.*box*&order=title").await),
         ["Banana box", "apple box", "date box"]
     );
-    assert_eq!(
-        titles(t.list("items", "title=ilike.b*&order=title").await),
-        ["Banana box"]
-    );
-    assert_eq!(
-        titles(t.list("items", "status=in.(late)&order=title").await),
-        ["Banana box", "date box"]
-    );
+    assert_eq!(titles(t.list("items", "title=ilike.b*&order=title").await), ["Banana box"]);
+    assert_eq!(titles(t.list("items", "status=in.(late)&order=title").await), ["Banana box", "date box"]);
     assert_eq!(titles(t.list("items", "qty=is.null").await), ["elder"]);
     assert_eq!(
-        titles(
-            t.list("items", "or=(qty.eq.0,qty.is.null)&order=title")
-                .await
-        ),
+        titles(t.list("items", "or=(qty.eq.0,qty.is.null)&order=title").await),
         ["apple box", "elder"]
     );
+    assert_eq!(titles(t.list("items", "qty=not.gt.10&order=title").await), ["Banana box", "apple box"]);
     assert_eq!(
-        titles(t.list("items", "qty=not.gt.10&order=title").await),
-        ["Banana box", "apple box"]
-    );
-    assert_eq!(
-        titles(t.list("items", "order=qty.asc").await)
-            .last()
-            .unwrap(),
+        titles(t.list("items", "order=qty.asc").await).last().unwrap(),
         "elder",
         "nulls last ascending"
     );
 
     let sel = t.list("items", "select=title&limit=1").await;
-    assert_eq!(
-        sel[0].as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["id", "title"]
-    );
+    assert_eq!(sel[0].as_object().unwrap().keys().collect::<Vec<_>>(), ["id", "title"]);
 
     // Cursor pagination walks every record exactly once.
     let mut seen = Vec::new();
@@ -467,22 +297,10 @@ async fn list_filters_sorts_projects_and_paginates() {
             None => break,
         }
     }
-    assert_eq!(
-        seen,
-        ["elder", "date box", "cherry", "Banana box", "apple box"]
-    );
+    assert_eq!(seen, ["elder", "date box", "cherry", "Banana box", "apple box"]);
 
-    for bad in [
-        "qty=gtx.1",
-        "qty=eq.abc",
-        "nope=eq.1",
-        "or=(qty.eq.1",
-        "limit=-1",
-        "order=nope",
-    ] {
-        let (s, e) = t
-            .get(&format!("/api/collections/items/records?{bad}"))
-            .await;
+    for bad in ["qty=gtx.1", "qty=eq.abc", "nope=eq.1", "or=(qty.eq.1", "limit=-1", "order=nope"] {
+        let (s, e) = t.get(&format!("/api/collections/items/records?{bad}")).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {e}");
         assert_eq!(e["error"]["code"], "bad_filter");
     }
@@ -491,8 +309,7 @@ async fn list_filters_sorts_projects_and_paginates() {
 #[tokio::test]
 async fn relations_keep_referential_integrity() {
     let t = TestServer::start().await;
-    t.create_collection(json!({"name": "users", "fields": [{"name": "name", "type": "text"}]}))
-        .await;
+    t.create_collection(json!({"name": "users", "fields": [{"name": "name", "type": "text"}]})).await;
     t.create_collection(json!({"name": "notes", "fields": [
         {"name": "owner", "type": "relation", "collection": "users", "on_delete": "cascade"},
         {"name": "editor", "type": "relation", "collection": "users", "on_delete": "set_null"}]}))
@@ -500,15 +317,12 @@ async fn relations_keep_referential_integrity() {
     t.create_collection(json!({"name": "pins", "fields": [
         {"name": "user", "type": "relation", "collection": "users"}]}))
         .await;
-    let (s, e) = t
-        .post("/api/collections/notes/records", json!({"owner": "ghost"}))
-        .await;
+    let (s, e) = t.post("/api/collections/notes/records", json!({"owner": "ghost"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(e["error"]["code"], "invalid_relation");
     let u1 = t.create("users", json!({"id": "u1", "name": "a"})).await;
     let u2 = t.create("users", json!({"id": "u2", "name": "b"})).await;
-    t.create("notes", json!({"id": "n1", "owner": "u1", "editor": "u2"}))
-        .await;
+    t.create("notes", json!({"id": "n1", "owner": "u1", "editor": "u2"})).await;
     t.create("pins", json!({"id": "p1", "user": "u1"})).await;
     let (s, e) = t.delete("/api/collections/users/records/u1").await;
     assert_eq!(s, StatusCode::CONFLICT, "restrict: {e}");
@@ -529,19 +343,9 @@ async fn relations_keep_referential_integrity() {
     let ev = t.changes(0).await;
     let ops: Vec<(String, String)> = ev[before..]
         .iter()
-        .map(|e| {
-            (
-                e["collection"].as_str().unwrap().into(),
-                e["op"].as_str().unwrap().into(),
-            )
-        })
+        .map(|e| (e["collection"].as_str().unwrap().into(), e["op"].as_str().unwrap().into()))
         .collect();
-    let expect = [
-        ("notes", "update"),
-        ("users", "delete"),
-        ("notes", "delete"),
-        ("users", "delete"),
-    ];
+    let expect = [("notes", "update"), ("users", "delete"), ("notes", "delete"), ("users", "delete")];
     assert_eq!(ops, expect.map(|(a, b)| (a.to_string(), b.to_string())));
     let _ = (u1, u2);
 }
@@ -552,53 +356,27 @@ async fn collections_migrate_additively_and_need_force_to_drop_data() {
     t.create_collection(items_collection()).await;
     t.create("items", json!({"title": "a", "qty": 1})).await;
     let mut def = items_collection();
-    def["fields"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "color", "type": "text", "default": "red"}));
-    let (s, b) = t
-        .patch("/api/collections/items", json!({"fields": def["fields"]}))
-        .await;
+    def["fields"].as_array_mut().unwrap().push(json!({"name": "color", "type": "text", "default": "red"}));
+    let (s, b) = t.patch("/api/collections/items", json!({"fields": def["fields"]})).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(t.list("items", "").await[0]["color"], "red");
     // Dropping qty loses data: refused without force.
-    let fields: Vec<Value> = def["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["name"] != "qty")
-        .cloned()
-        .collect();
-    let (s, e) = t
-        .patch("/api/collections/items", json!({"fields": fields}))
-        .await;
+    let fields: Vec<Value> =
+        def["fields"].as_array().unwrap().iter().filter(|f| f["name"] != "qty").cloned().collect();
+    let (s, e) = t.patch("/api/collections/items", json!({"fields": fields})).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(e["error"]["code"], "destructive_change");
-    let (s, _) = t
-        .patch(
-            "/api/collections/items?force=true",
-            json!({"fields": fields}),
-        )
-        .await;
+    let (s, _) = t.patch("/api/collections/items?force=true", json!({"fields": fields})).await;
     assert_eq!(s, StatusCode::OK);
     t.restart().await;
     let (_, c) = t.get("/api/collections/items").await;
-    assert!(
-        c["fields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["name"] != "qty"),
-        "survives restart"
-    );
+    assert!(c["fields"].as_array().unwrap().iter().all(|f| f["name"] != "qty"), "survives restart");
     assert!(t.list("items", "").await[0].get("qty").is_none());
     let (s, _) = t.delete("/api/collections/items").await;
     assert_eq!(s, StatusCode::CONFLICT, "holds records");
     let (s, _) = t.delete("/api/collections/items?force=true").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, e) = t
-        .post("/api/collections", json!({"name": "Bad Name"}))
-        .await;
+    let (s, e) = t.post("/api/collections", json!({"name": "Bad Name"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(e["error"]["code"], "invalid_schema");
 }
@@ -606,20 +384,9 @@ async fn collections_migrate_additively_and_need_force_to_drop_data() {
 #[tokio::test]
 async fn admin_endpoints_require_the_admin_key() {
     let t = TestServer::start().await;
-    let r = t
-        .http
-        .get(format!("{}/api/collections", t.url))
-        .send()
-        .await
-        .unwrap();
+    let r = t.http.get(format!("{}/api/collections", t.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = t
-        .http
-        .get(format!("{}/api/collections", t.url))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
+    let r = t.http.get(format!("{}/api/collections", t.url)).bearer_auth("wrong").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "invalid_token");
@@ -664,11 +431,7 @@ async fn change_log_has_one_gap_free_event_per_commit_under_16_concurrent_writer
     let ev = t.changes(0).await;
     assert_eq!(ev.len(), created);
     for (i, e) in ev.iter().enumerate() {
-        assert_eq!(
-            e["seq"].as_u64().unwrap(),
-            i as u64 + 1,
-            "gap-free, in order"
-        );
+        assert_eq!(e["seq"].as_u64().unwrap(), i as u64 + 1, "gap-free, in order");
         assert_eq!(e["op"], "insert");
         assert_eq!(e["actor"], "admin");
     }

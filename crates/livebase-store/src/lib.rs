@@ -79,24 +79,13 @@ pub enum StoreError {
     Validation(Vec<FieldError>),
     /// Stale base version; `fields` names overlapping fields under the merge strategy.
     #[error("{}", conflict_message(fields))]
-    Conflict {
-        current: Box<Record>,
-        fields: Vec<String>,
-    },
+    Conflict { current: Box<Record>, fields: Vec<String> },
     #[error("{field} must be unique: another record already has this value")]
     Unique { field: String },
     #[error("{field} points at '{target_id}', which does not exist in '{target}'")]
-    MissingRelation {
-        field: String,
-        target: String,
-        target_id: String,
-    },
+    MissingRelation { field: String, target: String, target_id: String },
     #[error("record is still referenced by {count} record(s) in {collection}.{field}")]
-    Referenced {
-        collection: String,
-        field: String,
-        count: u64,
-    },
+    Referenced { collection: String, field: String, count: u64 },
     #[error("this idempotency key was used with a different request")]
     IdempotencyMismatch,
     #[error("{0}")]
@@ -243,11 +232,7 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention {
-            max_events: Some(1_000_000),
-            max_age_secs: None,
-            idempotency_secs: 24 * 3600,
-        }
+        Retention { max_events: Some(1_000_000), max_age_secs: None, idempotency_secs: 24 * 3600 }
     }
 }
 
@@ -261,14 +246,10 @@ pub trait Store: Send + Sync + 'static {
     fn list(&self, collection: &str, q: ListQuery) -> BoxFuture<'static, Result<Page, StoreError>>;
     /// Records matching `q` and the sequence number they are current at, read in one snapshot:
     /// every event after that sequence is not reflected in the rows, every event up to it is.
-    fn snapshot(
-        &self,
-        collection: &str,
-        q: ListQuery,
-    ) -> BoxFuture<'static, Result<(Page, u64), StoreError>>;
+    fn snapshot(&self, collection: &str, q: ListQuery)
+        -> BoxFuture<'static, Result<(Page, u64), StoreError>>;
     fn changes(&self, q: ChangeQuery) -> BoxFuture<'static, Result<ChangePage, StoreError>>;
-    fn change_schema(&self, c: SchemaChange)
-        -> BoxFuture<'static, Result<Arc<Schema>, StoreError>>;
+    fn change_schema(&self, c: SchemaChange) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>>;
     /// The end of the change log: committed events in order, by sequence number.
     fn tail(&self) -> &LogTail;
 }

@@ -67,18 +67,10 @@ pub fn where_sql(f: &BoundFilter, params: &mut Vec<Value>) -> String {
 fn push_where(f: &BoundFilter, params: &mut Vec<Value>, out: &mut String) {
     match f {
         BoundFilter::And(v) | BoundFilter::Or(v) if v.is_empty() => {
-            out.push_str(if matches!(f, BoundFilter::And(_)) {
-                "1"
-            } else {
-                "0"
-            });
+            out.push_str(if matches!(f, BoundFilter::And(_)) { "1" } else { "0" });
         }
         BoundFilter::And(v) | BoundFilter::Or(v) => {
-            let joiner = if matches!(f, BoundFilter::And(_)) {
-                " AND "
-            } else {
-                " OR "
-            };
+            let joiner = if matches!(f, BoundFilter::And(_)) { " AND " } else { " OR " };
             out.push('(');
             for (i, c) in v.iter().enumerate() {
                 if i > 0 {
@@ -120,11 +112,7 @@ fn push_where(f: &BoundFilter, params: &mut Vec<Value>, out: &mut String) {
                 _ => " IS NULL",
             });
         }
-        BoundFilter::Like {
-            field,
-            pattern,
-            case_insensitive,
-        } => {
+        BoundFilter::Like { field, pattern, case_insensitive } => {
             if *case_insensitive {
                 out.push_str(&format!("lower({}) GLOB ?", quote_ident(field)));
                 params.push(Value::Text(glob_pattern(&pattern.to_ascii_lowercase())));
@@ -178,10 +166,8 @@ mod tests {
         .unwrap()
     }
 
-    const TITLES: [&str; 16] = [
-        "", "a", "A", "ab", "aB", "box", "Box", "a box", "b_x", "x*y", "a%b", "ü", "Ü", "[x]", "?",
-        "bx",
-    ];
+    const TITLES: [&str; 16] =
+        ["", "a", "A", "ab", "aB", "box", "Box", "a box", "b_x", "x*y", "a%b", "ü", "Ü", "[x]", "?", "bx"];
     const DUES: [&str; 4] = [
         "2026-01-01T00:00:00.000000Z",
         "2026-01-01T00:00:00.500000Z",
@@ -226,25 +212,13 @@ mod tests {
             }
         });
         let data = vec![
-            (
-                "title".to_string(),
-                title.map_or(Json::Null, |t| json!(TITLES[t])),
-            ),
+            ("title".to_string(), title.map_or(Json::Null, |t| json!(TITLES[t]))),
             ("qty".to_string(), qty.map_or(Json::Null, |q| json!(q))),
             ("price".to_string(), price.unwrap_or(Json::Null)),
             ("done".to_string(), done.map_or(Json::Null, |d| json!(d))),
-            (
-                "due".to_string(),
-                due.map_or(Json::Null, |d| json!(DUES[d])),
-            ),
-            (
-                "status".to_string(),
-                status.map_or(Json::Null, |s| json!(["open", "late", "closed"][s])),
-            ),
-            (
-                "meta".to_string(),
-                meta.map_or(Json::Null, |m| if m { json!({"a": 1}) } else { json!([1]) }),
-            ),
+            ("due".to_string(), due.map_or(Json::Null, |d| json!(DUES[d]))),
+            ("status".to_string(), status.map_or(Json::Null, |s| json!(["open", "late", "closed"][s]))),
+            ("meta".to_string(), meta.map_or(Json::Null, |m| if m { json!({"a": 1}) } else { json!([1]) })),
         ];
         Record::new(
             &format!("r{i:02}"),
@@ -290,10 +264,7 @@ mod tests {
             "meta",
         ];
         for r in records {
-            let vals: Vec<Value> = cols
-                .iter()
-                .map(|c| sql_value(r.get(c).unwrap_or(&Json::Null)))
-                .collect();
+            let vals: Vec<Value> = cols.iter().map(|c| sql_value(r.get(c).unwrap_or(&Json::Null))).collect();
             conn.execute(
                 "INSERT INTO \"items\" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rusqlite::params_from_iter(vals),
@@ -308,20 +279,13 @@ mod tests {
         let w = where_sql(f, &mut params);
         let sql = format!("SELECT \"id\" FROM \"items\" WHERE {w} ORDER BY \"id\"");
         let mut st = conn.prepare(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let rows = st
-            .query_map(rusqlite::params_from_iter(params), |r| {
-                r.get::<_, String>(0)
-            })
-            .unwrap();
+        let rows = st.query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(0)).unwrap();
         rows.map(Result::unwrap).collect()
     }
 
     fn rust_ids(records: &[Record], f: &BoundFilter) -> Vec<String> {
-        let mut ids: Vec<String> = records
-            .iter()
-            .filter(|r| f.matches(r))
-            .map(|r| r.id().to_string())
-            .collect();
+        let mut ids: Vec<String> =
+            records.iter().filter(|r| f.matches(r)).map(|r| r.id().to_string()).collect();
         ids.sort();
         ids
     }
@@ -329,27 +293,22 @@ mod tests {
     /// A literal for `field`, usually valid for its type.
     fn arb_literal(field: &'static str) -> BoxedStrategy<String> {
         match field {
-            "title" => prop::sample::select(TITLES.to_vec())
-                .prop_map(String::from)
-                .boxed(),
+            "title" => prop::sample::select(TITLES.to_vec()).prop_map(String::from).boxed(),
             "qty" | "version" => (-4i64..5).prop_map(|n| n.to_string()).boxed(),
             "price" => prop_oneof![
                 prop::sample::select(PRICES.to_vec()).prop_map(|x| x.to_string()),
-                prop::sample::select(vec!["2", "0", "-0", "3.2", "1e10", "-1.5"])
-                    .prop_map(String::from),
+                prop::sample::select(vec!["2", "0", "-0", "3.2", "1e10", "-1.5"]).prop_map(String::from),
             ]
             .boxed(),
-            "done" => prop::sample::select(vec!["true", "false"])
-                .prop_map(String::from)
-                .boxed(),
+            "done" => prop::sample::select(vec!["true", "false"]).prop_map(String::from).boxed(),
             "due" | "created_at" | "updated_at" => prop_oneof![
                 prop::sample::select(DUES.to_vec()).prop_map(String::from),
                 Just("2026-01-01T01:00:00+01:00".to_string()),
             ]
             .boxed(),
-            "status" => prop::sample::select(vec!["open", "late", "closed", "nope"])
-                .prop_map(String::from)
-                .boxed(),
+            "status" => {
+                prop::sample::select(vec!["open", "late", "closed", "nope"]).prop_map(String::from).boxed()
+            }
             _ => (0..12usize).prop_map(|i| format!("r{i:02}")).boxed(),
         }
     }
@@ -371,8 +330,7 @@ mod tests {
     fn arb_pattern() -> impl Strategy<Value = String> {
         prop::collection::vec(
             prop::sample::select(vec![
-                "a", "A", "b", "B", "x", "o", "ü", "Ü", "*", "%", "_", "?", "[", "]", " ", "2026",
-                "-0",
+                "a", "A", "b", "B", "x", "o", "ü", "Ü", "*", "%", "_", "?", "[", "]", " ", "2026", "-0",
             ]),
             0..5,
         )
@@ -412,23 +370,16 @@ mod tests {
 
     fn arb_filter() -> impl Strategy<Value = Filter> {
         arb_leaf().prop_recursive(4, 24, 4, |inner| {
-            (
-                prop::collection::vec(inner, 0..4),
-                any::<bool>(),
-                prop::bool::weighted(0.3),
-            )
-                .prop_map(|(items, is_and, neg)| {
-                    let g = if is_and {
-                        Filter::And(items)
-                    } else {
-                        Filter::Or(items)
-                    };
+            (prop::collection::vec(inner, 0..4), any::<bool>(), prop::bool::weighted(0.3)).prop_map(
+                |(items, is_and, neg)| {
+                    let g = if is_and { Filter::And(items) } else { Filter::Or(items) };
                     if neg {
                         Filter::Not(Box::new(g))
                     } else {
                         g
                     }
-                })
+                },
+            )
         })
     }
 
@@ -438,10 +389,7 @@ mod tests {
         let b = |s: &str| Filter::parse(s).unwrap().unwrap().bind(&c).unwrap();
         let mut p = Vec::new();
         assert_eq!(
-            where_sql(
-                &b("qty=gt.5&or=(title.like.a_*,done.is.true,status.in.(open,late))"),
-                &mut p
-            ),
+            where_sql(&b("qty=gt.5&or=(title.like.a_*,done.is.true,status.in.(open,late))"), &mut p),
             "(\"qty\" > ? AND (\"title\" GLOB ? OR \"done\" IS 1 OR \"status\" IN (?, ?)))"
         );
         assert_eq!(
@@ -458,14 +406,7 @@ mod tests {
             where_sql(&b("title=not.ilike.A[?]*&meta=is.null&price=eq.2&done=neq.false"), &mut p),
             "(NOT (lower(\"title\") GLOB ?) AND \"meta\" IS NULL AND \"price\" = ? AND \"done\" <> ?)"
         );
-        assert_eq!(
-            p,
-            vec![
-                Value::Text("a[[][?]]*".into()),
-                Value::Real(2.0),
-                Value::Integer(0)
-            ]
-        );
+        assert_eq!(p, vec![Value::Text("a[[][?]]*".into()), Value::Real(2.0), Value::Integer(0)]);
         let mut p = Vec::new();
         assert_eq!(where_sql(&BoundFilter::And(vec![]), &mut p), "1");
         assert_eq!(where_sql(&BoundFilter::Or(vec![]), &mut p), "0");
@@ -474,10 +415,7 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(glob_pattern("*%_?[]x"), "**?[?][[]]x");
         assert_eq!(order_sql(&[]), "\"id\" ASC");
-        assert_eq!(
-            order_sql(&[OrderBy::desc("qty")]),
-            "\"qty\" DESC NULLS FIRST, \"id\" ASC"
-        );
+        assert_eq!(order_sql(&[OrderBy::desc("qty")]), "\"qty\" DESC NULLS FIRST, \"id\" ASC");
         assert_eq!(
             order_sql(&[OrderBy::asc("title"), OrderBy::desc("id")]),
             "\"title\" ASC NULLS LAST, \"id\" DESC NULLS FIRST"
@@ -488,24 +426,8 @@ mod tests {
     fn three_valued_examples_agree() {
         let rows: Vec<Row> = vec![
             (None, None, None, None, None, None, None),
-            (
-                Some(5),
-                Some(6),
-                Some((3, true)),
-                Some(true),
-                Some(0),
-                Some(0),
-                Some(true),
-            ),
-            (
-                Some(6),
-                Some(2),
-                Some((0, false)),
-                Some(false),
-                Some(2),
-                Some(1),
-                None,
-            ),
+            (Some(5), Some(6), Some((3, true)), Some(true), Some(0), Some(0), Some(true)),
+            (Some(6), Some(2), Some((0, false)), Some(false), Some(2), Some(1), None),
         ];
         let records: Vec<Record> = rows.iter().enumerate().map(|(i, r)| record(i, r)).collect();
         let conn = db(&records);

@@ -30,11 +30,7 @@ pub enum TailRead {
 impl LogTail {
     pub fn new(head: u64, capacity: usize) -> LogTail {
         let (tx, _) = watch::channel(head);
-        LogTail {
-            events: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
-            capacity,
-            head: tx,
-        }
+        LogTail { events: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))), capacity, head: tx }
     }
 
     /// The newest committed sequence number.
@@ -107,17 +103,10 @@ mod tests {
         assert!(matches!(t.read_after(5, 10), TailRead::TooOld));
         t.push((11..=14).map(ev).collect());
         assert_eq!(t.head(), 14);
-        let TailRead::Events(v) = t.read_after(11, 10) else {
-            panic!()
-        };
-        assert_eq!(
-            v.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            vec![12, 13, 14]
-        );
+        let TailRead::Events(v) = t.read_after(11, 10) else { panic!() };
+        assert_eq!(v.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![12, 13, 14]);
         assert!(matches!(t.read_after(10, 10), TailRead::TooOld));
-        let TailRead::Events(v) = t.read_after(12, 1) else {
-            panic!()
-        };
+        let TailRead::Events(v) = t.read_after(12, 1) else { panic!() };
         assert_eq!(v[0].seq, 13);
     }
 }

@@ -10,18 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChannelMessage {
     /// `from` is the sender's connection id.
-    Broadcast {
-        event: String,
-        payload: Value,
-        from: Option<String>,
-    },
+    Broadcast { event: String, payload: Value, from: Option<String> },
     /// Everyone present, sent after each (re)join.
     PresenceState(PresenceMap),
     /// Entries that joined and left.
-    PresenceDiff {
-        joins: PresenceMap,
-        leaves: PresenceMap,
-    },
+    PresenceDiff { joins: PresenceMap, leaves: PresenceMap },
     /// The server refused to rejoin the channel after a reconnect; the stream ends.
     Error { code: String, message: String },
 }
@@ -107,13 +100,7 @@ impl Channel {
         rx: mpsc::UnboundedReceiver<ChannelMessage>,
         cmd: mpsc::UnboundedSender<Command>,
     ) -> Channel {
-        Channel {
-            name,
-            gen,
-            rx,
-            cmd,
-            presence: Presence::new(),
-        }
+        Channel { name, gen, rx, cmd, presence: Presence::new() }
     }
 
     pub fn name(&self) -> &str {
@@ -158,11 +145,7 @@ impl Channel {
     }
 
     pub async fn untrack(&self) -> Result<()> {
-        self.request(|reply| Command::Untrack {
-            channel: self.name.clone(),
-            reply,
-        })
-        .await
+        self.request(|reply| Command::Untrack { channel: self.name.clone(), reply }).await
     }
 
     /// Broadcasts on this channel (fire and forget).
@@ -230,10 +213,7 @@ mod tests {
             joins: entries(json!({"u2": [{"conn_id": "c2", "meta": {"away": true}}]})),
             leaves: entries(json!({"u2": [{"conn_id": "c2", "meta": {}}]})),
         });
-        assert_eq!(
-            p.get("u2").map(|e| e[0].meta.clone()),
-            Some(json!({"away": true}))
-        );
+        assert_eq!(p.get("u2").map(|e| e[0].meta.clone()), Some(json!({"away": true})));
         // The first tab closes, then u2 leaves.
         p.apply(&ChannelMessage::PresenceDiff {
             joins: PresenceMap::new(),
@@ -250,10 +230,6 @@ mod tests {
     #[test]
     fn broadcasts_do_not_touch_presence() {
         let mut p = Presence::new();
-        assert!(!p.apply(&ChannelMessage::Broadcast {
-            event: "e".into(),
-            payload: json!(1),
-            from: None
-        }));
+        assert!(!p.apply(&ChannelMessage::Broadcast { event: "e".into(), payload: json!(1), from: None }));
     }
 }

@@ -96,22 +96,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `ws://h:p[/prefix]/api/realtime[?token=…]` (`https` → `wss`).
 pub fn ws_url(base_url: &str, token: Option<&str>) -> Result<String> {
     let base = base_url.trim().trim_end_matches('/');
-    let (scheme, rest) = base
-        .split_once("://")
-        .ok_or_else(|| Error::InvalidUrl(format!("{base_url:?} has no scheme")))?;
+    let (scheme, rest) =
+        base.split_once("://").ok_or_else(|| Error::InvalidUrl(format!("{base_url:?} has no scheme")))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "http" | "ws" => "ws",
         "https" | "wss" => "wss",
-        other => {
-            return Err(Error::InvalidUrl(format!(
-                "{base_url:?}: unsupported scheme {other:?}"
-            )))
-        }
+        other => return Err(Error::InvalidUrl(format!("{base_url:?}: unsupported scheme {other:?}"))),
     };
     if rest.is_empty() || rest.contains(['?', '#']) {
-        return Err(Error::InvalidUrl(format!(
-            "{base_url:?} must be scheme://host[:port][/path]"
-        )));
+        return Err(Error::InvalidUrl(format!("{base_url:?} must be scheme://host[:port][/path]")));
     }
     let mut url = format!("{scheme}://{rest}/api/realtime");
     if let Some(t) = token {
@@ -143,11 +136,7 @@ impl RealtimeHandle {
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(Status::Connecting);
         tokio::spawn(task::run(cmd_rx, status_tx, shared.clone(), config));
-        RealtimeHandle {
-            cmd,
-            status,
-            shared,
-        }
+        RealtimeHandle { cmd, status, shared }
     }
 
     /// The connection state; `changed().await` on it to follow transitions.
@@ -196,10 +185,7 @@ impl RealtimeHandle {
         }
     }
 
-    async fn request<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
-    ) -> Result<T> {
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(make(tx)).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
@@ -209,8 +195,7 @@ impl RealtimeHandle {
     /// `"qty=gt.5"`), committed from now on. Resolves once the server confirmed (waiting
     /// through reconnects if the connection is down).
     pub async fn subscribe(&self, collection: &str, filter: Option<&str>) -> Result<Subscription> {
-        self.subscribe_with(collection, filter, SubscribeMode::Plain)
-            .await
+        self.subscribe_with(collection, filter, SubscribeMode::Plain).await
     }
 
     /// Subscribes to every matching change after `since`, then live ones. When the log no
@@ -222,8 +207,7 @@ impl RealtimeHandle {
         filter: Option<&str>,
         since: u64,
     ) -> Result<Subscription> {
-        self.subscribe_with(collection, filter, SubscribeMode::Since(since))
-            .await
+        self.subscribe_with(collection, filter, SubscribeMode::Since(since)).await
     }
 
     /// Subscribes in the given mode. With [`SubscribeMode::Snapshot`] the first event is a
@@ -246,21 +230,13 @@ impl RealtimeHandle {
             reply,
         })
         .await?;
-        Ok(Subscription::new(
-            local,
-            collection.to_string(),
-            filter,
-            rx,
-            self.cmd.clone(),
-        ))
+        Ok(Subscription::new(local, collection.to_string(), filter, rx, self.cmd.clone()))
     }
 
     /// A live query: a cache of the rows matching `filter`, kept equal to the server's query
     /// result. Resolves once the initial snapshot is loaded.
     pub async fn live_query(&self, collection: &str, filter: Option<&str>) -> Result<LiveQuery> {
-        let sub = self
-            .subscribe_with(collection, filter, SubscribeMode::Snapshot)
-            .await?;
+        let sub = self.subscribe_with(collection, filter, SubscribeMode::Snapshot).await?;
         LiveQuery::start(sub).await
     }
 
@@ -269,24 +245,14 @@ impl RealtimeHandle {
     pub async fn join(&self, channel: &str) -> Result<Channel> {
         let gen = self.shared.next_local.fetch_add(1, Ordering::Relaxed);
         let (messages, rx) = mpsc::unbounded_channel();
-        self.request(|reply| Command::Join {
-            channel: channel.to_string(),
-            gen,
-            messages,
-            reply,
-        })
-        .await?;
+        self.request(|reply| Command::Join { channel: channel.to_string(), gen, messages, reply }).await?;
         Ok(Channel::new(channel.to_string(), gen, rx, self.cmd.clone()))
     }
 
     /// Leaves a channel: its [`Channel`] stream ends and tracked presence vanishes.
     pub async fn leave(&self, channel: &str) -> Result<()> {
-        self.request(|reply| Command::Leave {
-            channel: channel.to_string(),
-            gen: None,
-            reply: Some(reply),
-        })
-        .await
+        self.request(|reply| Command::Leave { channel: channel.to_string(), gen: None, reply: Some(reply) })
+            .await
     }
 
     /// Tracks this connection's presence on a joined channel under `key` (default: the
@@ -303,22 +269,12 @@ impl RealtimeHandle {
 
     /// Removes this connection's presence entry from a channel.
     pub async fn untrack(&self, channel: &str) -> Result<()> {
-        self.request(|reply| Command::Untrack {
-            channel: channel.to_string(),
-            reply,
-        })
-        .await
+        self.request(|reply| Command::Untrack { channel: channel.to_string(), reply }).await
     }
 
     /// Sends a broadcast to the channel's members (to this connection too when `self_`).
     /// Fire and forget: returns once queued; [`Error::NotConnected`] while reconnecting.
-    pub async fn broadcast(
-        &self,
-        channel: &str,
-        event: &str,
-        payload: Value,
-        self_: bool,
-    ) -> Result<()> {
+    pub async fn broadcast(&self, channel: &str, event: &str, payload: Value, self_: bool) -> Result<()> {
         self.request(|reply| Command::Broadcast {
             channel: channel.to_string(),
             event: event.to_string(),
@@ -331,13 +287,7 @@ impl RealtimeHandle {
     }
 
     /// [`RealtimeHandle::broadcast`] that waits for the server's `ok` (`ack: true`).
-    pub async fn broadcast_ack(
-        &self,
-        channel: &str,
-        event: &str,
-        payload: Value,
-        self_: bool,
-    ) -> Result<()> {
+    pub async fn broadcast_ack(&self, channel: &str, event: &str, payload: Value, self_: bool) -> Result<()> {
         self.request(|reply| Command::Broadcast {
             channel: channel.to_string(),
             event: event.to_string(),
@@ -358,11 +308,7 @@ impl RealtimeHandle {
     /// it too. While disconnected it only takes effect on reconnect.
     pub async fn auth(&self, token: &str) -> Result<()> {
         *lock(&self.shared.token) = Some(token.to_string());
-        self.request(|reply| Command::Auth {
-            token: token.to_string(),
-            reply,
-        })
-        .await
+        self.request(|reply| Command::Auth { token: token.to_string(), reply }).await
     }
 }
 
@@ -372,18 +318,12 @@ mod tests {
 
     #[test]
     fn ws_urls_derive_from_the_base_url() {
-        assert_eq!(
-            ws_url("http://127.0.0.1:8080", None).unwrap(),
-            "ws://127.0.0.1:8080/api/realtime"
-        );
+        assert_eq!(ws_url("http://127.0.0.1:8080", None).unwrap(), "ws://127.0.0.1:8080/api/realtime");
         assert_eq!(
             ws_url("https://db.example.com/lb/", Some("a b&c")).unwrap(),
             "wss://db.example.com/lb/api/realtime?token=a+b%26c"
         );
-        assert_eq!(
-            ws_url("ws://h:1", Some("t")).unwrap(),
-            "ws://h:1/api/realtime?token=t"
-        );
+        assert_eq!(ws_url("ws://h:1", Some("t")).unwrap(), "ws://h:1/api/realtime?token=t");
         assert!(ws_url("h:1", None).is_err());
         assert!(ws_url("ftp://h", None).is_err());
         assert!(ws_url("http://h/?x=1", None).is_err());

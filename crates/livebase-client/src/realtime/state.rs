@@ -65,7 +65,9 @@ pub(crate) enum Command {
     /// Drop the socket and reconnect (handled by the task).
     Reconnect,
     /// Close for good (handled by the task).
-    Close { reply: oneshot::Sender<()> },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A request waiting for its reply, by `ref`.
@@ -116,10 +118,7 @@ struct Chan {
 }
 
 fn request_error(code: &str, message: impl Into<String>) -> Error {
-    Error::Request {
-        code: code.to_string(),
-        message: message.into(),
-    }
+    Error::Request { code: code.to_string(), message: message.into() }
 }
 
 /// Everything the connection remembers across sockets.
@@ -162,19 +161,8 @@ impl State {
     /// Handles a command other than `Reconnect` / `Close`.
     pub fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Subscribe {
-                local,
-                collection,
-                filter,
-                mode,
-                events,
-                reply,
-            } => {
-                if self
-                    .subs
-                    .values()
-                    .any(|s| s.collection == collection && s.filter == filter)
-                {
+            Command::Subscribe { local, collection, filter, mode, events, reply } => {
+                if self.subs.values().any(|s| s.collection == collection && s.filter == filter) {
                     let _ = reply.send(Err(request_error(
                         "already_subscribed",
                         format!(
@@ -217,12 +205,7 @@ impl State {
                     let _ = reply.send(Ok(()));
                 }
             }
-            Command::Join {
-                channel,
-                gen,
-                messages,
-                reply,
-            } => {
+            Command::Join { channel, gen, messages, reply } => {
                 if self.channels.contains_key(&channel) {
                     let _ = reply.send(Err(request_error(
                         "already_joined",
@@ -230,39 +213,20 @@ impl State {
                     )));
                     return;
                 }
-                let chan = Chan {
-                    gen,
-                    messages,
-                    waiter: Some(reply),
-                    tracked: None,
-                };
+                let chan = Chan { gen, messages, waiter: Some(reply), tracked: None };
                 self.channels.insert(channel.clone(), chan);
                 if self.online {
-                    self.request(
-                        Pending::Join {
-                            channel: channel.clone(),
-                            gen,
-                        },
-                        |r| client::join(r, &channel),
-                    );
+                    self.request(Pending::Join { channel: channel.clone(), gen }, |r| {
+                        client::join(r, &channel)
+                    });
                 }
             }
-            Command::Leave {
-                channel,
-                gen,
-                reply,
-            } => {
-                let known = self
-                    .channels
-                    .get(&channel)
-                    .is_some_and(|c| gen.is_none_or(|g| g == c.gen));
+            Command::Leave { channel, gen, reply } => {
+                let known = self.channels.get(&channel).is_some_and(|c| gen.is_none_or(|g| g == c.gen));
                 if !known {
                     if let Some(reply) = reply {
                         let _ = reply.send(match gen {
-                            None => Err(request_error(
-                                "not_joined",
-                                format!("{channel} is not joined"),
-                            )),
+                            None => Err(request_error("not_joined", format!("{channel} is not joined"))),
                             Some(_) => Ok(()),
                         });
                     }
@@ -276,12 +240,7 @@ impl State {
                     let _ = reply.send(Ok(()));
                 }
             }
-            Command::Track {
-                channel,
-                key,
-                meta,
-                reply,
-            } => {
+            Command::Track { channel, key, meta, reply } => {
                 let Some(chan) = self.channels.get_mut(&channel) else {
                     let _ = reply.send(Err(request_error(
                         "not_joined",
@@ -300,10 +259,7 @@ impl State {
             }
             Command::Untrack { channel, reply } => {
                 let Some(chan) = self.channels.get_mut(&channel) else {
-                    let _ = reply.send(Err(request_error(
-                        "not_joined",
-                        format!("{channel} is not joined"),
-                    )));
+                    let _ = reply.send(Err(request_error("not_joined", format!("{channel} is not joined"))));
                     return;
                 };
                 chan.tracked = None;
@@ -313,14 +269,7 @@ impl State {
                     let _ = reply.send(Ok(()));
                 }
             }
-            Command::Broadcast {
-                channel,
-                event,
-                payload,
-                self_,
-                ack,
-                reply,
-            } => {
+            Command::Broadcast { channel, event, payload, self_, ack, reply } => {
                 if !self.online {
                     let _ = reply.send(Err(Error::NotConnected));
                 } else if ack {
@@ -428,23 +377,12 @@ impl State {
         for local in locals {
             self.send_subscribe(local);
         }
-        let channels: Vec<(String, u64, Tracked)> = self
-            .channels
-            .iter()
-            .map(|(name, c)| (name.clone(), c.gen, c.tracked.clone()))
-            .collect();
+        let channels: Vec<(String, u64, Tracked)> =
+            self.channels.iter().map(|(name, c)| (name.clone(), c.gen, c.tracked.clone())).collect();
         for (name, gen, tracked) in channels {
-            self.request(
-                Pending::Join {
-                    channel: name.clone(),
-                    gen,
-                },
-                |r| client::join(r, &name),
-            );
+            self.request(Pending::Join { channel: name.clone(), gen }, |r| client::join(r, &name));
             if let Some((key, meta)) = tracked {
-                self.request(Pending::Ignore, |r| {
-                    client::track(r, &name, key.as_deref(), &meta)
-                });
+                self.request(Pending::Ignore, |r| client::track(r, &name, key.as_deref(), &meta));
             }
         }
     }
@@ -502,33 +440,16 @@ impl State {
                     None => self.deliver(local, *change),
                 }
             }
-            ServerFrame::Snapshot {
-                sub_id,
-                seq,
-                rows,
-                done,
-            } => self.on_snapshot(sub_id, seq, rows, done),
-            ServerFrame::Broadcast {
-                channel,
-                event,
-                payload,
-                from,
-            } => self.channel_message(
-                &channel.clone(),
-                ChannelMessage::Broadcast {
-                    event,
-                    payload,
-                    from,
-                },
-            ),
+            ServerFrame::Snapshot { sub_id, seq, rows, done } => self.on_snapshot(sub_id, seq, rows, done),
+            ServerFrame::Broadcast { channel, event, payload, from } => {
+                self.channel_message(&channel.clone(), ChannelMessage::Broadcast { event, payload, from })
+            }
             ServerFrame::PresenceState { channel, state } => {
                 self.channel_message(&channel, ChannelMessage::PresenceState(state))
             }
-            ServerFrame::PresenceDiff {
-                channel,
-                joins,
-                leaves,
-            } => self.channel_message(&channel, ChannelMessage::PresenceDiff { joins, leaves }),
+            ServerFrame::PresenceDiff { channel, joins, leaves } => {
+                self.channel_message(&channel, ChannelMessage::PresenceDiff { joins, leaves })
+            }
             ServerFrame::Pong { ref_, .. } => match self.take_pending(&ref_) {
                 Some(Pending::Ping(sent, tx)) => {
                     let _ = tx.send(Ok(sent.elapsed()));
@@ -541,17 +462,8 @@ impl State {
                     self.resolve_ok(p);
                 }
             }
-            ServerFrame::Error {
-                ref_,
-                code,
-                message,
-                ..
-            } => self.on_error(&ref_, code, message),
-            ServerFrame::ResyncRequired {
-                ref_,
-                sub_id,
-                reason,
-            } => self.on_resync(&ref_, sub_id, reason),
+            ServerFrame::Error { ref_, code, message, .. } => self.on_error(&ref_, code, message),
+            ServerFrame::ResyncRequired { ref_, sub_id, reason } => self.on_resync(&ref_, sub_id, reason),
             ServerFrame::Unknown => {}
         }
     }
@@ -610,10 +522,7 @@ impl State {
                 }
             }
             SubscribeMode::Snapshot => {
-                sub.snapshot = Some(SnapshotBuf {
-                    seq,
-                    ..SnapshotBuf::default()
-                });
+                sub.snapshot = Some(SnapshotBuf { seq, ..SnapshotBuf::default() });
             }
         }
         let waiter = sub.waiter.take();
@@ -632,10 +541,7 @@ impl State {
         let Some(sub) = self.subs.get_mut(&local) else {
             return;
         };
-        let buf = sub.snapshot.get_or_insert_with(|| SnapshotBuf {
-            seq,
-            ..SnapshotBuf::default()
-        });
+        let buf = sub.snapshot.get_or_insert_with(|| SnapshotBuf { seq, ..SnapshotBuf::default() });
         buf.seq = seq;
         buf.rows.extend(rows);
         if !done {
@@ -643,13 +549,7 @@ impl State {
         }
         let buf = sub.snapshot.take().unwrap_or_default();
         sub.last_seq = Some(buf.seq);
-        self.emit(
-            local,
-            SubEvent::Snapshot {
-                seq: buf.seq,
-                rows: buf.rows,
-            },
-        );
+        self.emit(local, SubEvent::Snapshot { seq: buf.seq, rows: buf.rows });
         for change in buf.held {
             self.deliver(local, change);
         }
@@ -716,9 +616,7 @@ impl State {
                             None => {
                                 tracing::warn!(%code, %message, %channel,
                                     "rejoining failed; the channel ends");
-                                let _ = chan
-                                    .messages
-                                    .send(ChannelMessage::Error { code, message });
+                                let _ = chan.messages.send(ChannelMessage::Error { code, message });
                             }
                         }
                     }
@@ -779,10 +677,7 @@ mod tests {
             collection: &str,
             filter: Option<&str>,
             mode: SubscribeMode,
-        ) -> (
-            mpsc::UnboundedReceiver<SubEvent>,
-            oneshot::Receiver<Result<()>>,
-        ) {
+        ) -> (mpsc::UnboundedReceiver<SubEvent>, oneshot::Receiver<Result<()>>) {
             let (events, rx) = mpsc::unbounded_channel();
             let (reply, wait) = oneshot::channel();
             self.state.command(Command::Subscribe {
@@ -817,9 +712,7 @@ mod tests {
             vec![json!({"type": "subscribe", "ref": 1, "collection": "items", "filter": "qty=gt.5"})]
         );
         assert!(wait.try_recv().is_err(), "not resolved before the reply");
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 1, "sub_id": 12, "seq": 100}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 12, "seq": 100})));
         assert!(matches!(wait.try_recv(), Ok(Ok(()))));
         h.state.on_frame(change(12, 101, "a", "add"));
         h.state.on_frame(change(99, 102, "b", "add")); // another query's id: ignored
@@ -837,9 +730,7 @@ mod tests {
     fn changes_at_or_before_the_last_seq_are_dropped() {
         let mut h = Harness::online();
         let (mut rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Plain);
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 1, "sub_id": 3, "seq": 10}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 3, "seq": 10})));
         for seq in [9, 10, 11, 11, 12, 12, 11, 13] {
             h.state.on_frame(change(3, seq, "a", "update"));
         }
@@ -853,12 +744,8 @@ mod tests {
         let (mut rx2, _w2) = h.subscribe(2, "orders", None, SubscribeMode::Since(40));
         let sent = h.sent();
         assert_eq!(sent[1]["since"], 40);
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 1, "sub_id": 12, "seq": 100}),
-        ));
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 2, "sub_id": 13, "seq": 40}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 12, "seq": 100})));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 2, "sub_id": 13, "seq": 40})));
         h.state.on_frame(change(12, 101, "a", "add"));
         h.state.on_frame(change(13, 41, "o", "add"));
         h.state.on_frame(change(12, 105, "a", "update"));
@@ -876,12 +763,8 @@ mod tests {
             ]
         );
         // The new connection numbers the queries differently.
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 3, "sub_id": 7, "seq": 105}),
-        ));
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 4, "sub_id": 12, "seq": 41}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 3, "sub_id": 7, "seq": 105})));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 4, "sub_id": 12, "seq": 41})));
         h.state.on_frame(change(7, 105, "a", "update")); // duplicate at the seam
         h.state.on_frame(change(7, 106, "a", "update"));
         h.state.on_frame(change(12, 42, "o", "update"));
@@ -891,16 +774,12 @@ mod tests {
 
     #[test]
     fn subscriptions_made_offline_are_sent_on_connect() {
-        let mut h = Harness {
-            state: State::default(),
-        };
+        let mut h = Harness { state: State::default() };
         let (_rx, mut wait) = h.subscribe(1, "items", None, SubscribeMode::Plain);
         assert!(h.sent().is_empty());
         h.state.on_connected();
         assert_eq!(h.sent()[0]["type"], "subscribe");
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 1, "sub_id": 1, "seq": 0}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 1, "seq": 0})));
         assert!(matches!(wait.try_recv(), Ok(Ok(()))));
     }
 
@@ -909,9 +788,7 @@ mod tests {
         let mut h = Harness::online();
         let (mut rx, _w) = h.subscribe(1, "items", Some("qty=gt.5"), SubscribeMode::Snapshot);
         assert_eq!(h.sent()[0]["snapshot"], true);
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 50}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 50})));
         h.state.on_frame(frame(
             json!({"type": "snapshot", "sub_id": 4, "seq": 50, "rows": [{"id": "a"}], "done": false}),
         ));
@@ -941,9 +818,7 @@ mod tests {
     fn an_interrupted_snapshot_is_fetched_again() {
         let mut h = Harness::online();
         let (mut rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Snapshot);
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 50}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 50})));
         h.state.on_frame(frame(
             json!({"type": "snapshot", "sub_id": 4, "seq": 50, "rows": [{"id": "a"}], "done": false}),
         ));
@@ -951,9 +826,7 @@ mod tests {
         h.state.on_connected();
         let sent = h.sent();
         assert_eq!(sent.last().map(|f| f["snapshot"].clone()), Some(json!(true)));
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 2, "sub_id": 9, "seq": 60}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 2, "sub_id": 9, "seq": 60})));
         h.state.on_frame(frame(
             json!({"type": "snapshot", "sub_id": 9, "seq": 60, "rows": [{"id": "b"}], "done": true}),
         ));
@@ -970,12 +843,8 @@ mod tests {
     fn resync_required_refetches_a_snapshot_for_live_queries() {
         let mut h = Harness::online();
         let (mut rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Snapshot);
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 5}),
-        ));
-        h.state.on_frame(frame(
-            json!({"type": "snapshot", "sub_id": 4, "seq": 5, "rows": [], "done": true}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 5})));
+        h.state.on_frame(frame(json!({"type": "snapshot", "sub_id": 4, "seq": 5, "rows": [], "done": true})));
         h.state.on_disconnect();
         h.state.on_connected();
         h.sent();
@@ -988,9 +857,7 @@ mod tests {
             vec![json!({"type": "subscribe", "ref": 3, "collection": "items", "snapshot": true})]
         );
         assert!(matches!(rx.try_recv(), Ok(SubEvent::Snapshot { seq: 5, .. })));
-        assert!(
-            matches!(rx.try_recv(), Ok(SubEvent::ResyncRequired { reason }) if reason == "log_trimmed")
-        );
+        assert!(matches!(rx.try_recv(), Ok(SubEvent::ResyncRequired { reason }) if reason == "log_trimmed"));
     }
 
     #[test]
@@ -1002,14 +869,8 @@ mod tests {
             json!({"type": "resync_required", "ref": 1, "sub_id": 4, "reason": "log_trimmed"}),
         ));
         assert!(matches!(wait.try_recv(), Ok(Ok(()))));
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(SubEvent::ResyncRequired { .. })
-        ));
-        assert_eq!(
-            h.sent(),
-            vec![json!({"type": "subscribe", "ref": 2, "collection": "items"})]
-        );
+        assert!(matches!(rx.try_recv(), Ok(SubEvent::ResyncRequired { .. })));
+        assert_eq!(h.sent(), vec![json!({"type": "subscribe", "ref": 2, "collection": "items"})]);
     }
 
     #[test]
@@ -1026,21 +887,14 @@ mod tests {
         assert_eq!(h.state.subscription_count(), 0);
 
         let (mut rx, _w) = h.subscribe(2, "items", None, SubscribeMode::Plain);
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 2, "sub_id": 1, "seq": 0}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 2, "sub_id": 1, "seq": 0})));
         h.state.on_disconnect();
         h.state.on_connected();
         h.state.on_frame(frame(
             json!({"type": "error", "ref": 3, "code": "collection_not_found", "message": "gone"}),
         ));
-        assert!(
-            matches!(rx.try_recv(), Ok(SubEvent::Error { code, .. }) if code == "collection_not_found")
-        );
-        assert!(matches!(
-            rx.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
-        ));
+        assert!(matches!(rx.try_recv(), Ok(SubEvent::Error { code, .. }) if code == "collection_not_found"));
+        assert!(matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
     }
 
     #[test]
@@ -1060,33 +914,20 @@ mod tests {
     fn dropped_consumers_are_unsubscribed() {
         let mut h = Harness::online();
         let (rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Plain);
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 1, "sub_id": 8, "seq": 0}),
-        ));
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 8, "seq": 0})));
         h.sent();
         drop(rx);
         h.state.on_frame(change(8, 1, "a", "add"));
-        assert_eq!(
-            h.sent(),
-            vec![json!({"type": "unsubscribe", "ref": 2, "sub_id": 8})]
-        );
+        assert_eq!(h.sent(), vec![json!({"type": "unsubscribe", "ref": 2, "sub_id": 8})]);
         assert_eq!(h.state.subscription_count(), 0);
 
         // Dropped while the subscribe is in flight: unsubscribed once the id is known.
         let (_rx, w) = h.subscribe(2, "items", None, SubscribeMode::Plain);
-        h.state.command(Command::Unsubscribe {
-            local: 2,
-            reply: None,
-        });
+        h.state.command(Command::Unsubscribe { local: 2, reply: None });
         drop(w);
         h.sent();
-        h.state.on_frame(frame(
-            json!({"type": "subscribed", "ref": 3, "sub_id": 8, "seq": 0}),
-        ));
-        assert_eq!(
-            h.sent(),
-            vec![json!({"type": "unsubscribe", "ref": 4, "sub_id": 8})]
-        );
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 3, "sub_id": 8, "seq": 0})));
+        assert_eq!(h.sent(), vec![json!({"type": "unsubscribe", "ref": 4, "sub_id": 8})]);
     }
 
     #[test]
@@ -1094,14 +935,8 @@ mod tests {
         let mut h = Harness::online();
         let (messages, mut mrx) = mpsc::unbounded_channel();
         let (reply, mut wait) = oneshot::channel();
-        h.state.command(Command::Join {
-            channel: "room:7".into(),
-            gen: 1,
-            messages,
-            reply,
-        });
-        h.state
-            .on_frame(frame(json!({"type": "ok", "ref": 1})));
+        h.state.command(Command::Join { channel: "room:7".into(), gen: 1, messages, reply });
+        h.state.on_frame(frame(json!({"type": "ok", "ref": 1})));
         assert!(matches!(wait.try_recv(), Ok(Ok(()))));
         let (reply, mut tw) = oneshot::channel();
         h.state.command(Command::Track {
@@ -1110,8 +945,7 @@ mod tests {
             meta: json!({"name": "Ada"}),
             reply,
         });
-        h.state
-            .on_frame(frame(json!({"type": "ok", "ref": 2})));
+        h.state.on_frame(frame(json!({"type": "ok", "ref": 2})));
         assert!(matches!(tw.try_recv(), Ok(Ok(()))));
         h.state.on_frame(frame(json!({"type": "broadcast", "channel": "room:7",
             "event": "cursor", "payload": {"x": 1}, "from": "c2"})));
@@ -1161,9 +995,7 @@ mod tests {
         let (reply, mut rx) = oneshot::channel();
         h.state.command(Command::Ping { reply });
         assert_eq!(h.sent(), vec![json!({"type": "ping", "ref": 1})]);
-        h.state.on_frame(frame(
-            json!({"type": "pong", "ref": 1, "server_time": "t"}),
-        ));
+        h.state.on_frame(frame(json!({"type": "pong", "ref": 1, "server_time": "t"})));
         assert!(matches!(rx.try_recv(), Ok(Ok(_))));
     }
 
@@ -1173,9 +1005,6 @@ mod tests {
         let (mut rx, mut wait) = h.subscribe(1, "items", None, SubscribeMode::Plain);
         h.state.close();
         assert!(matches!(wait.try_recv(), Ok(Err(Error::Closed))));
-        assert!(matches!(
-            rx.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
-        ));
+        assert!(matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
     }
 }

@@ -43,14 +43,7 @@ impl Subscription {
         rx: mpsc::UnboundedReceiver<SubEvent>,
         cmd: mpsc::UnboundedSender<Command>,
     ) -> Subscription {
-        Subscription {
-            local,
-            collection,
-            filter,
-            rx,
-            cmd,
-            last_seq: None,
-        }
+        Subscription { local, collection, filter, rx, cmd, last_seq: None }
     }
 
     pub fn collection(&self) -> &str {
@@ -108,12 +101,7 @@ impl Subscription {
     pub async fn unsubscribe(mut self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         let local = std::mem::take(&mut self.local);
-        self.cmd
-            .send(Command::Unsubscribe {
-                local,
-                reply: Some(tx),
-            })
-            .map_err(|_| Error::Closed)?;
+        self.cmd.send(Command::Unsubscribe { local, reply: Some(tx) }).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 }
@@ -121,10 +109,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if self.local != 0 {
-            let _ = self.cmd.send(Command::Unsubscribe {
-                local: self.local,
-                reply: None,
-            });
+            let _ = self.cmd.send(Command::Unsubscribe { local: self.local, reply: None });
         }
     }
 }
@@ -208,9 +193,7 @@ impl LiveQuery {
                     cache.apply(&ev);
                     return Ok(LiveQuery { sub, cache });
                 }
-                Some(SubEvent::Error { code, message }) => {
-                    return Err(Error::Request { code, message })
-                }
+                Some(SubEvent::Error { code, message }) => return Err(Error::Request { code, message }),
                 Some(_) => {}
                 None => return Err(Error::Closed),
             }
@@ -307,17 +290,9 @@ mod tests {
     #[test]
     fn a_new_snapshot_replaces_the_rows() {
         let mut c = RowCache::new();
-        c.apply(&SubEvent::Snapshot {
-            seq: 1,
-            rows: vec![json!({"id": "a"}), json!({"id": "b"})],
-        });
-        c.apply(&SubEvent::ResyncRequired {
-            reason: "log_trimmed".into(),
-        });
-        c.apply(&SubEvent::Snapshot {
-            seq: 90,
-            rows: vec![json!({"id": "z"})],
-        });
+        c.apply(&SubEvent::Snapshot { seq: 1, rows: vec![json!({"id": "a"}), json!({"id": "b"})] });
+        c.apply(&SubEvent::ResyncRequired { reason: "log_trimmed".into() });
+        c.apply(&SubEvent::Snapshot { seq: 90, rows: vec![json!({"id": "z"})] });
         assert_eq!(c.rows().keys().collect::<Vec<_>>(), vec!["z"]);
         assert_eq!(c.seq(), 90);
     }
@@ -325,10 +300,7 @@ mod tests {
     #[test]
     fn stale_changes_do_not_touch_the_cache() {
         let mut c = RowCache::new();
-        c.apply(&SubEvent::Snapshot {
-            seq: 5,
-            rows: vec![json!({"id": "a", "v": 1})],
-        });
+        c.apply(&SubEvent::Snapshot { seq: 5, rows: vec![json!({"id": "a", "v": 1})] });
         assert!(!c.apply(&change(5, "a", View::Remove, None)));
         assert!(!c.apply(&change(3, "b", View::Add, Some(json!({"id": "b"})))));
         assert_eq!(c.rows().len(), 1);
@@ -349,8 +321,7 @@ mod tests {
         let (cmd, mut cmd_rx) = mpsc::unbounded_channel();
         let mut sub = Subscription::new(5, "items".into(), None, rx, cmd);
         for seq in [3, 4, 4, 2, 6] {
-            tx.send(change(seq, "a", View::Update, Some(json!({"id": "a"}))))
-                .unwrap();
+            tx.send(change(seq, "a", View::Update, Some(json!({"id": "a"})))).unwrap();
         }
         drop(tx);
         let mut seen = Vec::new();
@@ -360,13 +331,7 @@ mod tests {
         assert_eq!(seen, vec![3, 4, 6]);
         assert_eq!(sub.seq(), Some(6));
         drop(sub);
-        assert!(matches!(
-            cmd_rx.recv().await,
-            Some(Command::Unsubscribe {
-                local: 5,
-                reply: None
-            })
-        ));
+        assert!(matches!(cmd_rx.recv().await, Some(Command::Unsubscribe { local: 5, reply: None })));
     }
 
     #[tokio::test]
@@ -374,13 +339,8 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let (cmd, _cmd_rx) = mpsc::unbounded_channel();
         let sub = Subscription::new(1, "items".into(), Some("qty=gt.5".into()), rx, cmd);
-        tx.send(SubEvent::Snapshot {
-            seq: 7,
-            rows: vec![json!({"id": "a", "qty": 6})],
-        })
-        .unwrap();
-        tx.send(change(8, "b", View::Add, Some(json!({"id": "b", "qty": 9}))))
-            .unwrap();
+        tx.send(SubEvent::Snapshot { seq: 7, rows: vec![json!({"id": "a", "qty": 6})] }).unwrap();
+        tx.send(change(8, "b", View::Add, Some(json!({"id": "b", "qty": 9})))).unwrap();
         let mut lq = LiveQuery::start(sub).await.unwrap();
         assert_eq!(lq.seq(), 7);
         assert_eq!(lq.rows().len(), 1);

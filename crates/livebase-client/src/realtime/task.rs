@@ -48,14 +48,8 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     config: RealtimeConfig,
 ) {
-    let mut task = Task {
-        cmd_rx,
-        status,
-        shared,
-        config,
-        state: State::default(),
-        close_waiters: Vec::new(),
-    };
+    let mut task =
+        Task { cmd_rx, status, shared, config, state: State::default(), close_waiters: Vec::new() };
     task.main().await;
     task.state.close();
     *lock(&task.shared.conn_id) = None;
@@ -84,8 +78,7 @@ impl Task {
             self.state.on_disconnect();
             *lock(&self.shared.conn_id) = None;
             failures = failures.saturating_add(1);
-            self.status
-                .send_replace(Status::Reconnecting { attempt: failures });
+            self.status.send_replace(Status::Reconnecting { attempt: failures });
             let delay = self.config.backoff.delay(failures - 1);
             tracing::debug!(attempt = failures, ?delay, "reconnecting");
             if !self.sleep(delay).await {
@@ -177,9 +170,7 @@ impl Task {
             if !self.state.outbox.is_empty() {
                 if let Err(e) = self.flush(&mut ws).await {
                     tracing::debug!(error = %e, "realtime write failed");
-                    return End::Lost {
-                        established: self.state.online,
-                    };
+                    return End::Lost { established: self.state.online };
                 }
             }
             tokio::select! {
@@ -249,11 +240,7 @@ impl Task {
             }
         };
         match frame {
-            ServerFrame::Welcome {
-                conn_id,
-                timeout_ms,
-                ..
-            } => {
+            ServerFrame::Welcome { conn_id, timeout_ms, .. } => {
                 if self.state.online {
                     return false;
                 }

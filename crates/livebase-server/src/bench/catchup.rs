@@ -83,7 +83,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
                     } else {
                         out_of_order += 1;
                     }
-                    if received % 256 == 0 {
+                    if received & 255 == 0 {
                         ctx.progress.set(received);
                     }
                 }

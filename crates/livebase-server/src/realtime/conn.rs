@@ -22,10 +22,15 @@ const CODEC_MAX_MESSAGE: usize = 1 << 20;
 /// Frames written per flush at most.
 const COALESCE: usize = 64;
 
-pub async fn upgrade(State(app): State<App>, headers: HeaderMap, RawQuery(q): RawQuery, ws: WebSocketUpgrade) -> Response {
-    let token: Option<String> = q
-        .as_deref()
-        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()));
+pub async fn upgrade(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token: Option<String> = q.as_deref().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+    });
     let principal = match token {
         Some(t) => app.principal_from_token(Some(&t)),
         None => app.principal(&headers),
@@ -47,14 +52,15 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
     let limits = hub.limits().clone();
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(limits.queue_frames);
     let close = Arc::new(CloseSignal::default());
-    let (conn, name) = match hub.connect(ConnHandle { tx: tx.clone(), close: close.clone() }, principal.clone()) {
-        Ok(c) => c,
-        Err(_) => {
-            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from_static("too_many_connections") };
-            let _ = socket.send(Message::Close(Some(frame))).await;
-            return;
-        }
-    };
+    let (conn, name) =
+        match hub.connect(ConnHandle { tx: tx.clone(), close: close.clone() }, principal.clone()) {
+            Ok(c) => c,
+            Err(_) => {
+                let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from_static("too_many_connections") };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        };
     tracing::debug!(conn = %name, "realtime connection opened");
     let welcome = protocol::encode(&json!({
         "type": "welcome", "conn_id": name, "server_time": livebase_core::record::now_timestamp(),
@@ -66,7 +72,8 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
         hub.disconnect(conn, "write_failed");
         return;
     }
-    let mut ticker = tokio::time::interval_at(Instant::now() + limits.heartbeat_interval, limits.heartbeat_interval);
+    let mut ticker =
+        tokio::time::interval_at(Instant::now() + limits.heartbeat_interval, limits.heartbeat_interval);
     let mut last_seen = Instant::now();
     let mut bucket = Bucket::new(limits.ws_burst);
     let mut expired = false;
@@ -157,7 +164,10 @@ fn expires_in(p: &Principal, expired: bool) -> std::time::Duration {
     const NEVER: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
     match p.expires_at() {
         Some(exp) if !expired => {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             std::time::Duration::from_secs(exp.saturating_sub(now))
         }
         _ => NEVER,
@@ -165,7 +175,14 @@ fn expires_in(p: &Principal, expired: bool) -> std::time::Duration {
 }
 
 /// Handles one client frame. Returns true when it installed a fresh token.
-fn handle(app: &App, hub: &Hub, conn: u64, tx: &mpsc::Sender<Utf8Bytes>, principal: &mut Principal, text: &str) -> bool {
+fn handle(
+    app: &App,
+    hub: &Hub,
+    conn: u64,
+    tx: &mpsc::Sender<Utf8Bytes>,
+    principal: &mut Principal,
+    text: &str,
+) -> bool {
     let max = hub.limits().max_frame_bytes;
     if text.len() > max {
         let e = ProtoError::new(&None, "frame_too_large", format!("frames are limited to {max} bytes"));
@@ -183,16 +200,26 @@ fn handle(app: &App, hub: &Hub, conn: u64, tx: &mpsc::Sender<Utf8Bytes>, princip
     let r = match msg {
         ClientMsg::Subscribe(s) => {
             let start = match (s.since, s.snapshot) {
-                (Some(_), true) => Err(ProtoError::new(&s.reference, "bad_request", "use either since or snapshot, not both")),
+                (Some(_), true) => Err(ProtoError::new(
+                    &s.reference,
+                    "bad_request",
+                    "use either since or snapshot, not both",
+                )),
                 (Some(n), false) => Ok(Start::Since(n)),
                 (None, true) => Ok(Start::Snapshot),
                 (None, false) => Ok(Start::Now),
             };
-            start.and_then(|start| hub.subscribe(conn, s.reference.clone(), &s.collection, s.filter.as_deref(), start))
+            start.and_then(|start| {
+                hub.subscribe(conn, s.reference.clone(), &s.collection, s.filter.as_deref(), start)
+            })
         }
-        ClientMsg::Unsubscribe(u) => hub.unsubscribe(conn, &u.reference, u.sub_id).map(|_| reply(tx, protocol::ok(&u.reference))),
+        ClientMsg::Unsubscribe(u) => {
+            hub.unsubscribe(conn, &u.reference, u.sub_id).map(|_| reply(tx, protocol::ok(&u.reference)))
+        }
         ClientMsg::Join(j) => hub.join(conn, &j.reference, &j.channel),
-        ClientMsg::Leave(l) => hub.leave(conn, &l.reference, &l.channel).map(|_| reply(tx, protocol::ok(&l.reference))),
+        ClientMsg::Leave(l) => {
+            hub.leave(conn, &l.reference, &l.channel).map(|_| reply(tx, protocol::ok(&l.reference)))
+        }
         ClientMsg::Broadcast(b) => hub.broadcast(conn, &b),
         ClientMsg::Track(t) => hub.track(conn, &t),
         ClientMsg::Untrack(u) => hub.untrack(conn, &u.reference, &u.channel),

@@ -97,11 +97,20 @@ impl Query {
 /// change it may see. Subscribers with the same answer share one encoded frame.
 type Seen = (View, bool, bool);
 
-fn seen_by(access: &Access, who: &Principal, open: bool, collection: &str, e: &ChangeEvent, m: (bool, bool)) -> Option<Seen> {
+fn seen_by(
+    access: &Access,
+    who: &Principal,
+    open: bool,
+    collection: &str,
+    e: &ChangeEvent,
+    m: (bool, bool),
+) -> Option<Seen> {
     if open {
         return View::between(m.0, m.1).map(|v| (v, e.new.is_some(), e.old.is_some()));
     }
-    let vis = |r: &Option<livebase_core::Record>| r.as_ref().is_some_and(|r| access.row_visible(who, collection, r));
+    let vis = |r: &Option<livebase_core::Record>| {
+        r.as_ref().is_some_and(|r| access.row_visible(who, collection, r))
+    };
     let (old_vis, new_vis) = (vis(&e.old), vis(&e.new));
     View::between(m.0 && old_vis, m.1 && new_vis).map(|v| (v, new_vis, old_vis))
 }
@@ -204,7 +213,12 @@ pub enum Start {
 }
 
 impl Hub {
-    pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Arc<Metrics>, access: Arc<AccessCache>) -> Hub {
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        access: Arc<AccessCache>,
+    ) -> Hub {
         let reg = Registry { dispatched: store.tail().head(), next_query: 1, ..Default::default() };
         Hub {
             inner: Arc::new(HubInner {
@@ -256,7 +270,8 @@ impl Hub {
                 TailRead::Events(e) => e,
                 TailRead::TooOld => {
                     // Fell behind the in-memory tail: read the durable log instead.
-                    match store.changes(ChangeQuery { since: from, limit: 1000, ..Default::default() }).await {
+                    match store.changes(ChangeQuery { since: from, limit: 1000, ..Default::default() }).await
+                    {
                         Ok(p) => p.events.into_iter().map(Arc::new).collect(),
                         Err(e) => {
                             tracing::error!(error = %e, "hub cannot read the change log");
@@ -386,7 +401,9 @@ impl Hub {
             if let Some(state) = reg.queries.get_mut(qid).and_then(|q| q.subscribers.get_mut(&conn)) {
                 *state = match state {
                     // Frames already parked were due before expiry: keep their place.
-                    SubState::CatchingUp(buf) => SubState::Paused(buf.first().map(|(s, _)| s - 1).unwrap_or(at)),
+                    SubState::CatchingUp(buf) => {
+                        SubState::Paused(buf.first().map(|(s, _)| s - 1).unwrap_or(at))
+                    }
                     _ => SubState::Paused(at),
                 };
             }
@@ -448,7 +465,14 @@ impl Hub {
 
     /// Registers a subscription. Replies (`subscribed`, history, snapshot) go to the
     /// connection's queue; a refusal is returned.
-    pub fn subscribe(&self, conn: ConnId, reference: Ref, collection: &str, filter: Option<&str>, start: Start) -> Result<(), ProtoError> {
+    pub fn subscribe(
+        &self,
+        conn: ConnId,
+        reference: Ref,
+        collection: &str,
+        filter: Option<&str>,
+        start: Start,
+    ) -> Result<(), ProtoError> {
         let err = |code, msg: String| ProtoError::new(&reference, code, msg);
         let schema = self.inner.store.schema();
         let Some(c) = schema.get(collection) else {
@@ -462,7 +486,8 @@ impl Hub {
             None => None,
             Some(f) => Filter::parse(f).map_err(|e| err("bad_filter", e.message))?,
         };
-        let bound = parsed.as_ref().map(|f| f.bind(c)).transpose().map_err(|e| err("bad_filter", e.message))?;
+        let bound =
+            parsed.as_ref().map(|f| f.bind(c)).transpose().map_err(|e| err("bad_filter", e.message))?;
         let key = (collection.to_string(), parsed.as_ref().map(|f| f.to_string()).unwrap_or_default());
 
         let mut reg = self.inner.reg.lock();
@@ -472,7 +497,10 @@ impl Hub {
             return Err(err("internal", "connection is closing".into()));
         };
         if entry.queries.len() >= limit {
-            return Err(err("too_many_subscriptions", format!("a connection holds at most {limit} subscriptions")));
+            return Err(err(
+                "too_many_subscriptions",
+                format!("a connection holds at most {limit} subscriptions"),
+            ));
         }
         let qid = match reg.query_ids.get(&key) {
             Some(q) => *q,
@@ -480,7 +508,11 @@ impl Hub {
                 let qid = reg.next_query;
                 reg.next_query += 1;
                 let ix = reg.index.entry(collection.to_string()).or_default();
-                match bound.as_ref().and_then(|b| b.index_key()).and_then(|(f, v)| Some((f.to_string(), scalar_key(v)?))) {
+                match bound
+                    .as_ref()
+                    .and_then(|b| b.index_key())
+                    .and_then(|(f, v)| Some((f.to_string(), scalar_key(v)?)))
+                {
                     Some((field, value)) => {
                         ix.by_eq.entry(field).or_default().entry(value).or_default().insert(qid);
                     }
@@ -491,14 +523,22 @@ impl Hub {
                 reg.query_ids.insert(key.clone(), qid);
                 reg.queries.insert(
                     qid,
-                    Query { collection: collection.to_string(), filter: bound, key: key.1.clone(), subscribers: HashMap::new() },
+                    Query {
+                        collection: collection.to_string(),
+                        filter: bound,
+                        key: key.1.clone(),
+                        subscribers: HashMap::new(),
+                    },
                 );
                 qid
             }
         };
         let q = reg.queries.get_mut(&qid).ok_or_else(|| err("internal", "query vanished".into()))?;
         if q.subscribers.contains_key(&conn) {
-            return Err(err("already_subscribed", format!("already subscribed to this query as sub_id {qid}")));
+            return Err(err(
+                "already_subscribed",
+                format!("already subscribed to this query as sub_id {qid}"),
+            ));
         }
         entry.queries.insert(qid);
         reg.subscriptions += 1;
@@ -531,7 +571,11 @@ impl Hub {
         let mut reg = self.inner.reg.lock();
         let subscribed = reg.conns.get(&conn).is_some_and(|c| c.queries.contains(&qid));
         if !subscribed {
-            return Err(ProtoError::new(reference, "not_subscribed", format!("no subscription with sub_id {qid}")));
+            return Err(ProtoError::new(
+                reference,
+                "not_subscribed",
+                format!("no subscription with sub_id {qid}"),
+            ));
         }
         Self::remove_subscriber(&mut reg, conn, qid);
         self.inner.metrics.set_subscriptions(reg.subscriptions);
@@ -602,7 +646,12 @@ impl Hub {
             let events: Vec<Arc<ChangeEvent>> = match store.tail().read_after(cursor, 1000) {
                 TailRead::Events(e) => e,
                 TailRead::TooOld => {
-                    let cq = ChangeQuery { since: cursor, limit: 1000, collection: Some(q.collection.clone()), ..Default::default() };
+                    let cq = ChangeQuery {
+                        since: cursor,
+                        limit: 1000,
+                        collection: Some(q.collection.clone()),
+                        ..Default::default()
+                    };
                     match store.changes(cq).await {
                         Ok(p) if p.events.is_empty() => {
                             cursor = at;
@@ -610,10 +659,19 @@ impl Hub {
                         }
                         Ok(p) => p.events.into_iter().map(Arc::new).collect(),
                         Err(StoreError::Trimmed { .. }) => {
-                            return self.abandon(conn, qid, &tx, protocol::resync_required(&reference, qid, "log_trimmed"));
+                            return self.abandon(
+                                conn,
+                                qid,
+                                &tx,
+                                protocol::resync_required(&reference, qid, "log_trimmed"),
+                            );
                         }
                         Err(e) => {
-                            let pe = ProtoError::new(&reference, "internal", format!("cannot read the change log: {e}"));
+                            let pe = ProtoError::new(
+                                &reference,
+                                "internal",
+                                format!("cannot read the change log: {e}"),
+                            );
                             return self.abandon(conn, qid, &tx, pe.frame());
                         }
                     }
@@ -652,7 +710,14 @@ impl Hub {
     }
 
     /// Sends the rows matching the query at a sequence S, then the changes after S.
-    async fn snapshot(&self, conn: ConnId, qid: QueryId, reference: Ref, tx: mpsc::Sender<Utf8Bytes>, filter: Option<Filter>) {
+    async fn snapshot(
+        &self,
+        conn: ConnId,
+        qid: QueryId,
+        reference: Ref,
+        tx: mpsc::Sender<Utf8Bytes>,
+        filter: Option<Filter>,
+    ) {
         let Some((_, collection)) = self.query_parts(qid) else { return };
         let max = self.inner.limits.max_snapshot_rows;
         let q = ListQuery { filter, limit: Some(max + 1), ..Default::default() };
@@ -681,7 +746,8 @@ impl Hub {
         if tx.send(protocol::subscribed(&reference, qid, seq)).await.is_err() {
             return;
         }
-        let chunks: Vec<&[livebase_core::Record]> = if page.items.is_empty() { vec![&[]] } else { page.items.chunks(500).collect() };
+        let chunks: Vec<&[livebase_core::Record]> =
+            if page.items.is_empty() { vec![&[]] } else { page.items.chunks(500).collect() };
         let n = chunks.len();
         for (i, rows) in chunks.into_iter().enumerate() {
             if tx.send(protocol::snapshot(qid, seq, rows, i + 1 == n)).await.is_err() {
@@ -697,7 +763,9 @@ impl Hub {
         loop {
             let parked = {
                 let mut reg = self.inner.reg.lock();
-                let Some(state) = reg.queries.get_mut(&qid).and_then(|q| q.subscribers.get_mut(&conn)) else { return };
+                let Some(state) = reg.queries.get_mut(&qid).and_then(|q| q.subscribers.get_mut(&conn)) else {
+                    return;
+                };
                 match state {
                     // Live already, or paused again: `reauthorize` restarts the catch-up.
                     SubState::Live | SubState::Paused(_) => return,
@@ -734,7 +802,11 @@ impl Hub {
         let limit = self.inner.limits.max_channels;
         let Some(entry) = reg.conns.get_mut(&conn) else { return Ok(()) };
         if !entry.channels.contains(channel) && entry.channels.len() >= limit {
-            return Err(ProtoError::new(reference, "too_many_channels", format!("a connection joins at most {limit} channels")));
+            return Err(ProtoError::new(
+                reference,
+                "too_many_channels",
+                format!("a connection joins at most {limit} channels"),
+            ));
         }
         entry.channels.insert(channel.to_string());
         let ch = reg.channels.entry(channel.to_string()).or_default();
@@ -742,7 +814,9 @@ impl Hub {
         let state = presence_json(&ch.presence, &reg.conns);
         let _ = entry_tx(&reg.conns, conn).map(|tx| {
             let _ = tx.try_send(protocol::ok(reference));
-            let _ = tx.try_send(protocol::encode(&json!({"type": "presence_state", "channel": channel, "state": state})));
+            let _ = tx.try_send(protocol::encode(
+                &json!({"type": "presence_state", "channel": channel, "state": state}),
+            ));
         });
         Ok(())
     }
@@ -773,7 +847,11 @@ impl Hub {
     pub fn broadcast(&self, conn: ConnId, b: &protocol::Broadcast) -> Result<(), ProtoError> {
         let reg = self.inner.reg.lock();
         let Some(ch) = reg.channels.get(&b.channel).filter(|ch| ch.members.contains(&conn)) else {
-            return Err(ProtoError::new(&b.reference, "not_joined", format!("join '{}' before broadcasting", b.channel)));
+            return Err(ProtoError::new(
+                &b.reference,
+                "not_joined",
+                format!("join '{}' before broadcasting", b.channel),
+            ));
         };
         let from = reg.conns.get(&conn).map(|c| c.name.clone()).unwrap_or_default();
         let frame = protocol::encode(&json!({
@@ -802,7 +880,11 @@ impl Hub {
         let mut reg = self.inner.reg.lock();
         let reg = &mut *reg;
         let Some(entry) = reg.conns.get(&conn).filter(|c| c.channels.contains(&t.channel)) else {
-            return Err(ProtoError::new(&t.reference, "not_joined", format!("join '{}' before tracking presence", t.channel)));
+            return Err(ProtoError::new(
+                &t.reference,
+                "not_joined",
+                format!("join '{}' before tracking presence", t.channel),
+            ));
         };
         let key = t.key.clone().unwrap_or_else(|| entry.name.clone());
         if key.is_empty() || key.len() > 256 {
@@ -822,7 +904,9 @@ impl Hub {
         ch.presence.entry(key.clone()).or_default().push((conn, t.meta.clone()));
         reg.presence_members += 1;
         let joins = json!({ key: [{"conn_id": name, "meta": t.meta}] });
-        let frame = protocol::encode(&json!({"type": "presence_diff", "channel": t.channel, "joins": joins, "leaves": leaves}));
+        let frame = protocol::encode(
+            &json!({"type": "presence_diff", "channel": t.channel, "joins": joins, "leaves": leaves}),
+        );
         if let Some(tx) = entry_tx(&reg.conns, conn) {
             let _ = tx.try_send(protocol::ok(&t.reference));
         }
@@ -864,7 +948,9 @@ impl Hub {
         }
         reg.presence_members -= leaves.len() as i64;
         ch.presence.retain(|_, e| !e.is_empty());
-        let frame = protocol::encode(&json!({"type": "presence_diff", "channel": channel, "joins": {}, "leaves": leaves}));
+        let frame = protocol::encode(
+            &json!({"type": "presence_diff", "channel": channel, "joins": {}, "leaves": leaves}),
+        );
         for m in &ch.members {
             if *m == conn {
                 continue;
@@ -909,6 +995,7 @@ fn check_channel(reference: &Ref, channel: &str) -> Result<(), ProtoError> {
 
 /// Seconds since a canonical timestamp.
 fn time_since(ts: &str) -> Result<f64, ()> {
-    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).map_err(|_| ())?;
+    let t =
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).map_err(|_| ())?;
     Ok((time::OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0))
 }

@@ -129,7 +129,8 @@ pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
     };
     let v = Value::Object(m);
     fn de<T: for<'a> Deserialize<'a>>(v: Value, r: &Ref, ty: &str) -> Result<T, ProtoError> {
-        serde_json::from_value(v).map_err(|e| ProtoError::new(r, "bad_request", format!("invalid '{ty}': {e}")))
+        serde_json::from_value(v)
+            .map_err(|e| ProtoError::new(r, "bad_request", format!("invalid '{ty}': {e}")))
     }
     let r = &reference;
     Ok(match ty.as_str() {
@@ -142,13 +143,7 @@ pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
         "presence_untrack" => ClientMsg::Untrack(de(v, r, &ty)?),
         "ping" => ClientMsg::Ping(de(v, r, &ty)?),
         "auth" => ClientMsg::Auth(de(v, r, &ty)?),
-        other => {
-            return Err(ProtoError::new(
-                r,
-                "unknown_type",
-                format!("unknown frame type '{other}'"),
-            ))
-        }
+        other => return Err(ProtoError::new(r, "unknown_type", format!("unknown frame type '{other}'"))),
     })
 }
 

@@ -46,9 +46,7 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
-        let server = livebase_server::start(config(self.dir.path().to_path_buf()))
-            .await
-            .expect("restart");
+        let server = livebase_server::start(config(self.dir.path().to_path_buf())).await.expect("restart");
         self.url = server.url();
         self.server = Some(server);
     }
@@ -60,10 +58,7 @@ impl TestServer {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{}", self.url, path))
-            .bearer_auth(&self.admin_key);
+        let mut r = self.http.request(method, format!("{}{}", self.url, path)).bearer_auth(&self.admin_key);
         for (k, v) in headers {
             r = r.header(*k, *v);
         }
@@ -103,17 +98,13 @@ impl TestServer {
     }
 
     pub async fn create(&self, collection: &str, data: Value) -> Value {
-        let (s, b) = self
-            .post(&format!("/api/collections/{collection}/records"), data)
-            .await;
+        let (s, b) = self.post(&format!("/api/collections/{collection}/records"), data).await;
         assert_eq!(s, StatusCode::CREATED, "create: {b}");
         b
     }
 
     pub async fn list(&self, collection: &str, query: &str) -> Vec<Value> {
-        let (s, b) = self
-            .get(&format!("/api/collections/{collection}/records?{query}"))
-            .await;
+        let (s, b) = self.get(&format!("/api/collections/{collection}/records?{query}")).await;
         assert_eq!(s, StatusCode::OK, "list: {b}");
         b["items"].as_array().cloned().unwrap_or_default()
     }
@@ -122,9 +113,7 @@ impl TestServer {
         let mut out = Vec::new();
         let mut since = since;
         loop {
-            let (s, b) = self
-                .get(&format!("/api/changes?since={since}&limit=1000"))
-                .await;
+            let (s, b) = self.get(&format!("/api/changes?since={since}&limit=1000")).await;
             assert_eq!(s, StatusCode::OK, "changes: {b}");
             let ev = b["events"].as_array().cloned().unwrap_or_default();
             if ev.is_empty() {

@@ -43,7 +43,10 @@ impl Ws {
     /// The next text frame, as JSON.
     pub async fn recv(&mut self) -> Value {
         loop {
-            let msg = match tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame arrives in time") {
+            let msg = match tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame arrives in time")
+            {
                 Some(Ok(m)) => m,
                 // The peer vanished without a close frame (e.g. a reset).
                 None | Some(Err(_)) => return json!({"type": "__closed", "code": null}),

@@ -12,11 +12,7 @@ use livebase_core::validate::check_value;
 use livebase_core::Schema;
 use rusqlite::Connection;
 
-pub fn apply(
-    conn: &mut Connection,
-    current: &Schema,
-    change: SchemaChange,
-) -> Result<Schema, StoreError> {
+pub fn apply(conn: &mut Connection, current: &Schema, change: SchemaChange) -> Result<Schema, StoreError> {
     let mut next = current.clone();
     let tx = conn.transaction().map_err(internal)?;
     match change {
@@ -33,13 +29,8 @@ pub fn apply(
             )
             .map_err(internal)?;
         }
-        SchemaChange::Update {
-            collection: c,
-            force,
-        } => {
-            let old = current
-                .get(&c.name)
-                .ok_or_else(|| StoreError::NoCollection(c.name.clone()))?;
+        SchemaChange::Update { collection: c, force } => {
+            let old = current.get(&c.name).ok_or_else(|| StoreError::NoCollection(c.name.clone()))?;
             let m = Migration::between(old, &c);
             if m.is_destructive() && !force {
                 let mut lost: Vec<String> = m.dropped.clone();
@@ -73,18 +64,15 @@ pub fn apply(
                 }));
             }
             let t = quote_ident(&name);
-            let rows: i64 = tx
-                .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
-                .map_err(internal)?;
+            let rows: i64 =
+                tx.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0)).map_err(internal)?;
             if rows > 0 && !force {
                 return Err(StoreError::Destructive(format!(
                     "'{name}' still holds {rows} record(s); repeat with force=true to drop them"
                 )));
             }
-            tx.execute_batch(&format!("DROP TABLE {t}"))
-                .map_err(internal)?;
-            tx.execute("DELETE FROM _lb_collections WHERE name = ?", [&name])
-                .map_err(internal)?;
+            tx.execute_batch(&format!("DROP TABLE {t}")).map_err(internal)?;
+            tx.execute("DELETE FROM _lb_collections WHERE name = ?", [&name]).map_err(internal)?;
         }
     }
     tx.commit().map_err(internal)?;
@@ -125,73 +113,49 @@ fn create_indexes(tx: &Connection, c: &Collection, f: &Field) -> Result<(), Stor
         .map_err(|e| {
             StoreError::Schema(SchemaError {
                 path: f.name.clone(),
-                message: format!(
-                    "cannot make {} unique: existing records share values ({e})",
-                    f.name
-                ),
+                message: format!("cannot make {} unique: existing records share values ({e})", f.name),
             })
         })?;
     }
     if f.ty == FieldType::Relation {
-        tx.execute_batch(&format!(
-            "CREATE INDEX {} ON {t} ({col})",
-            index_name(&c.name, &f.name, "rel")
-        ))
-        .map_err(internal)?;
+        tx.execute_batch(&format!("CREATE INDEX {} ON {t} ({col})", index_name(&c.name, &f.name, "rel")))
+            .map_err(internal)?;
     }
     Ok(())
 }
 
 fn drop_indexes(tx: &Connection, c: &str, f: &str) -> Result<(), StoreError> {
     for kind in ["unique", "rel"] {
-        tx.execute_batch(&format!("DROP INDEX IF EXISTS {}", index_name(c, f, kind)))
-            .map_err(internal)?;
+        tx.execute_batch(&format!("DROP INDEX IF EXISTS {}", index_name(c, f, kind))).map_err(internal)?;
     }
     Ok(())
 }
 
-fn migrate(
-    tx: &Connection,
-    old: &Collection,
-    new: &Collection,
-    m: &Migration,
-) -> Result<(), StoreError> {
+fn migrate(tx: &Connection, old: &Collection, new: &Collection, m: &Migration) -> Result<(), StoreError> {
     let t = quote_ident(&new.name);
-    let rows: i64 = tx
-        .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
-        .map_err(internal)?;
+    let rows: i64 = tx.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0)).map_err(internal)?;
     for name in m.dropped.iter().chain(&m.retyped) {
         drop_indexes(tx, &old.name, name)?;
-        tx.execute_batch(&format!(
-            "ALTER TABLE {t} DROP COLUMN {}",
-            quote_ident(name)
-        ))
-        .map_err(internal)?;
+        tx.execute_batch(&format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(name))).map_err(internal)?;
     }
-    let added = m
-        .added
-        .iter()
-        .chain(new.fields.iter().filter(|f| m.retyped.contains(&f.name)));
+    let added = m.added.iter().chain(new.fields.iter().filter(|f| m.retyped.contains(&f.name)));
     for f in added {
         let col = quote_ident(&f.name);
-        tx.execute_batch(&format!(
-            "ALTER TABLE {t} ADD COLUMN {col} {}",
-            column_type(f)
-        ))
-        .map_err(internal)?;
+        tx.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN {col} {}", column_type(f)))
+            .map_err(internal)?;
         match &f.default {
             Some(d) => {
-                let v = super::rows::to_sql(
-                    f.ty,
-                    &check_value(f, d).map_err(|e| schema_error(f, e.message))?,
-                );
-                tx.execute(&format!("UPDATE {t} SET {col} = ?"), [v])
-                    .map_err(internal)?;
+                let v =
+                    super::rows::to_sql(f.ty, &check_value(f, d).map_err(|e| schema_error(f, e.message))?);
+                tx.execute(&format!("UPDATE {t} SET {col} = ?"), [v]).map_err(internal)?;
             }
             None if f.required && rows > 0 => {
                 return Err(schema_error(
                     f,
-                    format!("{} is required but {rows} existing record(s) have no value; give it a default", f.name),
+                    format!(
+                        "{} is required but {rows} existing record(s) have no value; give it a default",
+                        f.name
+                    ),
                 ));
             }
             None => {}
@@ -208,9 +172,7 @@ fn migrate(
     }
     for name in &m.tightened {
         let Some(f) = new.field(name) else { continue };
-        let mut stmt = tx
-            .prepare(&format!("SELECT {} FROM {t}", quote_ident(name)))
-            .map_err(internal)?;
+        let mut stmt = tx.prepare(&format!("SELECT {} FROM {t}", quote_ident(name))).map_err(internal)?;
         let ty = f.ty;
         let values = stmt
             .query_map([], |r| {
@@ -222,9 +184,7 @@ fn migrate(
                     }
                     (_, rusqlite::types::ValueRef::Integer(i)) => i.into(),
                     (_, rusqlite::types::ValueRef::Real(x)) => x.into(),
-                    (_, rusqlite::types::ValueRef::Text(s)) => {
-                        String::from_utf8_lossy(s).into_owned().into()
-                    }
+                    (_, rusqlite::types::ValueRef::Text(s)) => String::from_utf8_lossy(s).into_owned().into(),
                     _ => serde_json::Value::Null,
                 })
             })
@@ -232,11 +192,8 @@ fn migrate(
         let mut bad = 0u64;
         for v in values {
             let v = v.map_err(internal)?;
-            let ok = if v.is_null() {
-                !f.required
-            } else {
-                ty == FieldType::Json || check_value(f, &v).is_ok()
-            };
+            let ok =
+                if v.is_null() { !f.required } else { ty == FieldType::Json || check_value(f, &v).is_ok() };
             if !ok {
                 bad += 1;
             }
@@ -244,10 +201,7 @@ fn migrate(
         if bad > 0 {
             return Err(schema_error(
                 f,
-                format!(
-                    "{bad} existing record(s) do not satisfy the new definition of {}",
-                    f.name
-                ),
+                format!("{bad} existing record(s) do not satisfy the new definition of {}", f.name),
             ));
         }
     }
@@ -255,8 +209,5 @@ fn migrate(
 }
 
 fn schema_error(f: &Field, message: String) -> StoreError {
-    StoreError::Schema(SchemaError {
-        path: f.name.clone(),
-        message,
-    })
+    StoreError::Schema(SchemaError { path: f.name.clone(), message })
 }

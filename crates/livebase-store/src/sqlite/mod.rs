@@ -16,7 +16,9 @@ use crate::{
     BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
     WriteRequest, WriteResult,
 };
-use livebase_core::query::{decode_cursor, effective_order, encode_cursor, ListQuery, OrderBy, DEFAULT_LIMIT};
+use livebase_core::query::{
+    decode_cursor, effective_order, encode_cursor, ListQuery, OrderBy, DEFAULT_LIMIT,
+};
 use livebase_core::schema::Collection;
 use livebase_core::{ChangeEvent, ChangeOp, Record, Schema};
 use parking_lot::{Mutex, RwLock};
@@ -38,11 +40,7 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions {
-            retention: Retention::default(),
-            tail_capacity: 100_000,
-            on_batch: None,
-        }
+        SqliteOptions { retention: Retention::default(), tail_capacity: 100_000, on_batch: None }
     }
 }
 
@@ -59,17 +57,13 @@ struct ReaderPool {
 }
 
 impl ReaderPool {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let conn = self.idle.lock().pop();
         let mut conn = match conn {
             Some(c) => c,
             None => {
                 let c = Connection::open(&self.path).map_err(internal)?;
-                c.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")
-                    .map_err(internal)?;
+                c.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;").map_err(internal)?;
                 c.set_prepared_statement_cache_capacity(128);
                 c
             }
@@ -99,9 +93,8 @@ CREATE TABLE IF NOT EXISTS _lb_idempotency (
 
 impl SqliteStore {
     pub fn open(dir: &Path, opts: SqliteOptions) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Internal(format!("cannot create data dir {}: {e}", dir.display())))?;
         let path = dir.join("livebase.db");
         let conn = Connection::open(&path).map_err(internal)?;
         conn.execute_batch(
@@ -112,12 +105,8 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(256);
         let mut schema = Schema::default();
         {
-            let mut stmt = conn
-                .prepare("SELECT definition FROM _lb_collections")
-                .map_err(internal)?;
-            let defs = stmt
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(internal)?;
+            let mut stmt = conn.prepare("SELECT definition FROM _lb_collections").map_err(internal)?;
+            let defs = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(internal)?;
             for d in defs {
                 let c: Collection = serde_json::from_str(&d.map_err(internal)?).map_err(|e| {
                     StoreError::Internal(format!("stored collection definition is unreadable: {e}"))
@@ -126,11 +115,9 @@ impl SqliteStore {
             }
         }
         let (start, head): (i64, i64) = conn
-            .query_row(
-                "SELECT coalesce(min(seq), 1), coalesce(max(seq), 0) FROM _lb_changes",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT coalesce(min(seq), 1), coalesce(max(seq), 0) FROM _lb_changes", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .map_err(internal)?;
         let head = head as u64;
         let tail = Arc::new(LogTail::new(head, opts.tail_capacity.max(1)));
@@ -153,10 +140,7 @@ impl SqliteStore {
             jobs: tx,
             schema,
             tail,
-            readers: Arc::new(ReaderPool {
-                path,
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()) }),
         })
     }
 
@@ -174,26 +158,14 @@ impl SqliteStore {
     }
 }
 
-pub(crate) fn load_record(
-    conn: &Connection,
-    c: &Collection,
-    id: &str,
-) -> Result<Option<Record>, StoreError> {
-    let sql = format!(
-        "SELECT {} FROM {} WHERE \"id\" = ?",
-        select_columns(c),
-        quote_ident(&c.name)
-    );
+pub(crate) fn load_record(conn: &Connection, c: &Collection, id: &str) -> Result<Option<Record>, StoreError> {
+    let sql = format!("SELECT {} FROM {} WHERE \"id\" = ?", select_columns(c), quote_ident(&c.name));
     let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
-    stmt.query_row([id], |r| row_to_record(c, r))
-        .optional()
-        .map_err(internal)
+    stmt.query_row([id], |r| row_to_record(c, r)).optional().map_err(internal)
 }
 
 fn coll<'s>(schema: &'s Schema, name: &str) -> Result<&'s Collection, StoreError> {
-    schema
-        .get(name)
-        .ok_or_else(|| StoreError::NoCollection(name.to_string()))
+    schema.get(name).ok_or_else(|| StoreError::NoCollection(name.to_string()))
 }
 
 /// Rows strictly after the cursor position in the given order (nulls placed as ordered).
@@ -208,10 +180,7 @@ fn cursor_sql(
         let mut parts = Vec::new();
         for (k, v) in order[..i].iter().zip(vals) {
             parts.push(format!("{} IS ?", quote_ident(&k.field)));
-            params.push(to_sql(
-                field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text),
-                v,
-            ));
+            params.push(to_sql(field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text), v));
         }
         let (k, v) = (&order[i], &vals[i]);
         let col = quote_ident(&k.field);
@@ -220,17 +189,11 @@ fn cursor_sql(
             (true, true) => format!("{col} IS NOT NULL"),
             (true, false) => "0".to_string(),
             (false, true) => {
-                params.push(to_sql(
-                    field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text),
-                    v,
-                ));
+                params.push(to_sql(field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text), v));
                 format!("{col} {cmp} ?")
             }
             (false, false) => {
-                params.push(to_sql(
-                    field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text),
-                    v,
-                ));
+                params.push(to_sql(field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text), v));
                 format!("({col} {cmp} ? OR {col} IS NULL)")
             }
         };
@@ -266,9 +229,8 @@ fn list_in(conn: &Connection, c: &Collection, q: &ListQuery) -> Result<Page, Sto
     params.push(Sql::Integer(limit as i64 + 1));
     params.push(Sql::Integer(q.offset.unwrap_or(0) as i64));
     let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(params), |r| row_to_record(c, r))
-        .map_err(internal)?;
+    let rows =
+        stmt.query_map(rusqlite::params_from_iter(params), |r| row_to_record(c, r)).map_err(internal)?;
     let mut items: Vec<Record> = rows.collect::<Result<_, _>>().map_err(internal)?;
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
@@ -282,9 +244,8 @@ fn list_in(conn: &Connection, c: &Collection, q: &ListQuery) -> Result<Page, Sto
             sql.push_str(" WHERE ");
             sql.push_str(&count_sql_where.join(" AND "));
         }
-        let n: i64 = conn
-            .query_row(&sql, rusqlite::params_from_iter(count_params), |r| r.get(0))
-            .map_err(internal)?;
+        let n: i64 =
+            conn.query_row(&sql, rusqlite::params_from_iter(count_params), |r| r.get(0)).map_err(internal)?;
         Some(n as u64)
     } else {
         None
@@ -292,11 +253,7 @@ fn list_in(conn: &Connection, c: &Collection, q: &ListQuery) -> Result<Page, Sto
     if let Some(sel) = &q.select {
         items = items.iter().map(|r| r.project(sel)).collect();
     }
-    Ok(Page {
-        items,
-        next_cursor,
-        total,
-    })
+    Ok(Page { items, next_cursor, total })
 }
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeEvent> {
@@ -316,18 +273,13 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeEvent> {
 
 fn changes_in(conn: &Connection, q: &ChangeQuery) -> Result<ChangePage, StoreError> {
     let (oldest, head): (i64, i64) = conn
-        .query_row(
-            "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM _lb_changes",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM _lb_changes", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .map_err(internal)?;
     let (oldest, head) = (oldest as u64, head as u64);
     if q.since < head && q.since + 1 < oldest {
-        return Err(StoreError::Trimmed {
-            since: q.since,
-            oldest,
-        });
+        return Err(StoreError::Trimmed { since: q.since, oldest });
     }
     let mut sql = String::from(
         "SELECT seq, collection, op, record_id, version, actor, committed_at, new, old FROM _lb_changes WHERE seq > ?",
@@ -349,9 +301,7 @@ fn changes_in(conn: &Connection, q: &ChangeQuery) -> Result<ChangePage, StoreErr
     sql.push_str(" ORDER BY seq LIMIT ?");
     params.push(Sql::Integer(q.limit.clamp(1, 10_000) as i64));
     let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(params), event_from_row)
-        .map_err(internal)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), event_from_row).map_err(internal)?;
     let events = rows.collect::<Result<_, _>>().map_err(internal)?;
     Ok(ChangePage { events, head })
 }
@@ -367,8 +317,7 @@ impl Store for SqliteStore {
             let (tx, rx) = tokio::sync::oneshot::channel();
             jobs.send(Job::Write(req, tx))
                 .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
-            rx.await
-                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?
+            rx.await.map_err(|_| StoreError::Internal("the writer has stopped".into()))?
         })
     }
 
@@ -396,9 +345,7 @@ impl Store for SqliteStore {
             // One read transaction: the rows and the sequence come from the same snapshot.
             let tx = conn.transaction().map_err(internal)?;
             let seq: i64 = tx
-                .query_row("SELECT coalesce(max(seq), 0) FROM _lb_changes", [], |r| {
-                    r.get(0)
-                })
+                .query_row("SELECT coalesce(max(seq), 0) FROM _lb_changes", [], |r| r.get(0))
                 .map_err(internal)?;
             let page = list_in(&tx, c, &q)?;
             tx.commit().map_err(internal)?;
@@ -410,17 +357,13 @@ impl Store for SqliteStore {
         self.read(move |conn, _| changes_in(conn, &q))
     }
 
-    fn change_schema(
-        &self,
-        c: SchemaChange,
-    ) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>> {
+    fn change_schema(&self, c: SchemaChange) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>> {
         let jobs = self.jobs.clone();
         Box::pin(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
             jobs.send(Job::Schema(c, tx))
                 .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
-            rx.await
-                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?
+            rx.await.map_err(|_| StoreError::Internal("the writer has stopped".into()))?
         })
     }
 

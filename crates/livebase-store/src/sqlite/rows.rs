@@ -53,9 +53,7 @@ fn from_sql(ty: FieldType, v: ValueRef<'_>) -> Value {
         (_, ValueRef::Null) => Value::Null,
         (FieldType::Boolean, ValueRef::Integer(i)) => Value::Bool(i != 0),
         (_, ValueRef::Integer(i)) => Value::from(i),
-        (_, ValueRef::Real(r)) => serde_json::Number::from_f64(r)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
+        (_, ValueRef::Real(r)) => serde_json::Number::from_f64(r).map(Value::Number).unwrap_or(Value::Null),
         (FieldType::Json, ValueRef::Text(t)) => serde_json::from_slice(t).unwrap_or(Value::Null),
         (_, ValueRef::Text(t)) => Value::String(String::from_utf8_lossy(t).into_owned()),
         (_, ValueRef::Blob(_)) => Value::Null,

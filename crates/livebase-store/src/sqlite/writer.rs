@@ -11,8 +11,8 @@ use super::ddl;
 use super::rows::{field_type, row_to_record, select_columns, to_sql};
 use crate::sqlite_filter::quote_ident;
 use crate::{
-    Idempotency, LogTail, OpError, OpOutcome, OpsResult, Retention, SchemaChange, StoreError,
-    WriteOp, WriteRequest, WriteResult,
+    Idempotency, LogTail, OpError, OpOutcome, OpsResult, Retention, SchemaChange, StoreError, WriteOp,
+    WriteRequest, WriteResult,
 };
 use livebase_core::conflict::{changed_fields, decide, Decision};
 use livebase_core::record::{generate_id, now_timestamp, valid_id};
@@ -31,14 +31,8 @@ use tokio::sync::oneshot;
 pub const MAX_BATCH: usize = 512;
 
 pub enum Job {
-    Write(
-        WriteRequest,
-        oneshot::Sender<Result<WriteResult, StoreError>>,
-    ),
-    Schema(
-        SchemaChange,
-        oneshot::Sender<Result<Arc<Schema>, StoreError>>,
-    ),
+    Write(WriteRequest, oneshot::Sender<Result<WriteResult, StoreError>>),
+    Schema(SchemaChange, oneshot::Sender<Result<Arc<Schema>, StoreError>>),
 }
 
 /// Observed by metrics: how many requests each commit carried.
@@ -122,10 +116,7 @@ impl Writer {
 
     fn commit_writes(
         &mut self,
-        mut writes: Vec<(
-            WriteRequest,
-            oneshot::Sender<Result<WriteResult, StoreError>>,
-        )>,
+        mut writes: Vec<(WriteRequest, oneshot::Sender<Result<WriteResult, StoreError>>)>,
     ) {
         if writes.is_empty() {
             return;
@@ -190,13 +181,7 @@ impl Writer {
                 .query_row(
                     "SELECT fingerprint, status, body FROM _lb_idempotency WHERE key = ?",
                     [&i.key],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, u16>(1)?,
-                            r.get::<_, String>(2)?,
-                        ))
-                    },
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?)),
                 )
                 .optional()
                 .map_err(internal)?
@@ -204,10 +189,7 @@ impl Writer {
                 if fp != i.fingerprint {
                     return Err(StoreError::IdempotencyMismatch);
                 }
-                return Ok(WriteResult::Replayed(crate::StoredResponse {
-                    status,
-                    body,
-                }));
+                return Ok(WriteResult::Replayed(crate::StoredResponse { status, body }));
             }
         }
         let seq_before = self.next_seq;
@@ -229,20 +211,13 @@ impl Writer {
                 Ok(outcomes)
             }
             Some(e) => {
-                self.conn
-                    .execute_batch("ROLLBACK TO req; RELEASE req")
-                    .map_err(internal)?;
+                self.conn.execute_batch("ROLLBACK TO req; RELEASE req").map_err(internal)?;
                 self.next_seq = seq_before;
                 batch.events.clear();
                 Err(e)
             }
         };
-        if let Some(Idempotency {
-            key,
-            fingerprint,
-            render,
-        }) = idem
-        {
+        if let Some(Idempotency { key, fingerprint, render }) = idem {
             let resp = render(&result);
             // Server faults are not remembered: a retry should get a real attempt.
             if resp.status < 500 && resp.status != 429 {
@@ -259,22 +234,11 @@ impl Writer {
 
     fn apply_op(&mut self, b: &mut Batch<'_>, op: WriteOp) -> Result<OpOutcome, StoreError> {
         match op {
-            WriteOp::Create {
-                collection,
-                id,
-                data,
-            } => self.create(b, &collection, id, &data),
-            WriteOp::Update {
-                collection,
-                id,
-                data,
-                base_version,
-            } => self.update(b, &collection, &id, &data, base_version),
-            WriteOp::Delete {
-                collection,
-                id,
-                base_version,
-            } => {
+            WriteOp::Create { collection, id, data } => self.create(b, &collection, id, &data),
+            WriteOp::Update { collection, id, data, base_version } => {
+                self.update(b, &collection, &id, &data, base_version)
+            }
+            WriteOp::Delete { collection, id, base_version } => {
                 let c = coll(b.schema, &collection)?;
                 let current = self.load(c, &id)?;
                 b.check(&collection, crate::Action::Delete, Some(&current), None)?;
@@ -318,10 +282,8 @@ impl Writer {
             b.check(collection, crate::Action::Create, None, Some(&m))?;
         }
         self.check_relations(b.schema, c, fields.iter())?;
-        let mut sql = format!(
-            "INSERT INTO {} (\"id\",\"version\",\"created_at\",\"updated_at\"",
-            quote_ident(&c.name)
-        );
+        let mut sql =
+            format!("INSERT INTO {} (\"id\",\"version\",\"created_at\",\"updated_at\"", quote_ident(&c.name));
         for f in &c.fields {
             sql.push(',');
             sql.push_str(&quote_ident(&f.name));
@@ -381,8 +343,7 @@ impl Writer {
             return Ok(OpOutcome::Updated(current));
         }
         self.check_relations(b.schema, c, patch.iter())?;
-        self.write_update(b, c, current, patch)
-            .map(OpOutcome::Updated)
+        self.write_update(b, c, current, patch).map(OpOutcome::Updated)
     }
 
     /// Applies validated field values to a stored record: version + 1, one update event.
@@ -395,10 +356,7 @@ impl Writer {
     ) -> Result<Record, StoreError> {
         let id = current.id().to_string();
         let version = current.version() + 1;
-        let mut sql = format!(
-            "UPDATE {} SET \"version\" = ?, \"updated_at\" = ?",
-            quote_ident(&c.name)
-        );
+        let mut sql = format!("UPDATE {} SET \"version\" = ?, \"updated_at\" = ?", quote_ident(&c.name));
         let mut args: Vec<rusqlite::types::Value> = vec![version.into(), b.now.clone().into()];
         for (k, v) in &patch {
             sql.push_str(&format!(", {} = ?", quote_ident(k)));
@@ -413,20 +371,11 @@ impl Writer {
         drop(stmt);
         let mut new = current.clone();
         new.0.insert("version".into(), Value::from(version));
-        new.0
-            .insert("updated_at".into(), Value::String(b.now.clone()));
+        new.0.insert("updated_at".into(), Value::String(b.now.clone()));
         for (k, v) in patch {
             new.0.insert(k, v);
         }
-        self.log(
-            b,
-            c,
-            ChangeOp::Update,
-            &id,
-            Some(new.clone()),
-            Some(current),
-            version,
-        )?;
+        self.log(b, c, ChangeOp::Update, &id, Some(new.clone()), Some(current), version)?;
         Ok(new)
     }
 
@@ -452,9 +401,7 @@ impl Writer {
             );
             let referrers: Vec<Record> = {
                 let mut stmt = self.conn.prepare_cached(&sql).map_err(internal)?;
-                let rows = stmt
-                    .query_map([&id], |r| row_to_record(rc, r))
-                    .map_err(internal)?;
+                let rows = stmt.query_map([&id], |r| row_to_record(rc, r)).map_err(internal)?;
                 rows.collect::<Result<_, _>>().map_err(internal)?
             };
             let referrers: Vec<Record> = referrers
@@ -485,10 +432,7 @@ impl Writer {
             }
         }
         let sql = format!("DELETE FROM {} WHERE \"id\" = ?", quote_ident(&c.name));
-        self.conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| s.execute([&id]))
-            .map_err(internal)?;
+        self.conn.prepare_cached(&sql).and_then(|mut s| s.execute([&id])).map_err(internal)?;
         let version = rec.version();
         self.log(b, c, ChangeOp::Delete, &id, None, Some(rec), version)
     }
@@ -501,19 +445,14 @@ impl Writer {
     ) -> Result<(), StoreError> {
         for (k, v) in values {
             let Some(f) = c.field(k) else { continue };
-            let (FieldType::Relation, Some(target), Some(tid)) = (f.ty, &f.collection, v.as_str())
-            else {
+            let (FieldType::Relation, Some(target), Some(tid)) = (f.ty, &f.collection, v.as_str()) else {
                 continue;
             };
             if schema.get(target).is_none() {
                 return Err(StoreError::NoCollection(target.clone()));
             }
             let sql = format!("SELECT 1 FROM {} WHERE \"id\" = ?", quote_ident(target));
-            let found = self
-                .conn
-                .prepare_cached(&sql)
-                .and_then(|mut s| s.exists([tid]))
-                .map_err(internal)?;
+            let found = self.conn.prepare_cached(&sql).and_then(|mut s| s.exists([tid])).map_err(internal)?;
             if !found {
                 return Err(StoreError::MissingRelation {
                     field: f.name.clone(),
@@ -526,10 +465,8 @@ impl Writer {
     }
 
     fn load(&self, c: &Collection, id: &str) -> Result<Record, StoreError> {
-        super::load_record(&self.conn, c, id)?.ok_or_else(|| StoreError::NotFound {
-            collection: c.name.clone(),
-            id: id.to_string(),
-        })
+        super::load_record(&self.conn, c, id)?
+            .ok_or_else(|| StoreError::NotFound { collection: c.name.clone(), id: id.to_string() })
     }
 
     /// Fields changed by versions after `base`, or None when the log no longer covers them.
@@ -542,11 +479,7 @@ impl Writer {
             .ok()?;
         let rows = stmt
             .query_map(params![collection, id, base], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                ))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
             })
             .ok()?;
         let mut out = BTreeSet::new();
@@ -576,10 +509,7 @@ impl Writer {
         version: i64,
     ) -> Result<(), StoreError> {
         let seq = self.next_seq;
-        let json = |r: &Option<Record>| {
-            r.as_ref()
-                .map(|r| serde_json::to_string(r).unwrap_or_default())
-        };
+        let json = |r: &Option<Record>| r.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
         self.conn
             .prepare_cached(
                 "INSERT INTO _lb_changes (seq, collection, op, record_id, version, actor, committed_at, new, old) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -629,9 +559,7 @@ impl Writer {
         let mut r = Ok(0);
         if let Some(max) = self.retention.max_events {
             let cut = head.saturating_sub(max.max(1));
-            r = self
-                .conn
-                .execute("DELETE FROM _lb_changes WHERE seq <= ?", [cut as i64]);
+            r = self.conn.execute("DELETE FROM _lb_changes WHERE seq <= ?", [cut as i64]);
             if r.is_ok() {
                 self.log_start = self.log_start.max(cut + 1);
             }
@@ -656,16 +584,11 @@ impl Writer {
 }
 
 fn coll<'s>(schema: &'s Schema, name: &str) -> Result<&'s Collection, StoreError> {
-    schema
-        .get(name)
-        .ok_or_else(|| StoreError::NoCollection(name.to_string()))
+    schema.get(name).ok_or_else(|| StoreError::NoCollection(name.to_string()))
 }
 
 fn conflict(current: Record, fields: Vec<String>) -> StoreError {
-    StoreError::Conflict {
-        current: Box::new(current),
-        fields,
-    }
+    StoreError::Conflict { current: Box::new(current), fields }
 }
 
 pub fn internal(e: rusqlite::Error) -> StoreError {
@@ -679,15 +602,10 @@ fn constraint_error(c: &Collection, id: &str, e: rusqlite::Error) -> StoreError 
             // SQLite says e.g. "UNIQUE constraint failed: items.title".
             let column = msg.rsplit('.').next().unwrap_or_default().trim();
             if column == "id" {
-                return StoreError::AlreadyExists {
-                    collection: c.name.clone(),
-                    id: id.to_string(),
-                };
+                return StoreError::AlreadyExists { collection: c.name.clone(), id: id.to_string() };
             }
             if let Some(f) = c.field(column) {
-                return StoreError::Unique {
-                    field: f.name.clone(),
-                };
+                return StoreError::Unique { field: f.name.clone() };
             }
         }
     }
