@@ -43,6 +43,10 @@ fn fixture() -> &'static (Collection, Vec<Record>) {
 fuzz_target!(|bytes: &[u8]| {
     let Ok(src) = std::str::from_utf8(bytes) else { return };
     let Ok(Some(filter)) = Filter::parse(src) else { return };
+    let shown = filter.to_string();
+    if shown.len() <= 4096 {
+        assert_eq!(Filter::parse(&shown).ok(), Some(Some(filter.clone())), "{src:?} -> {shown:?}");
+    }
     let (collection, records) = fixture();
     let Ok(bound) = filter.bind(collection) else { return };
     for r in records {

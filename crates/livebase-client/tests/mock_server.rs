@@ -36,6 +36,8 @@ impl FakeServer {
             while let Ok((tcp, _)) = listener.accept().await {
                 let uri = Arc::new(Mutex::new(String::new()));
                 let seen = uri.clone();
+                // The callback's signature is tungstenite's, large error type included.
+                #[allow(clippy::result_large_err)]
                 let cb = move |req: &Request, resp: Response| {
                     *seen.lock().unwrap() = req.uri().to_string();
                     Ok(resp)

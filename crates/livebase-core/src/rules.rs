@@ -34,6 +34,10 @@
 //! - Mistakes that can be seen without data are parse errors: an unknown root, a literal that
 //!   is not a boolean where a condition is needed (`"yes" && true`), `<` against `null`, a
 //!   boolean or a condition, and `in` whose right side is not an array literal or a path.
+//!   [`Collection::check`](crate::schema::Collection::check) also refuses `record.x` and
+//!   `data.x` when `x` is neither a declared nor a system field.
+//! - Rules live in JSON strings, where single-quoted literals read best:
+//!   `"view": "record.owner == auth.sub || auth.role == 'admin'"`.
 //!
 //! # Semantics
 //!

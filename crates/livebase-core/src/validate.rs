@@ -68,7 +68,13 @@ pub fn check_value(f: &Field, v: &Value) -> Result<Value, FieldError> {
                     format!("{name} must be at most {}", f.max.unwrap_or_default()),
                 ));
             }
-            v.clone()
+            if f.ty == FieldType::Number {
+                // Canonical float form, as every backend reads it back: `2` becomes `2.0`, so
+                // write responses, events and reads agree.
+                serde_json::Number::from_f64(n).map(Value::Number).ok_or_else(|| wrong("a finite number"))?
+            } else {
+                v.clone()
+            }
         }
         FieldType::Boolean => Value::Bool(v.as_bool().ok_or_else(|| wrong("a boolean"))?),
         FieldType::Datetime => {

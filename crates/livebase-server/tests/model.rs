@@ -283,8 +283,8 @@ fn valid_value(field: &str, v: &Value) -> bool {
     }
 }
 
-/// JSON numbers compare by value. A `number` field sent as `2` is echoed as `2` by the write
-/// response and the change event, but stored as REAL and read back as `2.0`.
+/// The model keeps numbers as they were sent (`2`); the server answers with the canonical
+/// float form of a `number` field (`2.0`) everywhere. Compare by value.
 fn normalize(mut rec: Value) -> Value {
     if let Some(p) = rec.get("price").and_then(Value::as_f64) {
         rec["price"] = Value::from(p);

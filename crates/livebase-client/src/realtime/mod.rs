@@ -56,6 +56,11 @@ pub struct RealtimeConfig {
     pub write_buffer_size: usize,
     /// The largest accepted incoming message (snapshot chunks are the biggest).
     pub max_message_size: usize,
+    /// Frames per second this client sends at most (0: unlimited), with bursts of
+    /// `send_burst`. Keep it under the server's per-connection limit (default 100/s, burst
+    /// 200): frames over it are refused with a `rate_limited` error that carries no `ref`.
+    pub max_send_rate: f64,
+    pub send_burst: f64,
 }
 
 impl Default for RealtimeConfig {
@@ -67,6 +72,8 @@ impl Default for RealtimeConfig {
             read_buffer_size: 4096,
             write_buffer_size: 0,
             max_message_size: 16 << 20,
+            max_send_rate: 90.0,
+            send_burst: 180.0,
         }
     }
 }

@@ -142,6 +142,11 @@ impl Task {
             tokio::select! {
                 r = &mut attempt => return match r {
                     Ok(Ok((ws, _response))) => Ok(ws),
+                    // Refused by the server (e.g. 401 for a bad token): worth a warning.
+                    Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                        tracing::warn!(status = %resp.status(), "the server refused the realtime connection");
+                        Err(Flow::Continue)
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "realtime connect failed");
                         Err(Flow::Continue)
@@ -163,17 +168,27 @@ impl Task {
     async fn serve(&mut self, mut ws: Ws) -> End {
         let mut idle = self.config.idle_timeout.unwrap_or(DEFAULT_IDLE);
         let mut last_rx = Instant::now();
+        let mut pacer = Pacer::new(self.config.max_send_rate, self.config.send_burst);
         // Until `welcome` the timer is the connect deadline, then the idle check.
         let timer = tokio::time::sleep(self.config.connect_timeout);
         tokio::pin!(timer);
         loop {
+            let mut pace = None;
             if !self.state.outbox.is_empty() {
-                if let Err(e) = self.flush(&mut ws).await {
-                    tracing::debug!(error = %e, "realtime write failed");
-                    return End::Lost { established: self.state.online };
+                let n = pacer.take(self.state.outbox.len(), Instant::now());
+                if n > 0 {
+                    if let Err(e) = self.flush(&mut ws, n).await {
+                        tracing::debug!(error = %e, "realtime write failed");
+                        return End::Lost { established: self.state.online };
+                    }
+                }
+                if !self.state.outbox.is_empty() {
+                    pace = Some(pacer.next_in());
                 }
             }
             tokio::select! {
+                // More frames may go out once the rate allows.
+                () = async { if let Some(d) = pace { tokio::time::sleep(d).await } }, if pace.is_some() => {}
                 cmd = self.cmd_rx.recv() => match cmd {
                     None => {
                         close(&mut ws).await;
@@ -261,8 +276,9 @@ impl Task {
         }
     }
 
-    async fn flush(&mut self, ws: &mut Ws) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        for frame in self.state.outbox.drain(..) {
+    /// Writes the first `n` queued frames.
+    async fn flush(&mut self, ws: &mut Ws, n: usize) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        for frame in self.state.outbox.drain(..n) {
             ws.feed(Message::text(frame)).await?;
         }
         ws.flush().await
@@ -272,4 +288,73 @@ impl Task {
 /// Sends a close frame, without waiting long for a peer that may be gone.
 async fn close(ws: &mut Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+}
+
+/// A token bucket for outgoing frames, so that a resume (one `subscribe` per subscription,
+/// `join` + `presence_track` per channel) or a burst of broadcasts stays under the server's
+/// per-connection message rate instead of being refused with `rate_limited`.
+#[derive(Debug)]
+struct Pacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    /// `rate` frames per second with bursts of `burst`; a rate of 0 means unlimited.
+    fn new(rate: f64, burst: f64) -> Pacer {
+        let burst = burst.max(1.0);
+        Pacer { rate, burst, tokens: burst, last: Instant::now() }
+    }
+
+    /// Takes up to `want` tokens; returns how many frames may go now.
+    fn take(&mut self, want: usize, now: Instant) -> usize {
+        if self.rate <= 0.0 {
+            return want;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let n = (self.tokens.floor() as usize).min(want);
+        self.tokens -= n as f64;
+        n
+    }
+
+    /// How long until one more frame may go.
+    fn next_in(&self) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let missing = (1.0 - self.tokens).max(0.0);
+        Duration::from_secs_f64(missing / self.rate) + Duration::from_millis(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut p = Pacer::new(100.0, 200.0);
+        p.last = start;
+        assert_eq!(p.take(500, start), 200);
+        assert_eq!(p.take(500, start), 0);
+        let wait = p.next_in();
+        assert!(wait >= Duration::from_millis(10) && wait <= Duration::from_millis(12), "{wait:?}");
+        // 0.5 s later: 50 more.
+        assert_eq!(p.take(500, start + Duration::from_millis(500)), 50);
+        // Never more than the burst, however long the pause.
+        assert_eq!(p.take(500, start + Duration::from_secs(60)), 200);
+        assert_eq!(p.take(3, start + Duration::from_secs(120)), 3);
+    }
+
+    #[test]
+    fn a_zero_rate_means_unlimited() {
+        let mut p = Pacer::new(0.0, 0.0);
+        assert_eq!(p.take(10_000, Instant::now()), 10_000);
+        assert_eq!(p.next_in(), Duration::ZERO);
+    }
 }

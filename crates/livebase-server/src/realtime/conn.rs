@@ -61,7 +61,7 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                 return;
             }
         };
-    tracing::debug!(conn = %name, "realtime connection opened");
+    tracing::info!(conn = %name, who = %principal.scope(), "realtime connection opened");
     let welcome = protocol::encode(&json!({
         "type": "welcome", "conn_id": name, "server_time": livebase_core::record::now_timestamp(),
         "heartbeat_ms": limits.heartbeat_interval.as_millis() as u64,
@@ -151,7 +151,7 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
         }
     }
     hub.disconnect(conn, reason);
-    tracing::debug!(conn = %name, reason, "realtime connection closed");
+    tracing::info!(conn = %name, reason, "realtime connection closed");
 }
 
 fn reply(tx: &mpsc::Sender<Utf8Bytes>, frame: Utf8Bytes) {

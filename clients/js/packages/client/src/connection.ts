@@ -80,8 +80,7 @@ export interface ServerFrame {
 }
 
 interface Pending {
-  resolve: (f: ServerFrame) => void;
-  reject: (e: LivebaseError) => void;
+  callback: (err: LivebaseError | null, reply: ServerFrame | null) => void;
   timer: ReturnType<typeof setTimeout>;
 }
 
@@ -202,24 +201,38 @@ export class Connection extends Emitter<ConnectionEvents> {
    * Sends a request with a fresh `ref` and resolves with its reply (`ok`, `subscribed`,
    * `pong`, `resync_required`); an `error` reply rejects with its code.
    */
-  request(frame: Record<string, unknown>, timeoutMs = this.options.requestTimeoutMs ?? 15_000): Promise<ServerFrame> {
-    const ref = this.nextRef++;
+  request(frame: Record<string, unknown>, timeoutMs?: number): Promise<ServerFrame> {
     return new Promise<ServerFrame>((resolve, reject) => {
-      if (!this.connected) {
-        reject(new LivebaseError('not_connected', `cannot send '${String(frame.type)}': not connected`));
-        return;
-      }
-      const timer = setTimeout(() => {
-        this.pending.delete(ref);
-        reject(new LivebaseError('timeout', `no reply to '${String(frame.type)}' within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(ref, { resolve, reject, timer });
-      if (!this.send({ ...frame, ref })) {
-        clearTimeout(timer);
-        this.pending.delete(ref);
-        reject(new LivebaseError('not_connected', `cannot send '${String(frame.type)}': not connected`));
-      }
+      this.requestWith(frame, (err, reply) => (err ? reject(err) : resolve(reply!)), timeoutMs);
     });
+  }
+
+  /**
+   * Like `request`, but the callback runs synchronously when the reply is read, before
+   * any later frame is handled (a `subscribed` reply and the snapshot frames behind it
+   * can arrive in one read, and the snapshot must find the subscription registered).
+   */
+  requestWith(
+    frame: Record<string, unknown>,
+    callback: (err: LivebaseError | null, reply: ServerFrame | null) => void,
+    timeoutMs = this.options.requestTimeoutMs ?? 15_000,
+  ): void {
+    const ref = this.nextRef++;
+    const fail = (err: LivebaseError) => callback(err, null);
+    if (!this.connected) {
+      fail(new LivebaseError('not_connected', `cannot send '${String(frame.type)}': not connected`));
+      return;
+    }
+    const timer = setTimeout(() => {
+      this.pending.delete(ref);
+      fail(new LivebaseError('timeout', `no reply to '${String(frame.type)}' within ${timeoutMs} ms`));
+    }, timeoutMs);
+    this.pending.set(ref, { callback, timer });
+    if (!this.send({ ...frame, ref })) {
+      clearTimeout(timer);
+      this.pending.delete(ref);
+      fail(new LivebaseError('not_connected', `cannot send '${String(frame.type)}': not connected`));
+    }
   }
 
   /** Measures one round trip now; also feeds the latency figure. */
@@ -350,10 +363,16 @@ export class Connection extends Emitter<ConnectionEvents> {
       if (p) {
         this.pending.delete(frame.ref);
         clearTimeout(p.timer);
-        if (frame.type === 'error') {
-          p.reject(new LivebaseError(String(frame.code ?? 'error'), String(frame.message ?? 'request failed'), 0, frame));
-        } else {
-          p.resolve(frame);
+        try {
+          if (frame.type === 'error') {
+            p.callback(new LivebaseError(String(frame.code ?? 'error'), String(frame.message ?? 'request failed'), 0, frame), null);
+          } else {
+            p.callback(null, frame);
+          }
+        } catch (err) {
+          queueMicrotask(() => {
+            throw err;
+          });
         }
         return;
       }
@@ -383,6 +402,7 @@ export class Connection extends Emitter<ConnectionEvents> {
   private scheduleHeartbeat(delay: number): void {
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
     const ws = this.ws;
+    if (!ws) return;
     this.heartbeatTimer = setTimeout(() => {
       if (this.ws !== ws || !this.connected) return;
       const timeout = this.options.heartbeat?.timeoutMs ?? 10_000;
@@ -420,8 +440,7 @@ export class Connection extends Emitter<ConnectionEvents> {
   /** The socket is gone (or judged dead): clean up and schedule the next attempt. */
   private dropSocket(ws: WebSocketLike, code: number, reason: string, err: LivebaseError | null): void {
     if (this.ws !== ws) return;
-    this.teardown(1000, reason);
-    this.emit('close', { code, reason });
+    this.teardown(1000, reason, code);
     if (this.closed || this.paused) {
       this.setStatus({ state: this.paused === 'auth' ? 'error' : 'offline', nextRetryAt: null, connId: null });
       return;
@@ -449,7 +468,7 @@ export class Connection extends Emitter<ConnectionEvents> {
   }
 
   /** Closes the socket (if any) without waiting for the close handshake; fails pending requests. */
-  private teardown(code: number, reason: string): void {
+  private teardown(code: number, reason: string, reportedCode = code): void {
     this.attemptId++;
     this.clearRetry();
     if (this.connectTimer) clearTimeout(this.connectTimer);
@@ -473,8 +492,9 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.pending.clear();
     for (const p of pending) {
       clearTimeout(p.timer);
-      p.reject(new LivebaseError('not_connected', 'the connection closed before the reply'));
+      p.callback(new LivebaseError('not_connected', 'the connection closed before the reply'), null);
     }
+    if (ws) this.emit('close', { code: reportedCode, reason });
   }
 
   private watchNetwork(): () => void {

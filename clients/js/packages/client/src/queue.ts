@@ -155,6 +155,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
   private failed = 0;
   private total = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private lastRemoval: Promise<void> = Promise.resolve();
   private readonly backoff: Backoff;
   private status: QueueStatus;
   readonly loaded: Promise<void>;
@@ -301,6 +302,13 @@ export class MutationQueue extends Emitter<QueueEvents> {
     });
   }
 
+  /** Resolves once every write so far has reached storage. */
+  async flush(): Promise<void> {
+    await this.loaded;
+    await Promise.all([...this.persisted.values()]);
+    await this.lastRemoval;
+  }
+
   close(): void {
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
@@ -380,6 +388,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
         } finally {
           this.inFlight = null;
         }
+        if (this.closed) break;
         if (step === 'wait') {
           const delay = this.backoff.next();
           this.retryTimer = setTimeout(() => {
@@ -489,7 +498,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
     const i = this.items.indexOf(m);
     if (i >= 0) this.items.splice(i, 1);
     this.persisted.delete(m.qid);
-    this.o.storage.remove(m.qid).catch((e) => {
+    this.lastRemoval = this.o.storage.remove(m.qid).catch((e) => {
       this.emit('error', new LivebaseError('storage_error', `could not remove a settled write from storage: ${toLivebaseError(e).message}`));
     });
   }

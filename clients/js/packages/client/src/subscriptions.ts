@@ -12,7 +12,7 @@
  */
 import type { RecordCache } from './cache.js';
 import type { Connection, ServerFrame } from './connection.js';
-import { LivebaseError, toLivebaseError } from './errors.js';
+import type { LivebaseError } from './errors.js';
 import type { CompiledFilter } from './filter.js';
 import type { AnyRow, ChangeEvent, SubscriptionEvent } from './types.js';
 
@@ -26,6 +26,11 @@ export interface EntryView {
 export class QueryEntry {
   /** Server rows of the query's result (live entries). */
   rows = new Map<string, AnyRow>();
+  /**
+   * Versions this entry already shows thanks to our own confirmed writes (the REST answer
+   * came before the change event): older events for these ids are stale and skipped.
+   */
+  floors = new Map<string, { version: number; deleted: boolean }>();
   /** A full snapshot has been applied since the entry last had to start over. */
   ready = false;
   /** Keeps result rows (a live query uses it); plain entries only pass events on. */
@@ -178,10 +183,10 @@ export class SubscriptionHub {
     const resuming = e.lastSeq !== null && (!e.live || e.ready);
     if (resuming) frame.since = e.lastSeq;
     else if (e.live) frame.snapshot = true;
-    this.conn.request(frame).then(
-      (reply) => this.onSubscribeReply(e, gen, reply, resuming),
-      (err: unknown) => this.onSubscribeError(e, gen, toLivebaseError(err)),
-    );
+    this.conn.requestWith(frame, (err, reply) => {
+      if (err) this.onSubscribeError(e, gen, err);
+      else this.onSubscribeReply(e, gen, reply!, resuming);
+    });
   }
 
   private onSubscribeReply(e: QueryEntry, gen: number, reply: ServerFrame, resuming: boolean): void {
@@ -234,16 +239,11 @@ export class SubscriptionHub {
         const stale = Number(m[1]);
         e.state = 'unsubscribing';
         const g = ++e.gen;
-        this.conn.request({ type: 'unsubscribe', sub_id: stale }).then(
-          () => {
-            if (g !== e.gen) return;
-            e.state = 'idle';
-            this.start(e);
-          },
-          () => {
-            if (g === e.gen) e.state = 'idle';
-          },
-        );
+        this.conn.requestWith({ type: 'unsubscribe', sub_id: stale }, (unsubErr) => {
+          if (g !== e.gen) return;
+          e.state = 'idle';
+          if (!unsubErr) this.start(e);
+        });
         return;
       }
     }
@@ -259,23 +259,24 @@ export class SubscriptionHub {
   }
 
   /** Ends the server subscription; starts again if the entry is still used, else forgets it. */
-  private async unsubscribe(e: QueryEntry): Promise<void> {
+  private unsubscribe(e: QueryEntry): Promise<void> {
     const subId = e.subId;
-    if (subId === null) return;
+    if (subId === null) return Promise.resolve();
     e.subId = null;
     if (this.bySub.get(subId) === e) this.bySub.delete(subId);
     e.state = 'unsubscribing';
     e.snapshotBuf = null;
     const gen = ++e.gen;
-    try {
-      await this.conn.request({ type: 'unsubscribe', sub_id: subId });
-    } catch {
-      // not subscribed any more, or the connection dropped: either way it is gone
-    }
-    if (gen !== e.gen) return;
-    e.state = 'idle';
-    if (e.used) this.start(e);
-    else this.drop(e);
+    return new Promise((resolve) => {
+      // Errors mean it is gone already (not subscribed, or the connection dropped).
+      this.conn.requestWith({ type: 'unsubscribe', sub_id: subId }, () => {
+        resolve();
+        if (gen !== e.gen) return;
+        e.state = 'idle';
+        if (e.used) this.start(e);
+        else this.drop(e);
+      });
+    });
   }
 
   private onOpen(): void {
@@ -326,10 +327,16 @@ export class SubscriptionHub {
 
   private applyChange(e: QueryEntry, c: ChangeEvent): void {
     const col = e.collection;
-    let accepted: boolean;
-    if (c.op === 'delete') accepted = this.cache.acceptDelete(col, c.id, c.version);
-    else accepted = c.new ? this.cache.acceptRow(col, c.new as AnyRow, c.op === 'insert') : false;
-    if (!e.live || !e.ready || !accepted) return;
+    // The shared cache learns the newest version; each entry judges staleness by its own floors.
+    if (c.op === 'delete') this.cache.acceptDelete(col, c.id, c.version);
+    else if (c.new) this.cache.acceptRow(col, c.new as AnyRow, c.op === 'insert');
+    if (!e.live || !e.ready) return;
+    const f = e.floors.get(c.id);
+    if (f) {
+      const stale = c.view === 'remove' ? c.version < f.version : f.deleted ? c.version <= f.version : c.version < f.version;
+      if (stale) return;
+      e.floors.delete(c.id);
+    }
     if (c.view === 'remove') e.rows.delete(c.id);
     else if (c.new) e.rows.set(c.id, c.new as AnyRow);
     e.invalidateViews();
@@ -339,13 +346,23 @@ export class SubscriptionHub {
     const col = e.collection;
     const rows = new Map<string, AnyRow>();
     for (const r of e.snapshotBuf ?? []) {
-      if (this.cache.acceptRow(col, r)) {
-        rows.set(r.id, r);
-      } else {
-        // A confirmed write of ours is newer than the snapshot: keep that.
-        const newer = this.cache.row(col, r.id);
-        if (newer && e.filter.matches(newer)) rows.set(r.id, newer);
+      this.cache.acceptRow(col, r);
+      rows.set(r.id, r);
+    }
+    // Our confirmed writes newer than the snapshot stay visible until their events arrive.
+    for (const [id, f] of e.floors) {
+      const r = rows.get(id);
+      if (r && r.version >= f.version && !f.deleted) {
+        e.floors.delete(id);
+        continue;
       }
+      if (f.deleted) {
+        if (!r || r.version <= f.version) rows.delete(id);
+        continue;
+      }
+      const newer = this.cache.row(col, id);
+      if (newer && newer.version >= f.version && e.filter.matches(newer)) rows.set(id, newer);
+      else if (newer && newer.version >= f.version) rows.delete(id);
     }
     e.rows = rows;
     e.snapshotBuf = null;
@@ -361,15 +378,20 @@ export class SubscriptionHub {
     for (const ch of changes) {
       for (const e of entries) {
         const cur = e.rows.get(ch.id);
+        if (cur && cur.version > ch.version) continue;
         if (ch.row === null) {
-          if (cur && cur.version <= ch.version) e.rows.delete(ch.id);
-        } else if (cur && cur.version > ch.version) {
-          continue;
+          e.rows.delete(ch.id);
         } else if (e.filter.exact) {
           if (e.filter.matches(ch.row)) e.rows.set(ch.id, ch.row);
           else e.rows.delete(ch.id);
         } else if (cur) {
           e.rows.set(ch.id, ch.row);
+        }
+        e.floors.set(ch.id, { version: ch.version, deleted: ch.row === null });
+        if (e.floors.size > 10_000) {
+          // Floors whose events never come (rows that match neither before nor after): forget the oldest.
+          const oldest = e.floors.keys().next().value;
+          if (oldest !== undefined) e.floors.delete(oldest);
         }
       }
     }
