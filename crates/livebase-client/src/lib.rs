@@ -62,7 +62,7 @@ pub use backoff::Backoff;
 pub use error::{Error, Result};
 pub use protocol::{Change, Op, PresenceEntry, PresenceMap, SubscribeMode, View};
 pub use realtime::{
-    Channel, ChannelMessage, LiveQuery, Presence, RealtimeConfig, RealtimeHandle, RowCache, Status, SubEvent,
-    Subscription,
+    Channel, ChannelMessage, LiveQuery, Notice, Presence, RealtimeConfig, RealtimeHandle, RowCache, Status,
+    SubEvent, Subscription,
 };
 pub use rest::{Client, MutationOptions, Page};

@@ -550,3 +550,46 @@ async fn a_slow_consumer_close_is_followed_by_a_lossless_resume() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_of_many_subscriptions_stays_under_the_server_rate_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start_in(dir.path(), |c| {
+        c.ws_rate_limit = 40.0;
+        c.ws_rate_burst = 20.0;
+    })
+    .await;
+    let client = Client::new(&server.url()).with_token(ADMIN);
+    client.create_collection(items()).await.expect("collection");
+    let config = RealtimeConfig { max_send_rate: 0.0, send_burst: 15.0, ..fast() };
+    let rt = client.realtime_with(config);
+    let mut notices = rt.notices();
+    // 40 queries: more than the server's burst, sent at once on every (re)connect.
+    let mut subs = Vec::new();
+    for i in 0..40 {
+        let rt = rt.clone();
+        subs.push(tokio::spawn(async move { rt.subscribe("items", Some(&format!("qty=gte.{i}"))).await }));
+    }
+    let mut subs: Vec<Subscription> = futures_util::future::join_all(subs)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task").expect("subscribe"))
+        .collect();
+    rt.reconnect();
+    let r = client.create("items", json!({"title": "all", "qty": 50})).await.expect("create");
+    for sub in &mut subs {
+        assert_eq!(next_change(sub).await.id, id_of(&r), "{:?} resumed", sub.filter());
+    }
+    assert!(notices.try_recv().is_err(), "nothing was refused");
+    rt.close().await;
+
+    // A refused handshake (bad token) is reported as a notice while the client keeps trying.
+    let bad = Client::new(&server.url()).with_token("wrong").realtime_with(fast());
+    let mut notices = bad.notices();
+    let n = timeout(WAIT, notices.recv()).await.expect("a notice in time").expect("open");
+    assert_eq!(n.code, "connect_refused");
+    assert!(n.message.contains("401"), "{n:?}");
+    assert!(matches!(*bad.status().borrow(), Status::Reconnecting { .. }));
+    bad.close().await;
+    server.shutdown().await;
+}

@@ -45,7 +45,7 @@ async function diff(views: [LiveQuery<Item>, LiveQuery<Item>][]): Promise<string
   views.forEach(([a, f], i) => {
     for (const [name, q, want] of [['all', a, all], ['low', f, low]] as const) {
       const s = q.getSnapshot();
-      const got = byId(s.rows as AnyRow[]);
+      const got = byId(s.rows);
       for (const id of new Set([...Object.keys(got), ...Object.keys(want)])) {
         if (JSON.stringify(got[id]) !== JSON.stringify(want[id])) {
           out.push(`client ${i} ${name} ${id}: got ${JSON.stringify(got[id])} want ${JSON.stringify(want[id])}`);
@@ -66,8 +66,8 @@ async function converged(views: [LiveQuery<Item>, LiveQuery<Item>][]): Promise<b
     const sf = f.getSnapshot();
     return (
       sa.pendingIds.size === 0 &&
-      JSON.stringify(byId(sa.rows as AnyRow[])) === JSON.stringify(all) &&
-      JSON.stringify(byId(sf.rows as AnyRow[])) === JSON.stringify(low)
+      JSON.stringify(byId(sa.rows)) === JSON.stringify(all) &&
+      JSON.stringify(byId(sf.rows)) === JSON.stringify(low)
     );
   });
 }

@@ -10,6 +10,7 @@ export function client(t: TestServer, extra: Partial<LivebaseClientOptions> = {}
     WebSocket: WebSocket as unknown as WebSocketConstructor,
     storage: 'memory',
     backoff: { baseMs: 50, capMs: 500 },
+    retry: { baseMs: 20, capMs: 300 },
     unsubscribeDelayMs: 20,
     ...extra,
   });

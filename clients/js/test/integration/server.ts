@@ -133,8 +133,8 @@ export class TestServer {
     const out: T[] = [];
     let cursor: string | null = null;
     for (let page = 0; page < 1000; page++) {
-      const q = [query, 'limit=1000', cursor ? `cursor=${encodeURIComponent(cursor)}` : ''].filter(Boolean).join('&');
-      const r = await this.http<{ items: T[]; next_cursor: string | null }>('GET', `/api/collections/${collection}/records?${q}`);
+      const q: string = [query, 'limit=1000', cursor ? `cursor=${encodeURIComponent(cursor)}` : ''].filter(Boolean).join('&');
+      const r: { status: number; data: { items: T[]; next_cursor: string | null } } = await this.http<{ items: T[]; next_cursor: string | null }>('GET', `/api/collections/${collection}/records?${q}`);
       if (r.status !== 200) throw new Error(`list failed: ${r.status} ${JSON.stringify(r.data)}`);
       out.push(...r.data.items);
       cursor = r.data.next_cursor;

@@ -39,6 +39,16 @@ pub enum Status {
     Disconnected,
 }
 
+/// An error of the connection that answers no request of this client: e.g. `token_expired`
+/// (send a fresh token with [`RealtimeHandle::auth`]), `rate_limited`, a subscription or
+/// presence that could not be restored, or `connect_refused` (the server answered the
+/// WebSocket handshake with an HTTP error such as 401).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub code: String,
+    pub message: String,
+}
+
 /// Settings of a realtime connection.
 #[derive(Debug, Clone)]
 pub struct RealtimeConfig {
@@ -170,6 +180,13 @@ impl RealtimeHandle {
         lock(&self.shared.conn_id).clone()
     }
 
+    /// Connection-level errors from now on (see [`Notice`]).
+    pub fn notices(&self) -> mpsc::UnboundedReceiver<Notice> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.cmd.send(Command::Notices { tx });
+        rx
+    }
+
     /// Points the connection at another server (same data, e.g. after a failover or a
     /// restart on a new port). Takes effect on the next (re)connect; call
     /// [`RealtimeHandle::reconnect`] to switch now.
@@ -263,7 +280,8 @@ impl RealtimeHandle {
     }
 
     /// Tracks this connection's presence on a joined channel under `key` (default: the
-    /// connection id). Tracking again replaces the meta. Re-tracked after reconnects.
+    /// connection id). Tracking again replaces the meta. Re-tracked after reconnects; while
+    /// disconnected it is only recorded (and returns at once) and goes out on reconnect.
     pub async fn track(&self, channel: &str, key: Option<&str>, meta: Value) -> Result<()> {
         self.request(|reply| Command::Track {
             channel: channel.to_string(),

@@ -3,6 +3,7 @@
 
 use super::channel::ChannelMessage;
 use super::subscription::SubEvent;
+use super::Notice;
 use crate::error::{Error, Result};
 use crate::protocol::{client, Change, Ref, ServerFrame, SubscribeMode};
 use serde_json::Value;
@@ -63,6 +64,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<()>>,
     },
     /// Drop the socket and reconnect (handled by the task).
+    /// Register a receiver of connection-level errors.
+    Notices {
+        tx: mpsc::UnboundedSender<Notice>,
+    },
     Reconnect,
     /// Close for good (handled by the task).
     Close {
@@ -133,6 +138,7 @@ pub(crate) struct State {
     subs: BTreeMap<u64, Sub>,
     by_server: HashMap<u64, u64>,
     channels: BTreeMap<String, Chan>,
+    notices: Vec<mpsc::UnboundedSender<Notice>>,
 }
 
 impl State {
@@ -295,8 +301,15 @@ impl State {
                     let _ = reply.send(Ok(()));
                 }
             }
+            Command::Notices { tx } => self.notices.push(tx),
             Command::Reconnect | Command::Close { .. } => {}
         }
+    }
+
+    /// Tells the `notices()` receivers about an error no request is waiting for.
+    pub fn notice(&mut self, code: &str, message: &str) {
+        self.notices
+            .retain(|tx| tx.send(Notice { code: code.to_string(), message: message.to_string() }).is_ok());
     }
 
     /// Sends `subscribe` for a local subscription: resuming from its last seq when it has
@@ -628,8 +641,10 @@ impl State {
             Some(Pending::Ping(_, tx)) => {
                 let _ = tx.send(Err(Error::Request { code, message }));
             }
+            // `token_expired`, `rate_limited`, a failed re-track...: nobody is waiting.
             Some(Pending::Ignore) | None => {
                 tracing::warn!(%code, %message, "realtime error");
+                self.notice(&code, &message);
             }
         }
     }
@@ -987,6 +1002,18 @@ mod tests {
         state.on_disconnect();
         assert!(matches!(rx.try_recv(), Ok(Err(Error::NotConnected))));
         assert!(matches!(brx.try_recv(), Ok(Err(Error::NotConnected))));
+    }
+
+    #[test]
+    fn errors_nobody_waits_for_become_notices() {
+        let mut h = Harness::online();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        h.state.command(Command::Notices { tx });
+        h.state
+            .on_frame(frame(json!({"type": "error", "ref": null, "code": "token_expired", "message": "m"})));
+        h.state.on_frame(frame(json!({"type": "error", "ref": 99, "code": "rate_limited", "message": "r"})));
+        let codes: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).map(|n| n.code).collect();
+        assert_eq!(codes, vec!["token_expired", "rate_limited"]);
     }
 
     #[test]

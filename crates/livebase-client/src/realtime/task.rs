@@ -145,6 +145,7 @@ impl Task {
                     // Refused by the server (e.g. 401 for a bad token): worth a warning.
                     Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
                         tracing::warn!(status = %resp.status(), "the server refused the realtime connection");
+                        self.state.notice("connect_refused", &format!("HTTP {}", resp.status()));
                         Err(Flow::Continue)
                     }
                     Ok(Err(e)) => {

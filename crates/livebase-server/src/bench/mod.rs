@@ -38,6 +38,8 @@
 //! - `server_cpu_s`, `server_cpu_percent`: user+system CPU of the server process during the
 //!   measured phase, and that as a percentage of one core (200 = both cores busy). Only when
 //!   `server` is `child`.
+//! - `bench_cpu_s`, `bench_cpu_percent`: the same for the bench process (with `in_process`
+//!   it includes the server). Shows whether the generator, not the server, was the limit.
 //! - `server_rss_bytes`: the server's resident memory at the end (`child`; `in_process`: the
 //!   whole process, generator included).
 //!
@@ -274,24 +276,34 @@ pub async fn run(scenario: Scenario, opts: BenchOptions) -> anyhow::Result<Value
     Ok(Value::Object(out))
 }
 
-/// CPU time of a child server process over a phase.
+/// CPU time of the server (when it is a child process) and of the bench itself over a phase.
 struct CpuMeter {
-    start: Option<(f64, Instant)>,
+    start: Instant,
+    server: Option<f64>,
+    bench: Option<f64>,
 }
 
 impl CpuMeter {
     fn start(target: &target::Target) -> CpuMeter {
-        CpuMeter { start: target.child_cpu_seconds().map(|c| (c, Instant::now())) }
+        CpuMeter {
+            start: Instant::now(),
+            server: target.child_cpu_seconds(),
+            bench: target::cpu_seconds("self"),
+        }
     }
 
-    /// Adds `server_cpu_s` and `server_cpu_percent` when the server is a child process.
+    /// Adds `server_cpu_s` and `server_cpu_percent` when the server is a child process, and
+    /// `bench_cpu_s` and `bench_cpu_percent` (the generator, plus the server when in-process).
     fn finish(self, target: &target::Target, out: &mut Map<String, Value>) {
-        if let (Some((c0, t0)), Some(c1)) = (self.start, target.child_cpu_seconds()) {
-            let cpu = c1 - c0;
-            let wall = t0.elapsed().as_secs_f64();
-            out.insert("server_cpu_s".into(), json!(round3(cpu)));
-            out.insert("server_cpu_percent".into(), json!(round3(cpu / wall.max(1e-9) * 100.0)));
-        }
+        let wall = self.start.elapsed().as_secs_f64().max(1e-9);
+        let mut put = |what: &str, c0: Option<f64>, c1: Option<f64>| {
+            if let (Some(c0), Some(c1)) = (c0, c1) {
+                out.insert(format!("{what}_cpu_s"), json!(round3(c1 - c0)));
+                out.insert(format!("{what}_cpu_percent"), json!(round3((c1 - c0) / wall * 100.0)));
+            }
+        };
+        put("server", self.server, target.child_cpu_seconds());
+        put("bench", self.bench, target::cpu_seconds("self"));
     }
 }
 

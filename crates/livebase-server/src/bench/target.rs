@@ -106,20 +106,10 @@ impl Target {
         Some(kb * 1024)
     }
 
-    /// User + system CPU seconds of a child server, from `/proc/<pid>/stat`.
+    /// User + system CPU seconds of a child server.
     pub fn child_cpu_seconds(&self) -> Option<f64> {
         let Kind::Child { pid, .. } = self.kind else { return None };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces) start at field 3, `state`;
-        // utime and stime are fields 14 and 15.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        // SAFETY: sysconf only reads a configuration value.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
-        Some((utime + stime) as f64 / ticks)
+        cpu_seconds(&pid.to_string())
     }
 
     /// Stops a server the bench started: SIGINT (the server shuts down gracefully), then
@@ -143,6 +133,21 @@ impl Target {
             Kind::External => {}
         }
     }
+}
+
+/// User + system CPU seconds of a process (`self` or a pid), from `/proc/<pid>/stat`.
+pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3, `state`;
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / ticks)
 }
 
 /// The loopback socket address of `url` (`http://host:port[/...]`); any other address is

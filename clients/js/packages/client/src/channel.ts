@@ -56,9 +56,13 @@ export class Channel<M = Record<string, unknown>> {
   private handlers = new Map<string, Set<(m: BroadcastMessage) => void>>();
   private events = new Emitter<ChannelEvents>();
 
+  private leaveTimer: ReturnType<typeof setTimeout> | null = null;
+
+  /** `lingerMs`: how long the server membership outlives the last reference (a remount keeps it). */
   constructor(
     readonly name: string,
     private readonly conn: Connection,
+    private readonly lingerMs = 0,
   ) {}
 
   /** The members present, sorted by key then connection. Stable until the next change. */
@@ -74,13 +78,22 @@ export class Channel<M = Record<string, unknown>> {
     return this.ensureJoined();
   }
 
-  /** Releases one reference; the server membership ends with the last one. */
+  /** Releases one reference; the server membership ends with the last one (after the linger delay). */
   async leave(): Promise<void> {
     if (this.refs === 0) return;
     this.refs--;
     if (this.refs > 0) return;
+    if (this.lingerMs <= 0) return this.leaveNow();
+    if (this.leaveTimer) clearTimeout(this.leaveTimer);
+    this.leaveTimer = setTimeout(() => {
+      this.leaveTimer = null;
+      if (this.refs === 0) void this.leaveNow();
+    }, this.lingerMs);
+  }
+
+  private async leaveNow(): Promise<void> {
     this.tracked = null;
-    const wasJoined = this.joined;
+    const wasJoined = this.joined || this.joining !== null;
     this.joined = false;
     this.joining = null;
     this.joinGen++;
@@ -162,6 +175,10 @@ export class Channel<M = Record<string, unknown>> {
   }
 
   private ensureJoined(): Promise<void> {
+    if (this.leaveTimer) {
+      clearTimeout(this.leaveTimer);
+      this.leaveTimer = null;
+    }
     if (this.joined) return Promise.resolve();
     if (this.joining) return this.joining;
     if (!this.conn.connected) return Promise.resolve(); // joined on the next welcome

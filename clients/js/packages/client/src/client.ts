@@ -52,9 +52,11 @@ export interface LivebaseClientOptions {
   conflictStrategy?: ConflictStrategy;
   /** Decides conflicts (may ask the user: return a promise). Overrides `conflictStrategy`. */
   onConflict?: ConflictHandler;
+  /** Delays between retries of a write after a network error or a 5xx: default 250 ms doubling to 10 s, full jitter. */
+  retry?: BackoffOptions;
   /** Resolutions of one write before it fails. Default 5. */
   maxConflictRetries?: number;
-  /** Delay before unsubscribing a query nobody uses. Default 1000 ms. */
+  /** Delay before unsubscribing a query (or leaving a channel) nobody uses any more. Default 1000 ms. */
   unsubscribeDelayMs?: number;
   /** Follow the browser's online/offline events. Default true. */
   watchNetwork?: boolean;
@@ -90,6 +92,7 @@ export class LivebaseClient extends Emitter<ClientEvents> {
   private token: TokenSource;
   private lastToken: string | undefined;
   private readonly storage: QueueStorage;
+  private readonly lingerMs: number;
   private closed = false;
 
   constructor(options: LivebaseClientOptions) {
@@ -112,7 +115,8 @@ export class LivebaseClient extends Emitter<ClientEvents> {
       ...(options.requestTimeoutMs !== undefined ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
       ...(options.watchNetwork !== undefined ? { watchNetwork: options.watchNetwork } : {}),
     });
-    const hub = new SubscriptionHub(this.conn, cache, { lingerMs: options.unsubscribeDelayMs ?? 1000 });
+    this.lingerMs = options.unsubscribeDelayMs ?? 1000;
+    const hub = new SubscriptionHub(this.conn, cache, { lingerMs: this.lingerMs });
     const s = options.storage;
     this.storage =
       s === 'memory' ? memoryStorage() : s === 'indexeddb' ? indexedDBStorage(`livebase-queue:${this.url}`) : (s ?? defaultStorage(`livebase-queue:${this.url}`));
@@ -124,6 +128,7 @@ export class LivebaseClient extends Emitter<ClientEvents> {
       conflictStrategy: options.conflictStrategy ?? 'merge',
       ...(options.onConflict ? { onConflict: options.onConflict } : {}),
       maxConflictRetries: options.maxConflictRetries ?? 5,
+      ...(options.retry ? { retry: options.retry } : {}),
       refreshToken: () => this.refreshToken(),
       applyConfirmed: (collection, results) => this.applyConfirmed(collection, results),
       pendingChanged: (cols) => {
@@ -170,7 +175,7 @@ export class LivebaseClient extends Emitter<ClientEvents> {
   channel<M = Record<string, unknown>>(name: string): Channel<M> {
     let ch = this.channels.get(name);
     if (!ch) {
-      ch = new Channel<never>(name, this.conn);
+      ch = new Channel<never>(name, this.conn, this.lingerMs);
       this.channels.set(name, ch);
     }
     return ch as unknown as Channel<M>;

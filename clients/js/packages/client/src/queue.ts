@@ -285,9 +285,10 @@ export class MutationQueue extends Emitter<QueueEvents> {
   }
 
   /** Resolves when the queue is empty (or rejects after `timeoutMs`). */
-  drained(timeoutMs = 60_000): Promise<void> {
-    if (this.items.length === 0) return Promise.resolve();
-    return new Promise((resolve, reject) => {
+  async drained(timeoutMs = 60_000): Promise<void> {
+    await this.loaded;
+    if (this.items.length === 0) return;
+    await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         off();
         reject(new LivebaseError('timeout', `the queue still holds ${this.items.length} writes after ${timeoutMs} ms`));

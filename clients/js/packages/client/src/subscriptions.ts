@@ -130,8 +130,9 @@ export class SubscriptionHub {
   attachHandler(collection: string, filter: CompiledFilter, handler: (ev: SubscriptionEvent) => void): () => void {
     const e = this.entry(collection, filter);
     e.handlers.add(handler);
+    const running = e.state === 'active' && e.lastSeq !== null;
     this.start(e);
-    if (e.state === 'active' && e.lastSeq !== null) {
+    if (running) {
       // Joining a running subscription: it starts here for this handler.
       queueMicrotask(() => {
         if (e.handlers.has(handler)) handler({ type: 'subscribed', seq: e.lastSeq ?? 0, resumed: false });
