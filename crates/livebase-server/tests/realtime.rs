@@ -487,8 +487,12 @@ async fn slow_consumer_is_cut_off_while_others_keep_receiving() {
     assert_eq!(reader.await.unwrap(), total, "the normal subscriber got every event");
     // The slow client's stream ends after what was buffered: with close code 4001 when the
     // close frame still fit in its socket buffer, else with a reset.
-    let (closed, _) = slow.recv_until(|v| v["type"] == "__closed").await;
+    let (closed, before) = slow.recv_until(|v| v["type"] == "__closed").await;
     assert!(closed["code"] == 4001 || closed["code"].is_null(), "{closed}");
+    // What it did receive is a gap-free prefix, so resuming from its last seq loses nothing.
+    let seqs: Vec<u64> = before.iter().filter(|v| v["type"] == "change").map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert!(!seqs.is_empty() && seqs.len() < total);
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     let (_, m) = t.get("/metrics").await;
     assert!(m.as_str().unwrap().contains("livebase_slow_consumers_dropped_total 1"), "{m}");
 }

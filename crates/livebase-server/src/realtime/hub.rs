@@ -285,86 +285,90 @@ impl Hub {
         }
     }
 
-    /// Fans a run of consecutive events out to their subscribers.
+    /// Fans a run of consecutive events out to their subscribers. The registry lock is taken
+    /// per event, so subscribes and joins interleave with a long run.
     fn dispatch(&self, events: &[Arc<ChangeEvent>]) {
-        let mut delivered = 0u64;
-        let mut slow = Vec::new();
         let access = self.access();
-        let mut reg = self.inner.reg.lock();
-        let fresh = events.iter().filter(|e| e.seq > reg.dispatched).count();
-        self.inner.metrics.events_committed(fresh as u64);
+        let (mut delivered, mut committed) = (0u64, 0u64);
+        let mut head = 0;
         for ev in events {
+            let mut reg = self.inner.reg.lock();
             if ev.seq <= reg.dispatched {
                 continue;
             }
-            let reg = &mut *reg;
-            reg.dispatched = ev.seq;
-            let Some(ix) = reg.index.get(&ev.collection) else { continue };
-            let mut candidates: Vec<QueryId> = ix.scan.iter().copied().collect();
-            for (field, by_value) in &ix.by_eq {
-                for r in [&ev.new, &ev.old].into_iter().flatten() {
-                    if let Some(ids) = r.get(field).and_then(value_key).and_then(|k| by_value.get(&k)) {
-                        candidates.extend(ids);
-                    }
+            committed += 1;
+            let slow = self.dispatch_one(&mut reg, &access, ev, &mut delivered);
+            // A connection that missed this event must receive nothing after it: it is cut
+            // off before the next event is dispatched, and resumes from its last sequence.
+            for conn in slow {
+                self.inner.metrics.slow_consumer_dropped();
+                if let Some(c) = reg.conns.get(&conn) {
+                    c.handle.close.close(4001, "slow_consumer");
                 }
+                Self::remove_conn(&mut reg, conn, &self.inner.metrics);
             }
-            if candidates.len() > 1 {
-                candidates.sort_unstable();
-                candidates.dedup();
-            }
-            // Rules that let everyone see every row need no per-subscriber work.
-            let anon_open = access.open_to_all(&ev.collection);
-            for qid in candidates {
-                let Some(q) = reg.queries.get_mut(&qid) else { continue };
-                let m = q.matches(ev);
-                if !m.0 && !m.1 {
-                    continue;
-                }
-                let mut frames = Frames::default();
-                for (conn, state) in q.subscribers.iter_mut() {
-                    let Some(c) = reg.conns.get(conn) else { continue };
-                    if matches!(state, SubState::Paused(_)) {
-                        continue;
-                    }
-                    let open = anon_open || c.who.is_admin();
-                    let Some(seen) = seen_by(&access, &c.who, open, &ev.collection, ev, m) else { continue };
-                    let frame = frames.get(ev, qid, seen);
-                    match state {
-                        SubState::Paused(_) => {}
-                        SubState::Live => {
-                            if c.handle.tx.try_send(frame).is_ok() {
-                                delivered += 1;
-                            } else {
-                                slow.push(*conn);
-                            }
-                        }
-                        SubState::CatchingUp(buf) => {
-                            if buf.len() >= self.inner.limits.queue_frames * 4 {
-                                slow.push(*conn);
-                            } else {
-                                buf.push((ev.seq, frame));
-                            }
-                        }
-                    }
-                }
-            }
+            head = reg.dispatched;
         }
         if let Some(last) = events.last() {
-            if let Ok(ms) = time_since(&last.committed_at) {
-                self.inner.metrics.fanout_latency(ms);
+            if let Ok(secs) = time_since(&last.committed_at) {
+                self.inner.metrics.fanout_latency(secs);
             }
         }
-        slow.sort_unstable();
-        slow.dedup();
-        for conn in slow {
-            self.inner.metrics.slow_consumer_dropped();
-            if let Some(c) = reg.conns.get(&conn) {
-                c.handle.close.close(4001, "slow_consumer");
-            }
-            Self::remove_conn(&mut reg, conn, &self.inner.metrics);
-        }
+        self.inner.metrics.events_committed(committed);
         self.inner.metrics.events_delivered(delivered);
-        self.inner.metrics.set_log_head(reg.dispatched);
+        if committed > 0 {
+            self.inner.metrics.set_log_head(head);
+        }
+    }
+
+    /// Queues one event for every subscriber that sees it; returns the connections whose
+    /// queue (or catch-up buffer) overflowed.
+    fn dispatch_one(&self, reg: &mut Registry, access: &Access, ev: &ChangeEvent, delivered: &mut u64) -> Vec<ConnId> {
+        let mut slow: Vec<ConnId> = Vec::new();
+        reg.dispatched = ev.seq;
+        let Some(ix) = reg.index.get(&ev.collection) else { return slow };
+        let mut candidates: Vec<QueryId> = ix.scan.iter().copied().collect();
+        for (field, by_value) in &ix.by_eq {
+            for r in [&ev.new, &ev.old].into_iter().flatten() {
+                if let Some(ids) = r.get(field).and_then(value_key).and_then(|k| by_value.get(&k)) {
+                    candidates.extend(ids);
+                }
+            }
+        }
+        if candidates.len() > 1 {
+            candidates.sort_unstable();
+            candidates.dedup();
+        }
+        // Rules that let everyone see every row need no per-subscriber work.
+        let anon_open = access.open_to_all(&ev.collection);
+        let buffer_cap = self.inner.limits.queue_frames * 4;
+        for qid in candidates {
+            let Some(q) = reg.queries.get_mut(&qid) else { continue };
+            let m = q.matches(ev);
+            if !m.0 && !m.1 {
+                continue;
+            }
+            let mut frames = Frames::default();
+            for (conn, state) in q.subscribers.iter_mut() {
+                if matches!(state, SubState::Paused(_)) || slow.contains(conn) {
+                    continue;
+                }
+                let Some(c) = reg.conns.get(conn) else { continue };
+                let open = anon_open || c.who.is_admin();
+                let Some(seen) = seen_by(access, &c.who, open, &ev.collection, ev, m) else { continue };
+                let frame = frames.get(ev, qid, seen);
+                match state {
+                    SubState::Paused(_) => {}
+                    SubState::Live => match c.handle.tx.try_send(frame) {
+                        Ok(()) => *delivered += 1,
+                        Err(_) => slow.push(*conn),
+                    },
+                    SubState::CatchingUp(buf) if buf.len() >= buffer_cap => slow.push(*conn),
+                    SubState::CatchingUp(buf) => buf.push((ev.seq, frame)),
+                }
+            }
+        }
+        slow
     }
 
     // ---------- connections ----------
