@@ -30,8 +30,9 @@ for (const [name, args] of runs) {
   try {
     const j = JSON.parse(readFileSync(file, 'utf8'));
     passed += j.numPassedTests ?? 0;
+    failed += j.numFailedTests ?? 0;
     // A file that fails to load counts as a failure even though none of its tests ran.
-    failed += (j.numFailedTests ?? 0) + (j.numFailedTestSuites ?? 0);
+    if (!j.success && !j.numFailedTests) failed += 1;
     if (!j.success) ok = false;
   } catch {
     ok = false;

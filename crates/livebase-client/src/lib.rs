@@ -22,6 +22,12 @@
 //! When the server's log no longer reaches back, a live query reloads a snapshot and a plain
 //! subscription reports [`SubEvent::ResyncRequired`] and continues live.
 //!
+//! Reconnects wait a random delay in `[0, min(cap, base * 2^attempt)]` (full jitter,
+//! [`Backoff`]). Outgoing frames are paced ([`RealtimeConfig::max_send_rate`]) so a resume
+//! of many subscriptions stays under the server's per-connection message rate. Errors that
+//! answer no request (`token_expired`, `rate_limited`, a refused handshake) arrive on
+//! [`RealtimeHandle::notices`].
+//!
 //! # Example
 //! ```no_run
 //! use livebase_client::{Client, SubEvent};

@@ -355,6 +355,8 @@ async fn resume_across_a_server_restart_on_a_new_port() {
     let client = Client::new(&b.url()).with_token(ADMIN);
     random_writes(&client, &mut rng, 30, &mut live).await;
     rt.set_url(&b.url());
+    // `Server::shutdown` leaves upgraded WebSockets open (no 1001 close), so the client may
+    // still hold a socket to A: drop it.
     rt.reconnect();
     timeout(WAIT, rt.wait_connected()).await.expect("reconnects in time").expect("connected to B");
     random_writes(&client, &mut rng, 30, &mut live).await;
@@ -561,7 +563,7 @@ async fn resume_of_many_subscriptions_stays_under_the_server_rate_limit() {
     .await;
     let client = Client::new(&server.url()).with_token(ADMIN);
     client.create_collection(items()).await.expect("collection");
-    let config = RealtimeConfig { max_send_rate: 0.0, send_burst: 15.0, ..fast() };
+    let config = RealtimeConfig { max_send_rate: 30.0, send_burst: 15.0, ..fast() };
     let rt = client.realtime_with(config);
     let mut notices = rt.notices();
     // 40 queries: more than the server's burst, sent at once on every (re)connect.
@@ -589,7 +591,7 @@ async fn resume_of_many_subscriptions_stays_under_the_server_rate_limit() {
     let n = timeout(WAIT, notices.recv()).await.expect("a notice in time").expect("open");
     assert_eq!(n.code, "connect_refused");
     assert!(n.message.contains("401"), "{n:?}");
-    assert!(matches!(*bad.status().borrow(), Status::Reconnecting { .. }));
+    assert!(matches!(*bad.status().borrow(), Status::Connecting | Status::Reconnecting { .. }));
     bad.close().await;
     server.shutdown().await;
 }

@@ -74,9 +74,11 @@ fn parse_order(v: &str) -> Result<Vec<OrderBy>, FilterError> {
                 "desc" => (&mut descending, true),
                 "nullsfirst" => (&mut nulls_first, true),
                 "nullslast" => (&mut nulls_first, false),
-                _ => return Err(qerr(format!(
+                _ => {
+                    return Err(qerr(format!(
                     "unknown order modifier '{m}' in '{item}' (expected asc, desc, nullsfirst or nullslast)"
-                ))),
+                )))
+                }
             };
             if slot.replace(value).is_some() {
                 return Err(qerr(format!("conflicting order modifiers in '{item}'")));

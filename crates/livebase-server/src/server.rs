@@ -36,8 +36,10 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits.
+    /// Closes every WebSocket (code 1001, so clients reconnect elsewhere and resume), stops
+    /// accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(mut self) {
+        self.app.hub.close_all(1001, "server_shutdown");
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

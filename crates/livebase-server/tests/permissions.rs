@@ -346,6 +346,7 @@ async fn websocket_messages_are_rate_limited_per_connection() {
     }
     let (e, _) = ws.recv_until(|v| v["type"] == "error").await;
     assert_eq!(e["code"], "rate_limited");
+    assert!(e["ref"].is_number(), "the refused request's ref is echoed: {e}");
 }
 
 #[tokio::test]

@@ -373,6 +373,7 @@ async fn identical_queries_share_one_sub_id_across_connections() {
     assert_eq!(sa, sb);
     let again = a.request(json!({"type": "subscribe", "collection": "items", "filter": "qty=gt.1"})).await;
     assert_eq!(again["code"], "already_subscribed");
+    assert_eq!(again["sub_id"].as_u64(), Some(sa));
     let un = a.request(json!({"type": "unsubscribe", "sub_id": sa})).await;
     assert_eq!(un["type"], "ok");
     t.create("items", json!({"title": "x", "qty": 5})).await;
@@ -490,7 +491,8 @@ async fn slow_consumer_is_cut_off_while_others_keep_receiving() {
     let (closed, before) = slow.recv_until(|v| v["type"] == "__closed").await;
     assert!(closed["code"] == 4001 || closed["code"].is_null(), "{closed}");
     // What it did receive is a gap-free prefix, so resuming from its last seq loses nothing.
-    let seqs: Vec<u64> = before.iter().filter(|v| v["type"] == "change").map(|v| v["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> =
+        before.iter().filter(|v| v["type"] == "change").map(|v| v["seq"].as_u64().unwrap()).collect();
     assert!(!seqs.is_empty() && seqs.len() < total);
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     let (_, m) = t.get("/metrics").await;
@@ -523,4 +525,15 @@ async fn bad_frames_get_errors_and_the_connection_stays_usable() {
     ws.subscribe("items", None, json!({})).await;
     t.create("items", json!({"title": "ok"})).await;
     assert_eq!(ws.next_change().await["new"]["title"], "ok");
+}
+
+#[tokio::test]
+async fn server_shutdown_closes_sockets_with_1001_so_clients_reconnect() {
+    let mut t = TestServer::start().await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    if let Some(s) = t.server.take() {
+        s.shutdown().await;
+    }
+    let (closed, _) = ws.recv_until(|v| v["type"] == "__closed").await;
+    assert_eq!(closed["code"], 1001);
 }

@@ -4,6 +4,7 @@
  * `../../target/debug/livebase` relative to clients/js).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,8 @@ const jsRoot = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 export const LIVEBASE_BIN = resolve(jsRoot, process.env.LIVEBASE_BIN ?? '../../target/debug/livebase');
 
 export interface ServerOptions {
+  /** Enables HS256 user tokens (LIVEBASE_JWT_SECRET). */
+  jwtSecret?: string;
   heartbeatMs?: number;
   heartbeatTimeoutMs?: number;
   retainEvents?: number;
@@ -61,6 +64,7 @@ export class TestServer {
       if (this.opts.heartbeatMs) env.LIVEBASE_HEARTBEAT_MS = String(this.opts.heartbeatMs);
       if (this.opts.heartbeatTimeoutMs) env.LIVEBASE_HEARTBEAT_TIMEOUT_MS = String(this.opts.heartbeatTimeoutMs);
       if (this.opts.retainEvents) env.LIVEBASE_RETAIN_EVENTS = String(this.opts.retainEvents);
+      if (this.opts.jwtSecret) env.LIVEBASE_JWT_SECRET = this.opts.jwtSecret;
       this.stderr = '';
       const proc = spawn(
         LIVEBASE_BIN,
@@ -158,6 +162,14 @@ export class TestServer {
     }
     return out;
   }
+}
+
+/** An HS256 user token, as `livebase token` makes them. */
+export function userToken(secret: string, sub: string, ttlSecs: number, role = 'authenticated'): string {
+  const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, role, iat: now, exp: now + ttlSecs })}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
 }
 
 export const itemsCollection = {

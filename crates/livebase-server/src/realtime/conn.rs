@@ -122,7 +122,7 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                     Message::Text(t) => {
                         if limits.ws_rate > 0.0 {
                             if let Err(wait) = bucket.take(limits.ws_rate, limits.ws_burst, std::time::Instant::now()) {
-                                let e = ProtoError::new(&None, "rate_limited", format!("too many messages; retry in {} ms", wait.as_millis().max(1)));
+                                let e = ProtoError::new(&protocol::peek_ref(t.as_str()), "rate_limited", format!("too many messages; retry in {} ms", wait.as_millis().max(1)));
                                 reply(&tx, e.frame());
                                 continue;
                             }

@@ -323,7 +323,13 @@ impl Hub {
 
     /// Queues one event for every subscriber that sees it; returns the connections whose
     /// queue (or catch-up buffer) overflowed.
-    fn dispatch_one(&self, reg: &mut Registry, access: &Access, ev: &ChangeEvent, delivered: &mut u64) -> Vec<ConnId> {
+    fn dispatch_one(
+        &self,
+        reg: &mut Registry,
+        access: &Access,
+        ev: &ChangeEvent,
+        delivered: &mut u64,
+    ) -> Vec<ConnId> {
         let mut slow: Vec<ConnId> = Vec::new();
         reg.dispatched = ev.seq;
         let Some(ix) = reg.index.get(&ev.collection) else { return slow };
@@ -542,7 +548,8 @@ impl Hub {
             return Err(err(
                 "already_subscribed",
                 format!("already subscribed to this query as sub_id {qid}"),
-            ));
+            )
+            .with_sub(qid));
         }
         entry.queries.insert(qid);
         reg.subscriptions += 1;
@@ -962,6 +969,14 @@ impl Hub {
             if let Some(tx) = entry_tx(&reg.conns, *m) {
                 let _ = tx.try_send(frame.clone());
             }
+        }
+    }
+
+    /// Asks every connection to close (e.g. 1001 when the server shuts down).
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        let reg = self.inner.reg.lock();
+        for c in reg.conns.values() {
+            c.handle.close.close(code, reason);
         }
     }
 

@@ -103,16 +103,39 @@ pub struct ProtoError {
     pub reference: Ref,
     pub code: &'static str,
     pub message: String,
+    /// The subscription concerned, when there is one (e.g. `already_subscribed`).
+    pub sub_id: Option<u64>,
 }
 
 impl ProtoError {
     pub fn new(reference: &Ref, code: &'static str, message: impl Into<String>) -> ProtoError {
-        ProtoError { reference: reference.clone(), code, message: message.into() }
+        ProtoError { reference: reference.clone(), code, message: message.into(), sub_id: None }
+    }
+
+    pub fn with_sub(mut self, sub_id: u64) -> ProtoError {
+        self.sub_id = Some(sub_id);
+        self
     }
 
     pub fn frame(&self) -> Utf8Bytes {
-        encode(&json!({"type": "error", "ref": self.reference, "code": self.code, "message": self.message}))
+        let mut v =
+            json!({"type": "error", "ref": self.reference, "code": self.code, "message": self.message});
+        if let Some(id) = self.sub_id {
+            v["sub_id"] = json!(id);
+        }
+        encode(&v)
     }
+}
+
+/// The `ref` of a frame, read without interpreting the rest (for refusals that come before
+/// parsing, such as rate limiting).
+pub fn peek_ref(text: &str) -> Ref {
+    #[derive(Deserialize)]
+    struct OnlyRef {
+        #[serde(rename = "ref", default)]
+        reference: Ref,
+    }
+    serde_json::from_str::<OnlyRef>(text).ok().and_then(|r| r.reference)
 }
 
 /// Parses one text frame. The error keeps the request's `ref` when it could be read.

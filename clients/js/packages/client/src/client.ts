@@ -150,7 +150,11 @@ export class LivebaseClient extends Emitter<ClientEvents> {
     });
     this.conn.on('frame', (f) => {
       if (typeof f.channel === 'string') this.channels.get(f.channel)?.onFrame(f);
-      else if (f.type === 'error') this.emit('error', new LivebaseError(String(f.code ?? 'error'), String(f.message ?? 'server error')));
+      else if (f.type === 'error') {
+        const err = new LivebaseError(String(f.code ?? 'error'), String(f.message ?? 'server error'), 0, f);
+        if (err.code === 'token_expired') void this.onTokenExpired(err);
+        else this.emit('error', err);
+      }
     });
     queue.on('status', (st) => this.emit('queue', st));
     queue.on('error', (e) => this.emit('error', e));
@@ -246,6 +250,28 @@ export class LivebaseClient extends Emitter<ClientEvents> {
     const t = typeof this.token === 'function' ? await this.token() : this.token;
     this.lastToken = t ?? undefined;
     return this.lastToken;
+  }
+
+  /**
+   * The server paused our subscriptions because the token expired: a token function is
+   * asked for a fresh one, sent with `auth` (the server then replays what was missed). With
+   * a fixed token the app hears about it (`error` event, code `token_expired`) and calls
+   * `setToken`.
+   */
+  private async onTokenExpired(err: LivebaseError): Promise<void> {
+    if (typeof this.token === 'function') {
+      try {
+        const t = await this.resolveToken();
+        if (t) {
+          await this.conn.authenticate(t);
+          return;
+        }
+      } catch (e) {
+        this.emit('error', toLivebaseError(e));
+        return;
+      }
+    }
+    this.emit('error', err);
   }
 
   /** After a 401: ask the token function again; true when it gave a different token. */

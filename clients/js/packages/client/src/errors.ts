@@ -9,6 +9,8 @@ export class LivebaseError extends Error {
   /** HTTP status, 0 when the request never got an answer. */
   readonly status: number;
   readonly details: unknown;
+  /** The server's `Retry-After` (429, 503), in milliseconds. */
+  retryAfterMs?: number;
 
   constructor(code: string, message: string, status = 0, details?: unknown) {
     super(message);

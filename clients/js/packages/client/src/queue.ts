@@ -141,6 +141,9 @@ function stripSystem(data: Record<string, unknown> | undefined): Record<string, 
 
 type Step = 'done' | 'again' | 'wait' | 'stop';
 
+/** Longest wait honoured from a server's Retry-After. */
+const MAX_RETRY_AFTER_MS = 60_000;
+
 export class MutationQueue extends Emitter<QueueEvents> {
   private items: QueuedMutation[] = [];
   private deferred = new Map<string, Deferred>();
@@ -156,6 +159,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
   private total = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private lastRemoval: Promise<void> = Promise.resolve();
+  private retryAfterMs = 0;
   private readonly backoff: Backoff;
   private status: QueueStatus;
   readonly loaded: Promise<void>;
@@ -391,7 +395,8 @@ export class MutationQueue extends Emitter<QueueEvents> {
         }
         if (this.closed) break;
         if (step === 'wait') {
-          const delay = this.backoff.next();
+          const delay = Math.max(this.backoff.next(), Math.min(this.retryAfterMs, MAX_RETRY_AFTER_MS));
+          this.retryAfterMs = 0;
           this.retryTimer = setTimeout(() => {
             this.retryTimer = null;
             void this.pump();
@@ -430,7 +435,10 @@ export class MutationQueue extends Emitter<QueueEvents> {
           this.emit('error', err);
           return 'stop';
         }
-        if (err.isTransient) return 'wait';
+        if (err.isTransient) {
+          this.retryAfterMs = err.retryAfterMs ?? 0;
+          return 'wait';
+        }
         const only = m.ops.length === 1 ? m.ops[0] : undefined;
         if (err.status === 404 && err.code === 'not_found' && !m.batch && only?.op === 'delete') {
           // Already gone: what the delete wanted.

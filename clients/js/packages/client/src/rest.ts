@@ -71,12 +71,15 @@ export class RestClient {
     }
     if (!res.ok) {
       const err = (data as { error?: { code?: string; message?: string; details?: unknown } } | null)?.error;
-      throw new LivebaseError(
+      const e = new LivebaseError(
         err?.code ?? `http_${res.status}`,
         err?.message ?? `${req.method} ${req.path} answered ${res.status}`,
         res.status,
         err?.details,
       );
+      const retry = Number(res.headers.get('retry-after'));
+      if (Number.isFinite(retry) && retry > 0) e.retryAfterMs = retry * 1000;
+      throw e;
     }
     return { status: res.status, data: data as T, replayed: res.headers.get('idempotent-replayed') === 'true' };
   }
