@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the server.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print a signed HS256 user token (secret from --secret or LIVEBASE_JWT_SECRET).
     Token {
         /// The user id (`sub` claim).
@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let server = livebase_server::start(config).await?;
+                let server = livebase_server::start(*config).await?;
                 println!("livebase listening on {}", server.url());
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// A request id chosen by the client, echoed in the reply.
-pub type Ref = Option<Value>;
+pub type Ref = Option<Box<Value>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,7 +145,7 @@ pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
     let Value::Object(mut m) = v else {
         return Err(ProtoError::new(&None, "bad_request", "a frame must be a JSON object"));
     };
-    let reference = m.get("ref").cloned();
+    let reference = m.get("ref").cloned().map(Box::new);
     let ty = match m.remove("type") {
         Some(Value::String(t)) => t,
         _ => return Err(ProtoError::new(&reference, "bad_request", "a frame needs a string 'type'")),
@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(parse("{").unwrap_err().code, "malformed_json");
         assert_eq!(parse("[]").unwrap_err().code, "bad_request");
         let e = parse(r#"{"type":"dance","ref":3}"#).unwrap_err();
-        assert_eq!((e.code, e.reference), ("unknown_type", Some(json!(3))));
+        assert_eq!((e.code, e.reference), ("unknown_type", Some(Box::new(json!(3)))));
         assert_eq!(parse(r#"{"type":"subscribe","ref":1}"#).unwrap_err().code, "bad_request");
         assert_eq!(parse(r#"{"type":"ping","ref":1,"extra":2}"#).unwrap_err().code, "bad_request");
         assert!(matches!(parse(r#"{"type":"ping","ref":"x"}"#), Ok(ClientMsg::Ping(_))));

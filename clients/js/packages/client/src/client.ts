@@ -131,8 +131,8 @@ export class LivebaseClient extends Emitter<ClientEvents> {
       ...(options.retry ? { retry: options.retry } : {}),
       refreshToken: () => this.refreshToken(),
       applyConfirmed: (collection, results) => this.applyConfirmed(collection, results),
-      pendingChanged: (cols) => {
-        for (const c of cols) for (const e of hub.entriesOf(c)) e.invalidateViews();
+      pendingChanged: (collection, ids) => {
+        for (const e of hub.entriesOf(collection)) e.invalidateViews(ids);
       },
     });
     this.internals = { rest, cache, hub, queue };
@@ -237,13 +237,15 @@ export class LivebaseClient extends Emitter<ClientEvents> {
 
   /**
    * Replaces the credentials: used by every later request and connection, and sent on
-   * the open socket as an `auth` frame. Resumes a queue paused by a 401.
+   * the open socket as an `auth` frame. Resumes a queue paused by a 401. No token (sign-out)
+   * reconnects anonymously, so nothing keeps flowing under the old identity.
    */
   async setToken(token: TokenSource): Promise<void> {
     this.token = token;
     const t = await this.resolveToken();
     this.internals.queue.resumeAuth();
     if (t) await this.conn.authenticate(t).catch((e: unknown) => this.emit('error', toLivebaseError(e)));
+    else this.conn.restart();
   }
 
   private async resolveToken(): Promise<string | undefined> {

@@ -176,6 +176,15 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.attempt(false);
   }
 
+  /** Drops the current socket (if any) and connects again at once, e.g. to change identity. */
+  restart(): void {
+    if (this.closed || this.paused === 'manual' || this.paused === 'network') return;
+    this.paused = null;
+    this.teardown(1000, 'restart');
+    this.backoff.reset();
+    void this.attempt(this.everConnected);
+  }
+
   /** Ends everything: no more attempts, listeners kept but never called again. */
   close(): void {
     this.closed = true;

@@ -7,7 +7,7 @@
 import type { RecordCache } from './cache.js';
 import { LivebaseError } from './errors.js';
 import { recordComparator, type CompiledFilter, type OrderKey } from './filter.js';
-import { project } from './optimistic.js';
+import { project, type Projection } from './optimistic.js';
 import type { MutationQueue } from './queue.js';
 import type { EntryView, QueryEntry, SubscriptionHub } from './subscriptions.js';
 import type { AnyRow, Row } from './types.js';
@@ -30,7 +30,9 @@ export class LiveQuery<T extends object = Record<string, unknown>> implements En
   private listeners = new Set<() => void>();
   private retained = 0;
   private entry: QueryEntry | null = null;
-  private dirty = true;
+  private dirty: Set<string> | 'all' = 'all';
+  /** The rows shown, by id (the same rows as the snapshot's sorted list). */
+  private byId = new Map<string, AnyRow>();
   private scheduled = false;
   private snapshot: LiveSnapshot<T> = {
     rows: [],
@@ -88,7 +90,7 @@ export class LiveQuery<T extends object = Record<string, unknown>> implements En
   };
 
   getSnapshot = (): LiveSnapshot<T> => {
-    if (this.dirty) this.recompute();
+    if (this.dirty === 'all' || this.dirty.size > 0) this.recompute();
     return this.snapshot;
   };
 
@@ -118,9 +120,15 @@ export class LiveQuery<T extends object = Record<string, unknown>> implements En
     });
   }
 
-  /** Something changed (server rows, pending writes, connection): recompute lazily, tell listeners. */
-  invalidate(): void {
-    this.dirty = true;
+  /**
+   * Something changed: these rows (server rows or pending writes), or without ids anything
+   * (rows, status, staleness). Recomputed lazily; listeners are told in a microtask.
+   */
+  invalidate(ids?: Iterable<string>): void {
+    if (ids === undefined) this.dirty = 'all';
+    else if (this.dirty !== 'all') {
+      for (const id of ids) this.dirty.add(id);
+    }
     if (this.scheduled || this.listeners.size === 0) return;
     this.scheduled = true;
     queueMicrotask(() => {
@@ -137,39 +145,87 @@ export class LiveQuery<T extends object = Record<string, unknown>> implements En
     });
   }
 
+  /** The row this query shows for `id` (server row with pending writes applied), or undefined. */
+  private visible(id: string, proj: Projection): AnyRow | undefined {
+    const server = this.entry?.rows.get(id);
+    if (!proj.has(id)) return server;
+    const p = proj.get(id);
+    if (p === null || p === undefined) return undefined;
+    return (this.filter.exact ? this.filter.matches(p) : server !== undefined) ? p : undefined;
+  }
+
   private recompute(): void {
-    this.dirty = false;
+    const dirty = this.dirty;
+    this.dirty = new Set();
     const e = this.entry;
-    const rows = new Map<string, AnyRow>(e ? e.rows : []);
     const pending = this.queue.pending(this.collection);
-    const pendingIds = new Set<string>();
-    if (pending.length) {
-      const proj = project(pending, (id) => this.cache.row(this.collection, id) ?? rows.get(id));
-      for (const [id, row] of proj) {
-        if (row === null) {
-          if (rows.delete(id)) pendingIds.add(id);
-        } else if (this.filter.exact ? this.filter.matches(row) : rows.has(id)) {
-          rows.set(id, row);
-          pendingIds.add(id);
-        } else if (rows.delete(id)) {
-          pendingIds.add(id);
+    const proj: Projection = pending.length
+      ? project(pending, (id) => this.cache.row(this.collection, id) ?? e?.rows.get(id))
+      : new Map();
+    const prev = this.snapshot;
+    let sorted = prev.rows as unknown as AnyRow[];
+    let changed = false;
+    if (dirty === 'all' || dirty.size > Math.max(64, this.byId.size >> 3)) {
+      // Rebuild: a snapshot, a reconnect, or many rows at once.
+      const next = new Map<string, AnyRow>();
+      for (const [id, r] of e ? e.rows : []) if (!proj.has(id)) next.set(id, r);
+      for (const id of proj.keys()) {
+        const r = this.visible(id, proj);
+        if (r) next.set(id, r);
+      }
+      const list = [...next.values()].sort(this.compare);
+      changed = list.length !== sorted.length || list.some((r, i) => r !== sorted[i]);
+      if (changed) sorted = list;
+      this.byId = next;
+    } else {
+      // Move only the rows that changed: O(k log n) searches and one copy of the array.
+      let copy: AnyRow[] | null = null;
+      for (const id of dirty) {
+        const before = this.byId.get(id);
+        const after = this.visible(id, proj);
+        if (before === after) continue;
+        copy ??= sorted.slice();
+        if (before) {
+          let i = lowerBound(copy, before, this.compare);
+          if (copy[i] !== before) i = copy.indexOf(before);
+          if (i >= 0) copy.splice(i, 1);
+          this.byId.delete(id);
+        }
+        if (after) {
+          copy.splice(lowerBound(copy, after, this.compare), 0, after);
+          this.byId.set(id, after);
         }
       }
+      if (copy) {
+        sorted = copy;
+        changed = true;
+      }
     }
-    const list = [...rows.values()].sort(this.compare) as unknown as Row<T>[];
+    const pendingIds = new Set<string>();
+    for (const id of proj.keys()) if (this.byId.has(id) || e?.rows.has(id)) pendingIds.add(id);
     const status: LiveStatus = e?.state === 'failed' ? 'error' : e?.ready ? 'ready' : 'loading';
     const error = e?.state === 'failed' ? e.error : null;
     const stale = !e || e.state !== 'active' || (e.live && !e.ready);
-    const prev = this.snapshot;
-    const sameRows = prev.rows.length === list.length && list.every((r, i) => r === prev.rows[i]);
     const samePending = prev.pendingIds.size === pendingIds.size && [...pendingIds].every((id) => prev.pendingIds.has(id));
-    if (sameRows && samePending && prev.status === status && prev.error === error && prev.stale === stale) return;
+    if (!changed && samePending && prev.status === status && prev.error === error && prev.stale === stale) return;
     this.snapshot = Object.freeze({
-      rows: sameRows ? prev.rows : Object.freeze(list),
+      rows: changed ? (Object.freeze(sorted) as unknown as readonly Row<T>[]) : prev.rows,
       status,
       error,
       stale,
       pendingIds: samePending ? prev.pendingIds : pendingIds,
     });
   }
+}
+
+/** First index whose row sorts at or after `row`. */
+function lowerBound(list: readonly AnyRow[], row: AnyRow, cmp: (a: AnyRow, b: AnyRow) => number): number {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (cmp(list[mid]!, row) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }

@@ -114,8 +114,8 @@ export interface QueueOptions {
   refreshToken: () => Promise<boolean>;
   /** The server's answer to a write: put these records in the cache and live queries. */
   applyConfirmed: (collection: string, results: OpResult[]) => void;
-  /** The set of pending writes of these collections changed: live queries recompute. */
-  pendingChanged: (collections: Set<string>) => void;
+  /** The pending writes to these records changed: live queries recompute them. */
+  pendingChanged: (collection: string, ids: string[]) => void;
 }
 
 export interface WriteInput {
@@ -140,6 +140,10 @@ function stripSystem(data: Record<string, unknown> | undefined): Record<string, 
 }
 
 type Step = 'done' | 'again' | 'wait' | 'stop';
+
+function idsOf(m: QueuedMutation): string[] {
+  return m.ops.map((op) => op.id);
+}
 
 /** Longest wait honoured from a server's Retry-After. */
 const MAX_RETRY_AFTER_MS = 60_000;
@@ -189,7 +193,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
     }
     this.total += fresh.length;
     this.isLoaded = true;
-    if (fresh.length) this.o.pendingChanged(new Set(fresh.map((m) => m.collection)));
+    for (const m of fresh) this.o.pendingChanged(m.collection, idsOf(m));
     this.emitStatus();
     this.kick();
   }
@@ -265,7 +269,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
     );
     const promise = new Promise<OpResult[]>((resolve, reject) => this.deferred.set(qid, { resolve, reject }));
     promise.catch(() => {}); // reported through events too; awaiting it is optional
-    this.o.pendingChanged(new Set([collection]));
+    this.o.pendingChanged(collection, idsOf(m));
     this.emitStatus();
     this.kick();
     return promise;
@@ -549,7 +553,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
     this.deferred.delete(m.qid);
     d?.resolve(results);
     this.emit('confirmed', { mutation: m, results });
-    this.o.pendingChanged(new Set([m.collection]));
+    this.o.pendingChanged(m.collection, idsOf(m));
     this.emitStatus();
   }
 
@@ -562,7 +566,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
     d?.reject(err);
     this.emit('failed', { mutation: m, error: err });
     this.emit('error', err);
-    this.o.pendingChanged(new Set([m.collection]));
+    this.o.pendingChanged(m.collection, idsOf(m));
     this.emitStatus();
   }
 
@@ -613,6 +617,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
     m.attempts++;
     this.emit('conflict', { mutation: m, collection: m.collection, id: op.id, base, local, server, resolution, outcome });
     if (this.closed) return 'stop';
+    const touched = idsOf(m);
     if (outcome.kind === 'drop') {
       if (!m.batch || m.ops.length === 1) {
         this.complete(m, [{ op: 'update', record: server }]);
@@ -640,7 +645,7 @@ export class MutationQueue extends Emitter<QueueEvents> {
     } catch (e) {
       this.emit('error', new LivebaseError('storage_error', `could not store a resolved write: ${toLivebaseError(e).message}`));
     }
-    this.o.pendingChanged(new Set([m.collection]));
+    this.o.pendingChanged(m.collection, touched);
     return 'again';
   }
 }

@@ -20,7 +20,8 @@ export type EntryState = 'idle' | 'subscribing' | 'active' | 'unsubscribing' | '
 
 /** Something that shows an entry's rows (a live query): told when they change. */
 export interface EntryView {
-  invalidate(): void;
+  /** These rows changed (or, without ids, anything may have: rows, status, staleness). */
+  invalidate(ids?: Iterable<string>): void;
 }
 
 export class QueryEntry {
@@ -70,8 +71,8 @@ export class QueryEntry {
     }
   }
 
-  invalidateViews(): void {
-    for (const v of this.views) v.invalidate();
+  invalidateViews(ids?: Iterable<string>): void {
+    for (const v of this.views) v.invalidate(ids);
   }
 }
 
@@ -340,7 +341,7 @@ export class SubscriptionHub {
     }
     if (c.view === 'remove') e.rows.delete(c.id);
     else if (c.new) e.rows.set(c.id, c.new as AnyRow);
-    e.invalidateViews();
+    e.invalidateViews([c.id]);
   }
 
   private applySnapshot(e: QueryEntry, seq: number): void {
@@ -396,7 +397,8 @@ export class SubscriptionHub {
         }
       }
     }
-    for (const e of entries) e.invalidateViews();
+    const ids = changes.map((c) => c.id);
+    for (const e of entries) e.invalidateViews(ids);
   }
 
   close(): void {
