@@ -131,6 +131,10 @@ async fn ready(axum::extract::State(app): axum::extract::State<App>) -> impl Int
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Server> {
+    // Bind first: a busy port fails before any data is touched.
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
     let admin_key = admin_key(&config)?;
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
@@ -171,9 +175,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     if config.demo {
         demo::load(store.as_ref()).await?;
     }
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
     let hub = Hub::new(store.clone(), config.limits(), metrics.clone(), access.clone());
     let dispatcher = hub.spawn_dispatcher();

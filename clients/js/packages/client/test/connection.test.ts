@@ -154,6 +154,19 @@ describe('connection', () => {
     await c.close();
   });
 
+  it('signing out (no token) reconnects anonymously instead of keeping the old identity', async () => {
+    const rt = new FakeRealtime();
+    const c = fakeClient(rt, noFetch);
+    await c.whenConnected();
+    expect(rt.last.url).toContain('token=tok');
+    await c.setToken(null);
+    await until('a new socket', () => rt.sockets.length === 2);
+    expect(rt.sockets[0]!.closedByClient).toBe(true);
+    expect(rt.last.url).toBe('ws://livebase.test/api/realtime');
+    await c.whenConnected();
+    await c.close();
+  });
+
   it('without any WebSocket implementation it reports an error instead of throwing', async () => {
     const saved = (globalThis as { WebSocket?: unknown }).WebSocket;
     (globalThis as { WebSocket?: unknown }).WebSocket = undefined;

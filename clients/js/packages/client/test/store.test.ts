@@ -198,4 +198,47 @@ describe('live query stores', () => {
     expect(q.getSnapshot().status).toBe('error');
     await c.close();
   });
+
+  it('keep rows sorted through random changes (moving single rows equals sorting from scratch)', async () => {
+    const rt = new FakeRealtime();
+    const c = fakeClient(rt, noFetch);
+    const q = c.collection('items').live({ order: 'qty.desc,title' });
+    await q.ready();
+    const sub = rt.subId('items', undefined);
+    const model = new Map<string, Record<string, unknown> & { id: string; version: number }>();
+    let seed = 42;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+    const expected = () =>
+      [...model.values()]
+        .sort((a, b) => {
+          const qa = a.qty as number | null;
+          const qb = b.qty as number | null;
+          if (qa === null && qb !== null) return -1; // desc: nulls first
+          if (qb === null && qa !== null) return 1;
+          if (qa !== qb) return (qb as number) - (qa as number);
+          if (a.title !== b.title) return (a.title as string) < (b.title as string) ? -1 : 1;
+          return a.id < b.id ? -1 : 1;
+        })
+        .map((r) => r.id);
+    let seq = 0;
+    for (let step = 0; step < 600; step++) {
+      const id = `r${Math.floor(rand() * 40)}`;
+      const cur = model.get(id);
+      if (cur && rand() < 0.25) {
+        model.delete(id);
+        rt.last.push(change(sub, ++seq, 'delete', 'remove', cur));
+      } else {
+        const next = row(id, (cur?.version ?? 0) + 1, { qty: rand() < 0.15 ? null : Math.floor(rand() * 6), title: ['a', 'b', 'c'][Math.floor(rand() * 3)] });
+        model.set(id, next);
+        rt.last.push(change(sub, ++seq, cur ? 'update' : 'insert', cur ? 'update' : 'add', next));
+      }
+      if (step % 7 === 0) {
+        await flush(1);
+        expect(q.rows.map((r) => r.id)).toEqual(expected());
+      }
+    }
+    await flush(1);
+    expect(q.rows.map((r) => r.id)).toEqual(expected());
+    await c.close();
+  });
 });
