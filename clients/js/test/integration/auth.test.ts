@@ -89,10 +89,12 @@ describe('user tokens and rules', () => {
     let current = '';
     let exp = 0;
     let minted = 0;
+    // Like a real provider: reuse the token until it is about to expire. `exp` is taken
+    // before signing, so the token never outlives what this function believes.
     const token = () => {
       if (Date.now() / 1000 >= exp - 0.5) {
+        exp = Math.floor(Date.now() / 1000) + 2;
         current = userToken(SECRET, 'u1', 2);
-        exp = Date.now() / 1000 + 2;
         minted++;
       }
       return current;

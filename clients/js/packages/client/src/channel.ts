@@ -11,6 +11,7 @@
 import type { Connection, ServerFrame } from './connection.js';
 import { Emitter } from './emitter.js';
 import { LivebaseError, toLivebaseError } from './errors.js';
+import { retryDelay } from './subscriptions.js';
 
 export interface PresenceMember<M = Record<string, unknown>> {
   /** The presence key (`track(meta, { key })`, default: the connection id). */
@@ -196,6 +197,12 @@ export class Channel<M = Record<string, unknown>> {
         this.joining = null;
         const err = toLivebaseError(e);
         if (err.code === 'not_connected') return; // joined on the next welcome
+        if (err.code === 'rate_limited' || err.code === 'timeout') {
+          // Ask again shortly (the join is still wanted while references are held).
+          return new Promise<void>((resolve) => setTimeout(resolve, retryDelay(err))).then(() =>
+            this.refs > 0 && gen === this.joinGen ? this.ensureJoined() : undefined,
+          );
+        }
         throw err;
       });
     this.joining = p;

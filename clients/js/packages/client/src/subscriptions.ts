@@ -16,6 +16,12 @@ import type { LivebaseError } from './errors.js';
 import type { CompiledFilter } from './filter.js';
 import type { AnyRow, ChangeEvent, SubscriptionEvent } from './types.js';
 
+/** How long to wait before asking again: the server's `retry in N ms`, else a second. */
+export function retryDelay(err: LivebaseError): number {
+  const m = /retry in (\d+) ?ms/.exec(err.message);
+  return m ? Math.min(30_000, Number(m[1]) + 50) : 1000;
+}
+
 export type EntryState = 'idle' | 'subscribing' | 'active' | 'unsubscribing' | 'failed';
 
 /** Something that shows an entry's rows (a live query): told when they change. */
@@ -227,16 +233,17 @@ export class SubscriptionHub {
     if (gen !== e.gen) return;
     e.state = 'idle';
     if (err.code === 'not_connected') return; // starts again on the next welcome
-    if (err.code === 'timeout') {
+    if (err.code === 'timeout' || err.code === 'rate_limited') {
       e.retryTimer = setTimeout(() => {
         e.retryTimer = null;
         this.start(e);
-      }, 1000);
+      }, retryDelay(err));
       return;
     }
     if (err.code === 'already_subscribed') {
       // Our own earlier subscription to the same query is still registered: end it, start again.
-      const m = /sub_id (\d+)/.exec(err.message);
+      const field = (err.details as { sub_id?: unknown } | undefined)?.sub_id;
+      const m = typeof field === 'number' ? [String(field), String(field)] : /sub_id (\d+)/.exec(err.message);
       if (m) {
         const stale = Number(m[1]);
         e.state = 'unsubscribing';

@@ -189,6 +189,26 @@ describe('live query stores', () => {
     await c.close();
   });
 
+  it('ask again after rate_limited; end a stale subscription named by already_subscribed', async () => {
+    const rt = new FakeRealtime();
+    let calls = 0;
+    rt.onSubscribe = (_s, f) => {
+      calls++;
+      if (calls === 1) return [{ type: 'error', ref: f.ref, code: 'rate_limited', message: 'too many messages; retry in 5 ms' }];
+      if (calls === 2) return [{ type: 'error', ref: f.ref, code: 'already_subscribed', message: 'already subscribed', sub_id: 4 }];
+      return [
+        { type: 'subscribed', ref: f.ref, sub_id: 4, seq: 0 },
+        { type: 'snapshot', sub_id: 4, seq: 0, rows: [row('a', 1)], done: true },
+      ];
+    };
+    const c = fakeClient(rt, noFetch);
+    const q = c.collection('items').live();
+    expect((await q.ready()).map((r) => r.id)).toEqual(['a']);
+    expect(rt.last.sent.filter((f) => f.type !== 'ping').map((f) => f.type)).toEqual(['subscribe', 'subscribe', 'unsubscribe', 'subscribe']);
+    expect(rt.last.sentOfType('unsubscribe')[0]).toMatchObject({ sub_id: 4 });
+    await c.close();
+  });
+
   it('report a refused query as an error status', async () => {
     const rt = new FakeRealtime();
     rt.onSubscribe = (_s, f) => [{ type: 'error', ref: f.ref, code: 'bad_filter', message: "unknown operator 'gtx'" }];
