@@ -273,8 +273,19 @@ async fn forged_expired_wrong_algorithm_and_unsigned_tokens_are_refused() {
         let (s, e) = f.as_user(tok, Method::GET, "/api/collections/ledger/records", None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{name}: {e}");
         assert_eq!(e["error"]["code"], code, "{name}");
+        // The socket says why and closes with 4003 (browsers cannot read an HTTP refusal).
         let url = format!("{}/api/realtime?token={tok}", f.t.url.replacen("http", "ws", 1));
-        assert!(tokio_tungstenite::connect_async(url).await.is_err(), "{name} must not open a socket");
+        let (mut stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        use futures_util::StreamExt;
+        let first = stream.next().await.unwrap().unwrap();
+        let e: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+        assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some(code)), "{name}");
+        match stream.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(c)))) => {
+                assert_eq!(u16::from(c.code), 4003)
+            }
+            other => panic!("{name}: expected close 4003, got {other:?}"),
+        }
     }
 }
 

@@ -41,8 +41,9 @@ pub enum Status {
 
 /// An error of the connection that answers no request of this client: e.g. `token_expired`
 /// (send a fresh token with [`RealtimeHandle::auth`]), `rate_limited`, a subscription or
-/// presence that could not be restored, or `connect_refused` (the server answered the
-/// WebSocket handshake with an HTTP error such as 401).
+/// presence that could not be restored, `invalid_token` (the token given at connect was
+/// refused: the server closes with 4003), or `connect_refused` (the WebSocket handshake
+/// failed with an HTTP error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     pub code: String,

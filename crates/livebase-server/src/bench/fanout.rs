@@ -5,7 +5,6 @@ use super::http::{record_body, HttpConn};
 use super::ws::{self, Connector, Ws};
 use super::{now_ns, stats, CpuMeter, Ctx};
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use hyper::{Method, StatusCode, Uri};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -38,11 +37,21 @@ struct Shared {
     next: AtomicU64,
     writes: AtomicU64,
     write_errors: AtomicU64,
-    deliveries: AtomicU64,
     /// Deliveries of events the bench did not write (or with no readable `n`).
     unknown: AtomicU64,
     disconnects: AtomicU64,
-    last_receipt_ns: AtomicU64,
+    /// Per-delivery latency.
+    latency: stats::PerThread,
+}
+
+impl Shared {
+    /// Deliveries so far and the latest receipt time, summed over the events (the receivers
+    /// touch only their event's slot, no global counter).
+    fn totals(&self) -> (u64, u64) {
+        self.events.iter().fold((0, 0), |(n, last), e| {
+            (n + u64::from(e.received.load(Ordering::Relaxed)), last.max(e.last_ns.load(Ordering::Relaxed)))
+        })
+    }
 }
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
@@ -68,10 +77,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         next: AtomicU64::new(0),
         writes: AtomicU64::new(0),
         write_errors: AtomicU64::new(0),
-        deliveries: AtomicU64::new(0),
         unknown: AtomicU64::new(0),
         disconnects: AtomicU64::new(0),
-        last_receipt_ns: AtomicU64::new(0),
+        latency: stats::PerThread::new(3),
     });
 
     // Subscribers: open and subscribe them all before the first write.
@@ -152,13 +160,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         .timed(
             "fanout",
             duration,
-            || {
-                format!(
-                    "{} writes, {} deliveries",
-                    s.writes.load(Ordering::Relaxed),
-                    s.deliveries.load(Ordering::Relaxed)
-                )
-            },
+            || format!("{} writes, {} deliveries", s.writes.load(Ordering::Relaxed), s.totals().0),
             || false,
         )
         .await;
@@ -174,17 +176,17 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         .timed(
             "draining",
             GRACE,
-            || format!("{}/{expected} deliveries", s.deliveries.load(Ordering::Relaxed)),
-            || s.deliveries.load(Ordering::Relaxed) >= expected,
+            || format!("{}/{expected} deliveries", s.totals().0),
+            || s.totals().0 >= expected,
         )
         .await;
     let mut out = Map::new();
     cpu.finish(&ctx.target, &mut out);
     let _ = stop_tx.send(true);
-    let mut hist = stats::histogram(3);
     for r in receivers {
-        stats::merge(&mut hist, &r.await?);
+        r.await?;
     }
+    let hist = shared.latency.merged();
     if ctx.target.mode() == "external" {
         admin.drop_collection(&collection).await;
     }
@@ -205,8 +207,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
             stats::record_ns(&mut last_hist, slot.last_ns.load(Ordering::Relaxed).saturating_sub(sent));
         }
     }
-    let deliveries = shared.deliveries.load(Ordering::Relaxed);
-    let last_receipt = shared.last_receipt_ns.load(Ordering::Relaxed);
+    let (known, last_receipt) = shared.totals();
+    let deliveries = known + shared.unknown.load(Ordering::Relaxed);
     let delivery_span = (last_receipt.saturating_sub(first_send_ns) as f64 / 1e9).max(1e-9);
     let write_span = write_end.duration_since(start).as_secs_f64().max(1e-9);
 
@@ -236,8 +238,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
 }
 
 /// One subscriber: counts and times every change frame until told to stop.
-async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Histogram<u64> {
-    let mut hist = stats::histogram(2);
+async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             m = ws.next() => match m {
@@ -247,8 +248,6 @@ async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool
                         continue;
                     }
                     let now = now_ns();
-                    shared.deliveries.fetch_add(1, Ordering::Relaxed);
-                    shared.last_receipt_ns.fetch_max(now, Ordering::Relaxed);
                     // The record's fields: in `new` (an insert's `old` is null).
                     let new = text.find("\"new\"").map_or(text, |at| &text[at..]);
                     let (Some(n), Some(t)) = (ws::scan_u64(new, "\"n\":"), ws::scan_u64(new, "\"t\":")) else {
@@ -259,13 +258,13 @@ async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool
                         shared.unknown.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    stats::record_ns(&mut hist, now.saturating_sub(t));
+                    shared.latency.record_ns(now.saturating_sub(t));
                     slot.received.fetch_add(1, Ordering::Relaxed);
                     slot.last_ns.fetch_max(now, Ordering::Relaxed);
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                     shared.disconnects.fetch_add(1, Ordering::Relaxed);
-                    return hist;
+                    return;
                 }
                 Some(Ok(_)) => {}
             },
@@ -273,5 +272,4 @@ async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-    hist
 }

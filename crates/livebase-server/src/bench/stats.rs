@@ -2,12 +2,14 @@
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Latencies above this (60 s) are recorded as 60 s.
 const MAX_US: u64 = 60_000_000;
 
-/// A histogram of microseconds, 1 µs to 60 s, at `sigfig` significant digits (2 for the many
-/// per-subscriber histograms of `fanout`: ~20 KiB each; 3 elsewhere).
+/// A histogram of microseconds, 1 µs to 60 s, at `sigfig` significant digits.
 pub(crate) fn histogram(sigfig: u8) -> Histogram<u64> {
     // The bounds are constants that HdrHistogram accepts.
     Histogram::new_with_bounds(1, MAX_US, sigfig)
@@ -42,4 +44,53 @@ pub(crate) fn latency_json(h: &Histogram<u64>) -> Value {
         "mean": h.mean().round() / 1000.0,
         "count": h.len(),
     })
+}
+
+/// One histogram per worker thread instead of one per task: with thousands of receiving
+/// tasks, per-task histograms (~20 KiB each) would not stay in cache and would cost memory
+/// per connection. A task records into the histogram of the thread it runs on; the lock is
+/// uncontended except while [`PerThread::merged`] runs.
+pub(crate) struct PerThread {
+    id: u64,
+    sigfig: u8,
+    parts: parking_lot::Mutex<Vec<Arc<parking_lot::Mutex<Histogram<u64>>>>>,
+}
+
+type Local = Vec<(u64, Arc<parking_lot::Mutex<Histogram<u64>>>)>;
+
+thread_local! {
+    static LOCAL: RefCell<Local> = const { RefCell::new(Vec::new()) };
+}
+
+impl PerThread {
+    pub fn new(sigfig: u8) -> PerThread {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        PerThread { id: NEXT.fetch_add(1, Ordering::Relaxed), sigfig, parts: Default::default() }
+    }
+
+    /// Records a latency given in nanoseconds.
+    pub fn record_ns(&self, ns: u64) {
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            if let Some((_, h)) = local.iter().find(|(id, _)| *id == self.id) {
+                record_ns(&mut h.lock(), ns);
+                return;
+            }
+            // First record on this thread: drop the parts of finished runs, add ours.
+            local.retain(|(_, h)| Arc::strong_count(h) > 1);
+            let h = Arc::new(parking_lot::Mutex::new(histogram(self.sigfig)));
+            record_ns(&mut h.lock(), ns);
+            self.parts.lock().push(h.clone());
+            local.push((self.id, h));
+        });
+    }
+
+    /// All threads' records in one histogram.
+    pub fn merged(&self) -> Histogram<u64> {
+        let mut out = histogram(self.sigfig);
+        for part in self.parts.lock().iter() {
+            merge(&mut out, &part.lock());
+        }
+        out
+    }
 }

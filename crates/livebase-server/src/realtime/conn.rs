@@ -9,7 +9,7 @@ use crate::ratelimit::Bucket;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::SinkExt;
 use serde_json::json;
 use std::sync::Arc;
@@ -36,15 +36,25 @@ pub async fn upgrade(
         None => app.principal(&headers),
     };
 
-    let principal = match principal {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    ws.read_buffer_size(4096)
+    let ws = ws
+        .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_message_size(CODEC_MAX_MESSAGE)
-        .max_frame_size(CODEC_MAX_MESSAGE)
-        .on_upgrade(move |socket| run(app, socket, principal))
+        .max_frame_size(CODEC_MAX_MESSAGE);
+    match principal {
+        Ok(p) => ws.on_upgrade(move |socket| run(app, socket, p)),
+        // Browsers cannot read an HTTP refusal of an upgrade (they see 1006, like a network
+        // failure), so a bad token is refused inside the socket: an error frame naming the
+        // reason, then close code 4003.
+        Err(e) => ws.on_upgrade(move |socket| refuse(socket, e)),
+    }
+}
+
+async fn refuse(mut socket: WebSocket, e: crate::error::ApiError) {
+    let frame = ProtoError::new(&None, e.code, e.message).frame();
+    let _ = socket.send(Message::Text(frame)).await;
+    let close = CloseFrame { code: 4003, reason: Utf8Bytes::from(e.code) };
+    let _ = socket.send(Message::Close(Some(close))).await;
 }
 
 async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {

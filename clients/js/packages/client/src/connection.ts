@@ -345,6 +345,15 @@ export class Connection extends Emitter<ConnectionEvents> {
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
+      if (ev.code === 4003) {
+        // The server refused the token given at connect (its error frame came first):
+        // retrying with the same credentials cannot help. `setToken` starts again.
+        this.paused = 'auth';
+        const code = ev.reason || 'invalid_token';
+        this.dropSocket(ws, ev.code, ev.reason, new LivebaseError(code, `the server refused the token (${code})`));
+        this.setStatus({ error: new LivebaseError(code, `the server refused the token (${code})`) });
+        return;
+      }
       this.dropSocket(ws, ev.code, ev.reason, ev.code === 1000 ? null : new LivebaseError('disconnected', `connection closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ''})`));
     };
     ws.onerror = () => {
