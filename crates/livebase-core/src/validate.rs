@@ -105,6 +105,23 @@ fn check_keys(c: &Collection, input: &Map<String, Value>, errors: &mut Vec<Field
     }
 }
 
+type Checked = Vec<(String, Value)>;
+
+fn checked(f: &Field, v: &Value, out: &mut Checked, errors: &mut Vec<FieldError>) {
+    match check_value(f, v) {
+        Ok(v) => out.push((f.name.clone(), v)),
+        Err(e) => errors.push(e),
+    }
+}
+
+fn finish(out: Checked, errors: Vec<FieldError>) -> Result<Checked, Vec<FieldError>> {
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Validates the data of a new record: every declared field, in schema order, with defaults
 /// applied and absent optional fields set to null. System fields in `input` are ignored
 /// (the caller takes a client-supplied `id` itself).
@@ -133,16 +150,9 @@ pub fn validate_create(
                 }
             }
         };
-        match check_value(f, v) {
-            Ok(v) => out.push((f.name.clone(), v)),
-            Err(e) => errors.push(e),
-        }
+        checked(f, v, &mut out, &mut errors);
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    finish(out, errors)
 }
 
 /// Validates a partial update: only the given fields, nulls allowed unless required.
@@ -165,16 +175,9 @@ pub fn validate_patch(
             }
             continue;
         }
-        match check_value(f, v) {
-            Ok(v) => out.push((f.name.clone(), v)),
-            Err(e) => errors.push(e),
-        }
+        checked(f, v, &mut out, &mut errors);
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    finish(out, errors)
 }
 
 #[cfg(test)]
