@@ -42,17 +42,20 @@
 //!   it includes the server). Shows whether the generator, not the server, was the limit.
 //! - `server_rss_bytes`: the server's resident memory at the end (`child`; `in_process`: the
 //!   whole process, generator included).
+//! - `first_error` (only when something failed): the first error, for the reader.
 //!
 //! Per scenario:
 //! - `writes`: `clients`, `creates` (201 responses), `creates_per_s`, `errors` (other
 //!   statuses and transport errors), `latency_ms` (request send → full response),
 //!   `records` (records in the collection afterwards, counted by the server; equals `creates`).
-//! - `fanout`: `subscribers` (subscribed connections), `rate` (target writes/s), `writes`
+//! - `fanout`: `subscribers` (subscribed connections), `subscribe_errors`, `rate` (target
+//!   writes/s; when the machine cannot keep up, `writes_per_s` is lower), `writes`
 //!   (created records), `write_errors`, `writes_per_s`, `expected_deliveries`
 //!   (`writes × subscribers`), `deliveries` (change frames received), `deliveries_per_s`
 //!   (deliveries / time from first send to last receipt), `lost` (expected deliveries not
-//!   received by the end of a 5 s grace period), `duplicates`, `disconnects` (subscribers the
-//!   server closed), `latency_ms` (per delivery), `latency_from`: `"writer_send"`,
+//!   received by the end of a 5 s grace period), `duplicates`, `unknown_deliveries` (change
+//!   frames for records the bench did not write), `disconnects` (subscribers the server
+//!   closed), `latency_ms` (per delivery), `latency_from`: `"writer_send"`,
 //!   `last_subscriber_latency_ms` (per event: until the last subscriber received it; events
 //!   some subscriber never received are left out).
 //! - `connections`: `connections` (asked), `open` (handshakes done), `connect_errors`,
@@ -63,9 +66,12 @@
 //!   (reconnect start → last missed change received; includes the TCP and WebSocket
 //!   handshakes), `deliveries_per_s` (`received / catchup time`), `write_s` (time to write the
 //!   missed changes).
-//! - `presence`: `members`, `expected_joins`, `joins`, `expected_leaves`, `leaves`, `lost`
-//!   (expected diffs entries not received), `latency_ms` (a member's `presence_track` send →
-//!   another member's `presence_diff` receipt), `leave_latency_ms` (`leave` send → diff).
+//! - `presence`: `members`, `expected_joins` (`members × (members − 1)`), `joins`,
+//!   `expected_leaves` (members leave in turn, each seen by those still there:
+//!   `members × (members − 1) / 2`), `leaves`, `lost` (expected diff entries not received
+//!   within 10 s), `frame_errors` (unparsable frames and `error` replies), `latency_ms` (a
+//!   member's `presence_track` send → another member's `presence_diff` receipt),
+//!   `leave_latency_ms` (`leave` send → diff).
 
 mod catchup;
 mod connections;
