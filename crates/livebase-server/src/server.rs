@@ -87,7 +87,7 @@ pub fn router(app: App) -> Router {
 }
 
 async fn metrics_text(axum::extract::State(app): axum::extract::State<App>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render())
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], app.metrics.render())
 }
 
 /// Records each HTTP request's latency by route template (not raw path), method and status.
@@ -203,6 +203,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let router = router(app.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
+        // Small frames must leave at once: Nagle's algorithm would hold them for the peer's
+        // delayed ACK (tens of milliseconds).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let r = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async {
                 let _ = stopped.await;

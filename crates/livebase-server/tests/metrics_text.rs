@@ -358,3 +358,39 @@ fn concurrent_recording_loses_nothing() {
     assert_eq!(e.value("livebase_http_request_duration_seconds_count", &[("status", "200")]), Some(20_000.0));
     assert_eq!(e.value("livebase_http_request_duration_seconds_count", &[("status", "201")]), Some(20_000.0));
 }
+
+mod common;
+
+/// `GET /metrics` on a live server parses, and its counters and gauges follow real traffic.
+#[tokio::test]
+async fn live_metrics_parse_and_move_when_events_flow() {
+    use serde_json::json;
+    let t = common::TestServer::start().await;
+    t.create_collection(common::items_collection()).await;
+    let scrape = || async {
+        let r = t.http.get(format!("{}/metrics", t.url)).send().await.unwrap();
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+        parse(&r.text().await.unwrap()).unwrap()
+    };
+    let before = scrape().await;
+    assert_eq!(before.value("livebase_events_committed_total", &[]), Some(0.0));
+    let mut ws = common::ws::Ws::connect(&t.url, Some(&t.admin_key)).await;
+    ws.subscribe("items", None, json!({})).await;
+    for i in 0..5 {
+        t.create("items", json!({"title": format!("m{i}")})).await;
+    }
+    for _ in 0..5 {
+        ws.next_change().await;
+    }
+    let after = scrape().await;
+    assert_eq!(after.value("livebase_events_committed_total", &[]), Some(5.0));
+    assert_eq!(after.value("livebase_events_delivered_total", &[]), Some(5.0));
+    assert_eq!(after.value("livebase_log_head_seq", &[]), Some(5.0));
+    assert_eq!(after.value("livebase_connections", &[]), Some(1.0));
+    assert_eq!(after.value("livebase_subscriptions", &[]), Some(1.0));
+    let created = [("route", "/api/collections/{name}/records"), ("method", "POST"), ("status", "201")];
+    assert_eq!(after.value("livebase_http_request_duration_seconds_count", &created), Some(5.0));
+    assert!(after.value("livebase_commit_batch_size_count", &[]).unwrap() >= 1.0);
+    assert!(after.value("livebase_fanout_latency_seconds_count", &[]).unwrap() >= 1.0);
+    drop(ws);
+}

@@ -36,9 +36,12 @@ pub async fn upgrade(
         None => app.principal(&headers),
     };
 
+    // Memory per idle connection is what decides how many fit: the read buffer is allocated up
+    // front (1 KiB; it grows for a larger frame), the write buffer only when frames are
+    // written. Frames queued together are written out together, up to 16 KiB per syscall.
     let ws = ws
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
         .max_message_size(CODEC_MAX_MESSAGE)
         .max_frame_size(CODEC_MAX_MESSAGE);
     match principal {
