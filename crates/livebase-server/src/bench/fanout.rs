@@ -60,7 +60,18 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     let key = ctx.target.admin_key.clone();
     let collection = ctx.name("fanout");
     let mut admin = HttpConn::connect(addr, &key).await?;
-    admin.create_bench_collection(&collection).await?;
+    // With --rule, every delivery passes a per-row view rule evaluated for that subscriber.
+    let rules = if opts.rule {
+        json!({"list": "auth.role == \"viewer\"",
+               "view": "(record.n >= 0 && auth.team == \"ops\") || record.pad == auth.sub"})
+    } else {
+        Value::Null
+    };
+    if opts.rule {
+        admin.create_collection_with_rules(&collection, rules).await?;
+    } else {
+        admin.create_bench_collection(&collection).await?;
+    }
     if ctx.target.is_in_process() {
         let need = opts.subscribers * 2 + 256;
         let have = super::raise_fd_limit() as usize;
@@ -84,7 +95,14 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
 
     // Subscribers: open and subscribe them all before the first write.
     ctx.progress.phase("subscribing", opts.subscribers as u64);
-    let connector = Connector::new(addr, &key);
+    let connector = if opts.rule {
+        let mut claims = serde_json::Map::new();
+        claims.insert("team".into(), json!("ops"));
+        let token = crate::auth::sign(super::target::JWT_SECRET, "bench-user", "viewer", 3600, claims)?;
+        Connector::new(addr, &token)
+    } else {
+        Connector::new(addr, &key)
+    };
     let subscribe = json!({"type": "subscribe", "ref": 1, "collection": collection});
     let mut opened: Vec<Ws> = Vec::with_capacity(opts.subscribers);
     let mut subscribe_errors = 0u64;

@@ -83,10 +83,18 @@ impl HttpConn {
     /// Creates a collection for a scenario: integer fields `t` (send time) and `n` (sequence
     /// number), text `pad`.
     pub async fn create_bench_collection(&mut self, name: &str) -> anyhow::Result<()> {
-        let def = serde_json::json!({"name": name, "fields": [
+        self.create_collection_with_rules(name, serde_json::Value::Null).await
+    }
+
+    /// The bench collection with the given `rules` object (null: none, admin only).
+    pub async fn create_collection_with_rules(&mut self, name: &str, rules: serde_json::Value) -> anyhow::Result<()> {
+        let mut def = serde_json::json!({"name": name, "fields": [
             {"name": "t", "type": "integer"},
             {"name": "n", "type": "integer"},
             {"name": "pad", "type": "text"}]});
+        if !rules.is_null() {
+            def["rules"] = rules;
+        }
         let (status, body) = self.json(Method::POST, "/api/collections", Some(&def)).await?;
         anyhow::ensure!(status == StatusCode::CREATED, "creating collection {name}: {status} {body}");
         Ok(())

@@ -146,6 +146,10 @@ pub struct BenchOptions {
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// fanout: subscribers are users (JWTs) and the collection has a per-row view rule, so
+    /// every delivery is decided by evaluating the rule for that subscriber.
+    #[arg(long)]
+    pub rule: bool,
     /// Run the self-started server inside the bench process instead of as a child process
     /// (its memory and CPU then include the generator's).
     #[arg(long)]
@@ -171,6 +175,7 @@ impl Default for BenchOptions {
             connections: None,
             missed: 10_000,
             json: false,
+            rule: false,
             in_process: false,
             quiet: false,
             server_exe: None,

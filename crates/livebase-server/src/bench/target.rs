@@ -21,6 +21,9 @@ enum Kind {
     External,
 }
 
+/// The HS256 secret of servers the bench starts itself (user tokens for `--rule`).
+pub const JWT_SECRET: &str = "livebase-bench-secret";
+
 impl Target {
     pub async fn start(opts: &BenchOptions) -> anyhow::Result<Target> {
         let key = || format!("lb_bench_{}", hex::encode(rand::random::<[u8; 16]>()));
@@ -40,6 +43,12 @@ impl Target {
                 .arg(dir.path())
                 .arg("--admin-key")
                 .arg(&admin_key)
+                .arg("--jwt-secret")
+                .arg(JWT_SECRET)
+                .arg("--rate-limit")
+                .arg("0")
+                .arg("--ws-rate-limit")
+                .arg("0")
                 .arg("--log")
                 .arg("warn")
                 .env_remove("LIVEBASE_SCHEMA")
@@ -73,6 +82,9 @@ impl Target {
         }
         let mut config = crate::Config::for_dir(dir.path().to_path_buf());
         config.admin_key = Some(admin_key.clone());
+        config.jwt_secret = Some(JWT_SECRET.into());
+        config.rate_limit = 0.0;
+        config.ws_rate_limit = 0.0;
         let server = crate::start(config).await?;
         Ok(Target { addr: server.addr, admin_key, kind: Kind::InProcess { server, _dir: dir } })
     }

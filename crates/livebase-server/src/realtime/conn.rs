@@ -90,13 +90,15 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
     let mut last_seen = Instant::now();
     let mut bucket = Bucket::new(limits.ws_burst);
     let mut expired = false;
+    // One timer for the token's expiry, reset only when the token changes (not per frame).
+    let mut expiry = Box::pin(tokio::time::sleep(expires_in(&principal, expired)));
     loop {
-        let expiry = expires_in(&principal, expired);
         tokio::select! {
             biased;
-            _ = tokio::time::sleep(expiry) => {
+            _ = &mut expiry => {
                 // Deliveries stop until the client sends a fresh token with `auth`.
                 expired = true;
+                expiry.as_mut().reset(Instant::now() + expires_in(&principal, expired));
                 hub.pause(conn);
                 reply(&tx, ProtoError::new(&None, "token_expired", "the token has expired; send a fresh one with 'auth'").frame());
             }
@@ -142,6 +144,7 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                         }
                         if handle(&app, &hub, conn, &tx, &mut principal, t.as_str()) {
                             expired = false;
+                            expiry.as_mut().reset(Instant::now() + expires_in(&principal, expired));
                         }
                     }
                     Message::Binary(_) => reply(&tx, ProtoError::new(&None, "bad_request", "frames must be JSON text").frame()),

@@ -1,11 +1,15 @@
 //! The writer thread: the only connection that writes.
 //!
 //! Requests queue on a channel. The thread takes every request waiting (up to
-//! [`MAX_BATCH`]), applies each inside its own SAVEPOINT of one transaction, and commits once:
-//! many requests, one fsync (group commit). A request that fails rolls back only its own
-//! savepoint, so one bad op never fails its neighbours. Sequence numbers are assigned here,
-//! in apply order, which is commit order; after COMMIT the batch's events are pushed to the
-//! [`LogTail`] and only then are the callers answered.
+//! [`MAX_BATCH`]), applies each inside its own SAVEPOINT of one transaction, and commits once
+//! (group commit). A request that fails rolls back only its own savepoint, so one bad op never
+//! fails its neighbours. Sequence numbers are assigned here, in apply order, which is commit
+//! order.
+//!
+//! Commits are pipelined: COMMIT hands the WAL frames to the OS and the batch goes to the
+//! sync thread ([`sync_loop`]), which fdatasyncs the WAL — one sync for every batch committed
+//! meanwhile — and only then pushes the events to the [`LogTail`] and answers the callers.
+//! While one batch is being synced, the next one is already being applied.
 
 use super::ddl;
 use super::rows::{field_type, row_to_record, select_columns, to_sql};
@@ -40,11 +44,12 @@ pub type BatchObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 
 pub struct Writer {
     pub conn: Connection,
+    /// Where committed batches go to be made durable and answered.
+    pub synced: crossbeam_channel::Sender<Committed>,
+    pub wal: Arc<WalSync>,
     pub schema: Arc<RwLock<Arc<Schema>>>,
-    pub tail: Arc<LogTail>,
     pub next_seq: u64,
     pub retention: Retention,
-    pub on_batch: Option<BatchObserver>,
     /// The oldest sequence number still in `_lb_changes`, as far as the writer knows.
     pub log_start: u64,
 }
@@ -152,7 +157,6 @@ impl Writer {
             }
             return;
         }
-        self.tail.push(events.into_iter().map(Arc::new).collect());
         // Count-based retention: trim once the log exceeds its limit by 1% (at least one event).
         if let Some(max) = self.retention.max_events {
             let len = self.next_seq.saturating_sub(self.log_start);
@@ -160,12 +164,10 @@ impl Writer {
                 self.trim();
             }
         }
-        for ((_, reply), r) in writes.into_iter().zip(results) {
-            let _ = reply.send(r);
-        }
-        if let Some(obs) = &self.on_batch {
-            obs(n, started.elapsed());
-        }
+        // The batch is committed but not yet on disk: the sync thread makes it durable, then
+        // publishes its events and answers, while this thread goes on with the next batch.
+        let replies = writes.into_iter().map(|(_, reply)| reply).zip(results).collect();
+        let _ = self.synced.send(Committed { events, replies, started });
     }
 
     /// One request inside its own savepoint.
@@ -546,6 +548,8 @@ impl Writer {
     fn change_schema(&mut self, change: SchemaChange) -> Result<Arc<Schema>, StoreError> {
         let current = self.schema.read().clone();
         let next = ddl::apply(&mut self.conn, &current, change)?;
+        // Rare: made durable right here rather than through the sync thread.
+        self.wal.sync().map_err(|e| StoreError::Internal(format!("cannot sync the log: {e}")))?;
         self.conn.flush_prepared_statement_cache();
         let next = Arc::new(next);
         *self.schema.write() = next.clone();
@@ -579,6 +583,74 @@ impl Writer {
         );
         if let Err(e) = r.and(r2) {
             tracing::warn!(error = %e, "trimming the change log failed");
+        }
+    }
+}
+
+/// A committed batch waiting to be made durable: its events and its callers' answers.
+pub struct Committed {
+    events: Vec<ChangeEvent>,
+    replies: Vec<(oneshot::Sender<Result<WriteResult, StoreError>>, Result<WriteResult, StoreError>)>,
+    started: Instant,
+}
+
+/// `fdatasync` of the write-ahead log file. The writer commits with `synchronous=OFF`, so a
+/// COMMIT only hands the WAL frames to the OS; syncing the file afterwards makes every
+/// transaction committed before the call durable (the WAL is append-only between
+/// checkpoints, and the checkpointer's own connection syncs the database file before the WAL
+/// is reused).
+pub struct WalSync {
+    path: std::path::PathBuf,
+    file: parking_lot::Mutex<Option<std::fs::File>>,
+}
+
+impl WalSync {
+    pub fn new(db_path: &std::path::Path) -> WalSync {
+        let mut p = db_path.as_os_str().to_owned();
+        p.push("-wal");
+        WalSync { path: p.into(), file: parking_lot::Mutex::new(None) }
+    }
+
+    pub fn sync(&self) -> std::io::Result<()> {
+        let mut f = self.file.lock();
+        if f.is_none() {
+            *f = Some(std::fs::File::open(&self.path)?);
+        }
+        match f.as_ref() {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The sync thread: one `fdatasync` covers every batch committed since the previous one;
+/// then, in commit order, events go to the [`LogTail`] and callers get their answers. An
+/// acknowledged write is therefore always on disk, and subscribers only hear of durable
+/// changes.
+pub fn sync_loop(
+    rx: crossbeam_channel::Receiver<Committed>,
+    wal: Arc<WalSync>,
+    tail: Arc<LogTail>,
+    on_batch: Option<BatchObserver>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut done = vec![first];
+        done.extend(rx.try_iter());
+        if let Err(e) = wal.sync() {
+            // Committed data whose durability is unknown must not be acknowledged, and it is
+            // already visible to readers: stop, and let recovery decide (as databases do).
+            tracing::error!(error = %e, path = %wal.path.display(), "fdatasync of the write-ahead log failed; aborting");
+            std::process::abort();
+        }
+        for c in done {
+            tail.push(c.events.into_iter().map(Arc::new).collect());
+            let n = c.replies.len();
+            for (reply, r) in c.replies {
+                let _ = reply.send(r);
+            }
+            if let Some(obs) = &on_batch {
+                obs(n, c.started.elapsed());
+            }
         }
     }
 }
