@@ -92,6 +92,9 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
     let mut expired = false;
     // One timer for the token's expiry, reset only when the token changes (not per frame).
     let mut expiry = Box::pin(tokio::time::sleep(expires_in(&principal, expired)));
+    // Registered once: re-creating it per iteration would lock the Notify's waiter list for
+    // every frame written.
+    let mut closing = Box::pin(close.notify.notified());
     loop {
         tokio::select! {
             biased;
@@ -102,7 +105,7 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                 hub.pause(conn);
                 reply(&tx, ProtoError::new(&None, "token_expired", "the token has expired; send a fresh one with 'auth'").frame());
             }
-            _ = close.notify.notified() => {
+            _ = &mut closing => {
                 let (code, why) = (*close.reason.lock()).unwrap_or((1000, "closed"));
                 reason = why;
                 let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
@@ -124,7 +127,7 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                 // A client that stops reading must not pin this task: a close wins.
                 tokio::select! {
                     r = write => if r.is_err() { reason = "write_failed"; break },
-                    _ = close.notify.notified() => {
+                    _ = &mut closing => {
                         reason = (*close.reason.lock()).map(|r| r.1).unwrap_or("closed");
                         break;
                     }
