@@ -416,3 +416,108 @@ async fn subscriptions_per_connection_are_capped() {
     let e = ws.request(json!({"type": "subscribe", "collection": "ledger", "filter": "amount=eq.3"})).await;
     assert_eq!(e["code"], "too_many_subscriptions");
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn signed(alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey, kid: Option<&str>) -> String {
+    let mut claims = Map::new();
+    claims.insert("sub".into(), json!("u-asym"));
+    claims.insert("role".into(), json!("clerk"));
+    claims.insert("dept".into(), json!("warehouse"));
+    claims.insert("exp".into(), json!(jsonwebtoken::get_current_timestamp() + 300));
+    let mut h = jsonwebtoken::Header::new(alg);
+    h.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&h, &claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_verify_against_configured_public_keys() {
+    let rsa =
+        jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixture("test_rsa_private.pem")).unwrap())
+            .unwrap();
+    let ec = jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(fixture("test_ec_private.pem")).unwrap())
+        .unwrap();
+    let rs_token = signed(jsonwebtoken::Algorithm::RS256, &rsa, None);
+    let es_token = signed(jsonwebtoken::Algorithm::ES256, &ec, Some("k1"));
+    let list = |t: &TestServer, tok: String| {
+        let req = t.http.get(format!("{}/api/collections/ledger/records", t.url)).bearer_auth(tok);
+        async move { req.send().await.unwrap().status() }
+    };
+
+    // An RSA public key in PEM: RS256 tokens work; others are refused.
+    let t = TestServer::start_with(|c| c.jwt_public_key = Some(fixture("test_rsa_public.pem"))).await;
+    t.create_collection(ledger()).await;
+    assert_eq!(list(&t, rs_token.clone()).await, StatusCode::OK);
+    assert_eq!(list(&t, es_token.clone()).await, StatusCode::UNAUTHORIZED, "no EC key configured");
+    assert_eq!(
+        list(&t, token("c1", "clerk", "warehouse", 60)).await,
+        StatusCode::UNAUTHORIZED,
+        "no HS256 secret"
+    );
+
+    // A JWKS file with the EC key (kid k1): ES256 tokens work.
+    let t = TestServer::start_with(|c| c.jwks = Some(fixture("test_jwks.json"))).await;
+    t.create_collection(ledger()).await;
+    assert_eq!(list(&t, es_token).await, StatusCode::OK);
+    assert_eq!(list(&t, rs_token).await, StatusCode::UNAUTHORIZED);
+    let r = f_actor(&t).await;
+    assert_eq!(r, "u-asym", "the token's sub is the actor");
+}
+
+/// Creates a record with an ES256 user token and returns the actor the change log recorded.
+async fn f_actor(t: &TestServer) -> String {
+    let ec = jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(fixture("test_ec_private.pem")).unwrap())
+        .unwrap();
+    let tok = signed(jsonwebtoken::Algorithm::ES256, &ec, Some("k1"));
+    let r = t
+        .http
+        .post(format!("{}/api/collections/ledger/records", t.url))
+        .bearer_auth(tok)
+        .json(&json!({"dept": "warehouse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    t.changes(0).await.last().unwrap()["actor"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn the_audit_log_filters_by_collection_record_actor_and_time() {
+    let f = Fixture::start().await;
+    let a = f.create_as(&f.clerk, json!({"dept": "warehouse", "owner": "c1", "title": "a"})).await;
+    let aid = a["id"].as_str().unwrap();
+    f.as_user(
+        &f.clerk,
+        Method::PATCH,
+        &format!("/api/collections/ledger/records/{aid}"),
+        Some(json!({"title": "a2"})),
+    )
+    .await;
+    f.create_as(&f.accountant, json!({"dept": "finance", "owner": "a1"})).await;
+    let mid = f.t.changes(0).await[1]["committed_at"].as_str().unwrap().to_string();
+    f.create_as(&f.t.admin_key, json!({"dept": "warehouse", "owner": "x"})).await;
+
+    let events = |q: String| {
+        let t = &f.t;
+        async move {
+            let (s, b) = t.get(&format!("/api/changes?since=0&{q}")).await;
+            assert_eq!(s, StatusCode::OK, "{q}: {b}");
+            b["events"].as_array().unwrap().clone()
+        }
+    };
+    let by_record = events(format!("record_id={aid}")).await;
+    assert_eq!(by_record.iter().map(|e| e["op"].as_str().unwrap()).collect::<Vec<_>>(), ["insert", "update"]);
+    assert_eq!(by_record[1]["old"]["title"], "a");
+    assert_eq!(by_record[1]["new"]["title"], "a2");
+    assert_eq!(events("actor=a1".into()).await.len(), 1);
+    assert_eq!(events("actor=admin&collection=ledger".into()).await.len(), 1);
+    let from: Vec<u64> =
+        events(format!("from={mid}")).await.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(from, [2, 3, 4]);
+    let to: Vec<u64> = events(format!("to={mid}")).await.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(to, [1, 2]);
+    let (s, e) = f.t.get("/api/changes?since=0&from=yesterday").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+}

@@ -87,7 +87,11 @@ impl HttpConn {
     }
 
     /// The bench collection with the given `rules` object (null: none, admin only).
-    pub async fn create_collection_with_rules(&mut self, name: &str, rules: serde_json::Value) -> anyhow::Result<()> {
+    pub async fn create_collection_with_rules(
+        &mut self,
+        name: &str,
+        rules: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let mut def = serde_json::json!({"name": name, "fields": [
             {"name": "t", "type": "integer"},
             {"name": "n", "type": "integer"},

@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use writer::{internal, Job, Writer};
 
-
 pub use writer::{BatchObserver, MAX_BATCH};
 
 pub struct SqliteOptions {
