@@ -67,7 +67,10 @@ struct ConnEntry {
 }
 
 enum SubState {
-    Live,
+    /// Receives every matching event after this sequence. The bound matters for a live query:
+    /// its snapshot may already reflect events the hub has not dispatched yet (committed, still
+    /// being synced), and those must not arrive a second time.
+    Live(u64),
     /// History is being sent; live frames wait here as (seq, frame).
     CatchingUp(Vec<(u64, Utf8Bytes)>),
     /// The connection's token expired after every event up to this sequence was queued.
@@ -365,7 +368,8 @@ impl Hub {
                 let frame = frames.get(ev, qid, seen);
                 match state {
                     SubState::Paused(_) => {}
-                    SubState::Live => match c.handle.tx.try_send(frame) {
+                    SubState::Live(after) if ev.seq <= *after => {}
+                    SubState::Live(_) => match c.handle.tx.try_send(frame) {
                         Ok(()) => *delivered += 1,
                         Err(_) => slow.push(*conn),
                     },
@@ -557,7 +561,7 @@ impl Hub {
         let at = reg.dispatched;
         match start {
             Start::Now => {
-                q.subscribers.insert(conn, SubState::Live);
+                q.subscribers.insert(conn, SubState::Live(at));
                 // Queued under the lock, so it precedes every change the hub sends next.
                 let _ = entry.handle.tx.try_send(protocol::subscribed(&reference, qid, at));
             }
@@ -779,9 +783,9 @@ impl Hub {
                 };
                 match state {
                     // Live already, or paused again: `reauthorize` restarts the catch-up.
-                    SubState::Live | SubState::Paused(_) => return,
+                    SubState::Live(_) | SubState::Paused(_) => return,
                     SubState::CatchingUp(buf) if buf.is_empty() => {
-                        *state = SubState::Live;
+                        *state = SubState::Live(covered);
                         return;
                     }
                     SubState::CatchingUp(buf) => std::mem::take(buf),
