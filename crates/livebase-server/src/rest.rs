@@ -298,6 +298,15 @@ async fn get_record(
     Ok(resp)
 }
 
+/// An optional JSON member: absent or null is `Some(None)`, a value `get` accepts is
+/// `Some(Some(..))`, anything else `None` (the caller names the error).
+fn optional<T>(v: Option<Value>, get: impl FnOnce(&Value) -> Option<T>) -> Option<Option<T>> {
+    match v {
+        None | Some(Value::Null) => Some(None),
+        Some(v) => get(&v).map(Some),
+    }
+}
+
 /// The base version a client sent: `If-Match: 3` / `If-Match: "3"` or `expected_version`.
 fn base_version(headers: &HeaderMap, data: &mut Map<String, Value>) -> Result<Option<i64>, ApiError> {
     let bad = || {
@@ -306,10 +315,7 @@ fn base_version(headers: &HeaderMap, data: &mut Map<String, Value>) -> Result<Op
             "If-Match / expected_version must be a record version (an integer)",
         )
     };
-    let from_body = match data.remove("expected_version") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().ok_or_else(bad)?),
-    };
+    let from_body = optional(data.remove("expected_version"), Value::as_i64).ok_or_else(bad)?;
     let from_header = match headers.get(axum::http::header::IF_MATCH) {
         None => None,
         Some(h) => {
@@ -328,17 +334,9 @@ async fn create_record(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (bytes, mut data) = read_object(&app, body).await?;
-    let id = match data.remove("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                "id must be a string",
-            ))
-        }
-    };
+    let id = optional(data.remove("id"), |v| v.as_str().map(str::to_string)).ok_or_else(|| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "id must be a string")
+    })?;
     let op = WriteOp::Create { collection: name.clone(), id, data };
     mutate(&app, &who, &headers, Method::POST, &name, &bytes, vec![op], single_response).await
 }
@@ -398,18 +396,11 @@ fn parse_batch_op(collection: &str, op: Value) -> Result<WriteOp, ApiError> {
         return Err(ApiError::bad_request("bad_batch", "each op must be an object"));
     };
     let kind = m.remove("op").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    let id = match m.remove("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err(ApiError::bad_request("bad_batch", "id must be a string")),
-    };
-    let base_version = match m.remove("if_version").or_else(|| m.remove("expected_version")) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_i64()
-                .ok_or_else(|| ApiError::bad_request("bad_version", "if_version must be an integer"))?,
-        ),
-    };
+    let id = optional(m.remove("id"), |v| v.as_str().map(str::to_string))
+        .ok_or_else(|| ApiError::bad_request("bad_batch", "id must be a string"))?;
+    let base_version =
+        optional(m.remove("if_version").or_else(|| m.remove("expected_version")), Value::as_i64)
+            .ok_or_else(|| ApiError::bad_request("bad_version", "if_version must be an integer"))?;
     let data = match m.remove("data") {
         None => Map::new(),
         Some(Value::Object(d)) => d,
