@@ -34,8 +34,11 @@ use tokio::sync::oneshot;
 /// Most requests sharing one transaction.
 pub const MAX_BATCH: usize = 512;
 
+/// Where a write request's answer goes.
+pub type Reply = oneshot::Sender<Result<WriteResult, StoreError>>;
+
 pub enum Job {
-    Write(WriteRequest, oneshot::Sender<Result<WriteResult, StoreError>>),
+    Write(WriteRequest, Reply),
     Schema(SchemaChange, oneshot::Sender<Result<Arc<Schema>, StoreError>>),
 }
 
@@ -119,10 +122,7 @@ impl Writer {
         }
     }
 
-    fn commit_writes(
-        &mut self,
-        mut writes: Vec<(WriteRequest, oneshot::Sender<Result<WriteResult, StoreError>>)>,
-    ) {
+    fn commit_writes(&mut self, mut writes: Vec<(WriteRequest, Reply)>) {
         if writes.is_empty() {
             return;
         }
@@ -590,7 +590,7 @@ impl Writer {
 /// A committed batch waiting to be made durable: its events and its callers' answers.
 pub struct Committed {
     events: Vec<ChangeEvent>,
-    replies: Vec<(oneshot::Sender<Result<WriteResult, StoreError>>, Result<WriteResult, StoreError>)>,
+    replies: Vec<(Reply, Result<WriteResult, StoreError>)>,
     started: Instant,
 }
 
