@@ -3,19 +3,18 @@
  * only ever hold what the user may see, and an expiring token is refreshed on the open
  * socket (`auth`) with nothing missed.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { LivebaseClient, LivebaseError } from '@livebase/client';
-import { TestServer, userToken } from './server.js';
-import { client, waitFor } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import type { LivebaseError } from '@livebase/client';
+import { type TestServer, userToken } from './server.js';
+import { client, serverPerTest, waitFor } from './helpers.js';
 
 const SECRET = 'test-secret-for-hs256-tokens-0123456789';
 type Note = { title: string; owner: string };
 
 let t: TestServer;
-const clients: LivebaseClient[] = [];
-beforeEach(async () => {
-  t = await TestServer.start({ jwtSecret: SECRET });
-  await t.createCollection({
+const clients = serverPerTest((s) => (t = s), {
+  start: { jwtSecret: SECRET },
+  collection: {
     name: 'notes',
     fields: [
       { name: 'title', type: 'text', required: true },
@@ -28,11 +27,7 @@ beforeEach(async () => {
       update: 'record.owner == auth.sub',
       delete: 'record.owner == auth.sub',
     },
-  });
-});
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await t?.stop();
+  },
 });
 
 async function adminCreate(title: string, owner: string): Promise<void> {

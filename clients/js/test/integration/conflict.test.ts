@@ -2,23 +2,15 @@
  * Conflicts: a write based on a version someone else has since changed comes back 409 and
  * is resolved on the client, by `onConflict` (possibly after asking the user) or a strategy.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AnyRow, ConflictInfo, LivebaseClient } from '@livebase/client';
-import { TestServer, itemsCollection } from './server.js';
-import { client, waitFor } from './helpers.js';
+import { type TestServer, itemsCollection } from './server.js';
+import { client, serverPerTest, waitFor } from './helpers.js';
 
 type Item = { title: string; qty?: number | null; status?: string | null; note?: string | null };
 
 let t: TestServer;
-const clients: LivebaseClient[] = [];
-beforeEach(async () => {
-  t = await TestServer.start();
-  await t.createCollection(itemsCollection);
-});
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await t?.stop();
-});
+const clients = serverPerTest((s) => (t = s), { collection: itemsCollection });
 
 function keep(c: LivebaseClient): LivebaseClient {
   clients.push(c);

@@ -2,23 +2,15 @@
  * Clients converge on the server's state: concurrent random writes from two clients, and a
  * client that worked offline while others kept writing.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AnyRow, LiveQuery, LivebaseClient, QueueStatus } from '@livebase/client';
-import { TestServer, itemsCollection } from './server.js';
-import { byId, client, rng, waitFor } from './helpers.js';
+import { type TestServer, itemsCollection } from './server.js';
+import { byId, client, rng, serverPerTest, waitFor } from './helpers.js';
 
 type Item = { title: string; qty?: number | null; status?: string | null; done?: boolean | null; note?: string | null };
 
 let t: TestServer;
-const clients: LivebaseClient[] = [];
-beforeEach(async () => {
-  t = await TestServer.start();
-  await t.createCollection(itemsCollection);
-});
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await t?.stop();
-});
+const clients = serverPerTest((s) => (t = s), { collection: itemsCollection });
 
 function track(c: LivebaseClient): LivebaseClient {
   clients.push(c);

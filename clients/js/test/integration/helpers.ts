@@ -1,6 +1,31 @@
 import WebSocket from 'ws';
 import { createClient, type LivebaseClient, type LivebaseClientOptions, type WebSocketConstructor } from '@livebase/client';
-import type { TestServer } from './server.js';
+import { afterEach, beforeEach } from 'vitest';
+import { TestServer, type ServerOptions } from './server.js';
+
+/**
+ * Registers the per-test fixture shared by the integration files: a fresh server before each
+ * test (with `collection` created, when given), handed to `set`; after each test, the clients
+ * pushed onto the returned list are closed and the server stopped.
+ */
+export function serverPerTest(
+  set: (t: TestServer) => void,
+  opts: { start?: ServerOptions; collection?: unknown } = {},
+): LivebaseClient[] {
+  const clients: LivebaseClient[] = [];
+  let server: TestServer | undefined;
+  beforeEach(async () => {
+    server = await TestServer.start(opts.start);
+    set(server);
+    if (opts.collection) await server.createCollection(opts.collection);
+  });
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.close()));
+    await server?.stop();
+    server = undefined;
+  });
+  return clients;
+}
 
 /** A client against the test server (admin key as token; `ws` as WebSocket; quick reconnects). */
 export function client(t: TestServer, extra: Partial<LivebaseClientOptions> = {}): LivebaseClient {

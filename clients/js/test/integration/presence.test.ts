@@ -1,19 +1,12 @@
 /** Presence and broadcast between real clients. */
 import WebSocket from 'ws';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { LivebaseClient, PresenceEvent, WebSocketConstructor } from '@livebase/client';
-import { TestServer } from './server.js';
-import { client, waitFor } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import type { PresenceEvent, WebSocketConstructor } from '@livebase/client';
+import type { TestServer } from './server.js';
+import { client, serverPerTest, waitFor } from './helpers.js';
 
 let t: TestServer;
-const clients: LivebaseClient[] = [];
-beforeEach(async () => {
-  t = await TestServer.start();
-});
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await t?.stop();
-});
+const clients = serverPerTest((s) => (t = s));
 
 /** A `ws` WebSocket that remembers its instances, so a test can cut one at the TCP level. */
 function trackingWebSocket(sockets: WebSocket[]): WebSocketConstructor {
