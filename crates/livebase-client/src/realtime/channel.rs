@@ -150,15 +150,7 @@ impl Channel {
 
     /// Broadcasts on this channel (fire and forget).
     pub async fn broadcast(&self, event: &str, payload: Value, self_: bool) -> Result<()> {
-        self.request(|reply| Command::Broadcast {
-            channel: self.name.clone(),
-            event: event.to_string(),
-            payload,
-            self_,
-            ack: false,
-            reply,
-        })
-        .await
+        self.request(Command::broadcast(&self.name, event, payload, self_, false)).await
     }
 
     /// Leaves the channel and waits for the server's `ok`.

@@ -301,28 +301,12 @@ impl RealtimeHandle {
     /// Sends a broadcast to the channel's members (to this connection too when `self_`).
     /// Fire and forget: returns once queued; [`Error::NotConnected`] while reconnecting.
     pub async fn broadcast(&self, channel: &str, event: &str, payload: Value, self_: bool) -> Result<()> {
-        self.request(|reply| Command::Broadcast {
-            channel: channel.to_string(),
-            event: event.to_string(),
-            payload,
-            self_,
-            ack: false,
-            reply,
-        })
-        .await
+        self.request(Command::broadcast(channel, event, payload, self_, false)).await
     }
 
     /// [`RealtimeHandle::broadcast`] that waits for the server's `ok` (`ack: true`).
     pub async fn broadcast_ack(&self, channel: &str, event: &str, payload: Value, self_: bool) -> Result<()> {
-        self.request(|reply| Command::Broadcast {
-            channel: channel.to_string(),
-            event: event.to_string(),
-            payload,
-            self_,
-            ack: true,
-            reply,
-        })
-        .await
+        self.request(Command::broadcast(channel, event, payload, self_, true)).await
     }
 
     /// Round-trip time of a `ping` frame to its `pong`.

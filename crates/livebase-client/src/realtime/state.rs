@@ -75,6 +75,20 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// A broadcast request, as the handle and a [`super::Channel`] both send it.
+    pub(crate) fn broadcast(
+        channel: &str,
+        event: &str,
+        payload: Value,
+        self_: bool,
+        ack: bool,
+    ) -> impl FnOnce(oneshot::Sender<Result<()>>) -> Command {
+        let (channel, event) = (channel.to_string(), event.to_string());
+        move |reply| Command::Broadcast { channel, event, payload, self_, ack, reply }
+    }
+}
+
 /// A request waiting for its reply, by `ref`.
 #[derive(Debug)]
 enum Pending {
