@@ -338,7 +338,7 @@ async fn create_record(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "id must be a string")
     })?;
     let op = WriteOp::Create { collection: name.clone(), id, data };
-    mutate(&app, &who, &headers, Method::POST, &name, &bytes, vec![op], single_response).await
+    mutate(&app, &who, &headers, Method::POST, &name, &name, &bytes, vec![op], single_response).await
 }
 
 async fn update_record(
@@ -352,7 +352,7 @@ async fn update_record(
     let base_version = base_version(&headers, &mut data)?;
     let op = WriteOp::Update { collection: name.clone(), id: id.clone(), data, base_version };
     let path = format!("{name}/{id}");
-    mutate(&app, &who, &headers, Method::PATCH, &path, &bytes, vec![op], single_response).await
+    mutate(&app, &who, &headers, Method::PATCH, &name, &path, &bytes, vec![op], single_response).await
 }
 
 async fn delete_record(
@@ -364,7 +364,7 @@ async fn delete_record(
     let base_version = base_version(&headers, &mut Map::new())?;
     let op = WriteOp::Delete { collection: name.clone(), id: id.clone(), base_version };
     let path = format!("{name}/{id}");
-    mutate(&app, &who, &headers, Method::DELETE, &path, &[], vec![op], single_response).await
+    mutate(&app, &who, &headers, Method::DELETE, &name, &path, &[], vec![op], single_response).await
 }
 
 async fn batch(
@@ -388,7 +388,8 @@ async fn batch(
             ApiError { message: msg, ..e }.with_details(json!({ "index": index }))
         })?);
     }
-    mutate(&app, &who, &headers, Method::POST, &format!("{name}/batch"), &bytes, ops, batch_response).await
+    mutate(&app, &who, &headers, Method::POST, &name, &format!("{name}/batch"), &bytes, ops, batch_response)
+        .await
 }
 
 fn parse_batch_op(collection: &str, op: Value) -> Result<WriteOp, ApiError> {
@@ -482,23 +483,25 @@ fn batch_response(r: &OpsResult, show: &Show) -> (StatusCode, Value) {
     }
 }
 
-/// Applies ops as one request: idempotency key, actor, response rendering.
+/// Applies ops as one request: idempotency key, actor, response rendering. `path` (with the
+/// method and body) identifies the request for its idempotency fingerprint.
 #[allow(clippy::too_many_arguments)]
 async fn mutate(
     app: &App,
     who: &Principal,
     headers: &HeaderMap,
     method: Method,
+    collection: &str,
     path: &str,
     body: &[u8],
     ops: Vec<WriteOp>,
     respond: fn(&OpsResult, &Show) -> (StatusCode, Value),
 ) -> Result<Response, ApiError> {
-    // `path` is "{collection}" or "{collection}/{id or batch}".
-    let collection = path.split('/').next().unwrap_or_default().to_string();
     let access = app.access();
-    let show = Show { access: access.clone(), who: who.clone(), collection };
-    let render_show = Show { access: access.clone(), who: who.clone(), collection: show.collection.clone() };
+    // One renderer for the live answer and (when an idempotency key asks) the stored one.
+    let show =
+        Arc::new(Show { access: access.clone(), who: who.clone(), collection: collection.to_string() });
+    let render_show = show.clone();
     let authorize: Option<livebase_store::Authorize> = if who.is_admin() {
         None
     } else {
