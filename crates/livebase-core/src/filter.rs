@@ -1,4 +1,5 @@
-//! The filter grammar shared by REST list queries, realtime subscriptions and (later) rules.
+//! The filter grammar shared by REST list queries and realtime subscriptions. (Rules are a
+//! separate expression language: see `rules`.)
 //!
 //! PostgREST operator syntax, as `key=value` pairs that are ANDed:
 //!

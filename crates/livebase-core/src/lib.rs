@@ -4,7 +4,8 @@
 //! - [`schema`]: collection definitions, their checks and migrations between versions.
 //! - [`record`]: the record value, canonical timestamps, time-ordered ids.
 //! - [`validate`]: incoming data checked and normalized against a collection.
-//! - [`filter`]: the filter grammar (PostgREST operators) shared by REST, realtime and rules;
+//! - [`filter`]: the filter grammar (PostgREST operators) shared by REST lists and realtime
+//!   subscriptions (rules have their own expression language, [`rules`]);
 //!   parsing, binding to a schema and evaluation.
 //! - [`rules`]: per-collection access rules (`record.owner == auth.sub`): parsing, checks and
 //!   evaluation against the caller's claims, the stored record and the incoming data.

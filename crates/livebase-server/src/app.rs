@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::realtime::hub::Hub;
+use crate::service::Service;
 use axum::http::HeaderMap;
 use livebase_store::Store;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct App {
 
 pub struct AppInner {
     pub store: Arc<dyn Store>,
+    /// What every front end calls: access decided inside.
+    pub service: Service,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     pub config: Config,

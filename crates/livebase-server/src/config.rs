@@ -78,6 +78,9 @@ pub struct Config {
     /// Log filter, e.g. `info`, `livebase=debug`.
     #[arg(long, env = "LIVEBASE_LOG", default_value = "info")]
     pub log: String,
+    /// This node's name, part of every connection id (generated when absent).
+    #[arg(long, env = "LIVEBASE_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 impl Config {
@@ -108,6 +111,7 @@ impl Config {
             heartbeat_timeout_ms: 45_000,
             max_snapshot_rows: 10_000,
             log: "warn".into(),
+            node_id: None,
         }
     }
 }

@@ -54,6 +54,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(e: crate::service::ServiceError) -> ApiError {
+        match e {
+            crate::service::ServiceError::Store(e) => e.into(),
+            crate::service::ServiceError::AdminOnly(m) => ApiError::unauthorized(m),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         use StatusCode as S;

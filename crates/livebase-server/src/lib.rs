@@ -11,7 +11,9 @@
 //! - [`realtime`]: the WebSocket protocol, the hub (fan-out, resume, live queries), presence.
 //! - [`metrics`]: Prometheus metrics of one server.
 //! - [`bench`]: `livebase bench`, the load generator behind the published figures.
-//! - [`rest`]: REST handlers for collections, records, batches and the change log.
+//! - [`service`]: the operations every front end calls (list, get, write, snapshot, changes,
+//!   schema), each deciding the caller's access inside.
+//! - [`rest`]: the native REST API: thin translations of HTTP onto [`service`].
 //! - [`schema_file`]: collections declared in a JSON/TOML file.
 //! - [`demo`]: the example logistics schema and data behind `serve --demo`.
 //!
@@ -31,6 +33,7 @@ pub mod realtime;
 pub mod rest;
 pub mod schema_file;
 pub mod server;
+pub mod service;
 
 pub use config::Config;
 pub use server::{start, Server};

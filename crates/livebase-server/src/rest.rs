@@ -1,25 +1,24 @@
-//! REST: collections (admin), records, batches and the change log.
+//! REST: collections (admin), records, batches and the change log — thin translations of
+//! HTTP onto the [`Service`](crate::service::Service) calls, which decide access.
 
-use crate::access::Access;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::service::Viewer;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use livebase_core::query::{effective_order, encode_cursor, ListQuery};
+use livebase_core::query::ListQuery;
 use livebase_core::schema::Collection;
 use livebase_core::Record;
 use livebase_store::{
-    ChangeQuery, Idempotency, OpOutcome, OpsResult, SchemaChange, StoredResponse, WriteOp, WriteRequest,
-    WriteResult,
+    ChangeQuery, Idempotency, OpOutcome, OpsResult, SchemaChange, StoredResponse, WriteOp, WriteResult,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 
 pub fn routes(app: App) -> Router<App> {
     Router::new()
@@ -75,14 +74,6 @@ async fn authenticate(
     next.run(req).await
 }
 
-fn require_admin(who: &Principal) -> Result<(), ApiError> {
-    if who.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized("this endpoint needs the admin key: Authorization: Bearer <admin key>"))
-    }
-}
-
 /// Reads a body of at most `max_body` bytes and parses it as a JSON object.
 pub async fn read_object(app: &App, body: Body) -> Result<(Bytes, Map<String, Value>), ApiError> {
     let bytes = axum::body::to_bytes(body, app.config.max_body).await.map_err(|_| {
@@ -118,8 +109,7 @@ async fn list_collections(
     State(app): State<App>,
     Extension(who): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    require_admin(&who)?;
-    let schema = app.store.schema();
+    let schema = app.service.collections(&who)?;
     let items: Vec<&Collection> = schema.collections.values().collect();
     Ok(Json(json!({ "items": items })).into_response())
 }
@@ -129,16 +119,7 @@ async fn get_collection(
     Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin(&who)?;
-    let schema = app.store.schema();
-    let c = schema.get(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "collection_not_found",
-            format!("collection '{name}' does not exist"),
-        )
-    })?;
-    Ok(Json(c).into_response())
+    Ok(Json(app.service.collection(&who, &name)?).into_response())
 }
 
 fn parse_collection(v: Value) -> Result<Collection, ApiError> {
@@ -152,10 +133,10 @@ async fn create_collection(
     Extension(who): Extension<Principal>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_admin(&who)?;
+    app.service.collections(&who)?;
     let (_, obj) = read_object(&app, body).await?;
     let c = parse_collection(Value::Object(obj))?;
-    let schema = app.store.change_schema(SchemaChange::Create(c.clone())).await?;
+    let schema = app.service.change_schema(&who, SchemaChange::Create(c.clone())).await?;
     Ok((StatusCode::CREATED, Json(schema.get(&c.name))).into_response())
 }
 
@@ -166,18 +147,10 @@ async fn update_collection(
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_admin(&who)?;
+    let current = app.service.collection(&who, &name)?;
     let (_, patch) = read_object(&app, body).await?;
-    let schema = app.store.schema();
-    let current = schema.get(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "collection_not_found",
-            format!("collection '{name}' does not exist"),
-        )
-    })?;
     // PATCH replaces the top-level keys it names (e.g. the whole `fields` list).
-    let mut merged = serde_json::to_value(current).unwrap_or_default();
+    let mut merged = serde_json::to_value(&current).unwrap_or_default();
     for (k, v) in patch {
         merged[k] = v;
     }
@@ -186,7 +159,7 @@ async fn update_collection(
         return Err(ApiError::bad_request("rename_unsupported", "a collection cannot be renamed"));
     }
     let force = flag(&query_pairs(&q), "force");
-    let schema = app.store.change_schema(SchemaChange::Update { collection: c, force }).await?;
+    let schema = app.service.change_schema(&who, SchemaChange::Update { collection: c, force }).await?;
     Ok(Json(schema.get(&name)).into_response())
 }
 
@@ -196,9 +169,8 @@ async fn drop_collection(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    require_admin(&who)?;
     let force = flag(&query_pairs(&q), "force");
-    app.store.change_schema(SchemaChange::Drop { name, force }).await?;
+    app.service.change_schema(&who, SchemaChange::Drop { name, force }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -212,15 +184,7 @@ async fn list_records(
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(&q);
     let query = ListQuery::from_pairs(&pairs).map_err(|e| ApiError::bad_request("bad_filter", e.message))?;
-    let access = app.access();
-    if app.store.schema().get(&name).is_some() && !access.can_list(&who, &name) {
-        return Err(ApiError::forbidden(format!("not allowed to list '{name}'")));
-    }
-    let page = if access.open_rows(&who, &name) {
-        app.store.list(&name, query).await?
-    } else {
-        visible_page(&app, &access, &who, &name, query).await?
-    };
+    let page = app.service.list(&who, &name, query).await?;
     let mut body = json!({ "items": page.items, "next_cursor": page.next_cursor });
     if let Some(t) = page.total {
         body["total"] = json!(t);
@@ -228,69 +192,12 @@ async fn list_records(
     Ok(Json(body).into_response())
 }
 
-/// A page of the rows the caller may see. Rules are evaluated in memory, so the store is
-/// read page by page (by cursor) until `limit` visible rows are found; `offset` and the
-/// total count are applied to visible rows.
-async fn visible_page(
-    app: &App,
-    access: &Access,
-    who: &Principal,
-    name: &str,
-    q: ListQuery,
-) -> Result<livebase_store::Page, ApiError> {
-    let limit = q.effective_limit();
-    let mut skip = q.offset.unwrap_or(0);
-    let order = effective_order(&q.order);
-    let mut scan = ListQuery {
-        limit: Some(livebase_core::query::MAX_LIMIT),
-        offset: None,
-        count: false,
-        select: None,
-        ..q.clone()
-    };
-    let mut items = Vec::new();
-    let mut total = 0u64;
-    let mut next_cursor = None;
-    loop {
-        let page = app.store.list(name, scan.clone()).await?;
-        for r in page.items {
-            if !access.row_visible(who, name, &r) {
-                continue;
-            }
-            total += 1;
-            if skip > 0 {
-                skip -= 1;
-            } else if items.len() < limit {
-                items.push(r);
-            } else if next_cursor.is_none() {
-                // One visible row past the page: there is a next page, after the last one kept.
-                next_cursor = items.last().map(|l| encode_cursor(&order, l));
-                if !q.count {
-                    break;
-                }
-            }
-        }
-        let done = next_cursor.is_some() && !q.count;
-        match page.next_cursor {
-            Some(c) if !done => scan.cursor = Some(c),
-            _ => break,
-        }
-    }
-    if let Some(sel) = &q.select {
-        items = items.iter().map(|r| r.project(sel)).collect();
-    }
-    Ok(livebase_store::Page { items, next_cursor, total: q.count.then_some(total) })
-}
-
 async fn get_record(
     State(app): State<App>,
     Extension(who): Extension<Principal>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let r = app.store.get(&name, &id).await?;
-    if !app.access().can_view(&who, &name, &r) {
-        return Err(livebase_store::StoreError::NotFound { collection: name, id }.into());
-    }
+    let r = app.service.get(&who, &name, &id).await?;
     let mut resp = Json(&r).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", r.version())) {
         resp.headers_mut().insert(axum::http::header::ETAG, v);
@@ -424,26 +331,8 @@ fn parse_batch_op(collection: &str, op: Value) -> Result<WriteOp, ApiError> {
     }
 }
 
-/// Renders records in mutation responses as the caller may see them: a record its rules
-/// hide (e.g. created for someone else) shows only `id` and `version`.
-struct Show {
-    access: Arc<Access>,
-    who: Principal,
-    collection: String,
-}
-
-impl Show {
-    fn record(&self, r: &Record) -> Value {
-        if self.access.can_view(&self.who, &self.collection, r) {
-            json!(r)
-        } else {
-            json!({"id": r.id(), "version": r.version()})
-        }
-    }
-}
-
 /// The response of a single-record mutation.
-fn single_response(r: &OpsResult, show: &Show) -> (StatusCode, Value) {
+fn single_response(r: &OpsResult, show: &Viewer) -> (StatusCode, Value) {
     match r {
         Ok(outcomes) => match outcomes.first() {
             Some(OpOutcome::Created(rec)) => (StatusCode::CREATED, show.record(rec)),
@@ -460,7 +349,7 @@ fn single_response(r: &OpsResult, show: &Show) -> (StatusCode, Value) {
     }
 }
 
-fn batch_response(r: &OpsResult, show: &Show) -> (StatusCode, Value) {
+fn batch_response(r: &OpsResult, show: &Viewer) -> (StatusCode, Value) {
     match r {
         Ok(outcomes) => {
             let results: Vec<Value> = outcomes
@@ -495,19 +384,11 @@ async fn mutate(
     path: &str,
     body: &[u8],
     ops: Vec<WriteOp>,
-    respond: fn(&OpsResult, &Show) -> (StatusCode, Value),
+    respond: fn(&OpsResult, &Viewer) -> (StatusCode, Value),
 ) -> Result<Response, ApiError> {
-    let access = app.access();
     // One renderer for the live answer and (when an idempotency key asks) the stored one.
-    let show =
-        Arc::new(Show { access: access.clone(), who: who.clone(), collection: collection.to_string() });
+    let show = app.service.viewer(who, collection);
     let render_show = show.clone();
-    let authorize: Option<livebase_store::Authorize> = if who.is_admin() {
-        None
-    } else {
-        let who = who.clone();
-        Some(Arc::new(move |check: &livebase_store::AccessCheck<'_>| access.authorize(&who, check)))
-    };
     let idempotency = match headers.get("idempotency-key") {
         None => None,
         Some(k) => {
@@ -533,8 +414,7 @@ async fn mutate(
             })
         }
     };
-    let req = WriteRequest { ops, actor: who.actor(), idempotency, authorize };
-    match app.store.write(req).await? {
+    match app.service.write(who, ops, idempotency).await? {
         WriteResult::Applied(r) => {
             let (status, body) = respond(&r, &show);
             Ok((status, Json(body)).into_response())
@@ -581,19 +461,8 @@ async fn changes(
             _ => return Err(ApiError::bad_request("bad_query", format!("unknown parameter '{k}'"))),
         }
     }
-    let page = app.store.changes(cq).await?;
-    // Paging continues after the last event read, whether or not the caller may see it.
-    let next = page.events.last().map(|e| e.seq);
-    let events: Vec<_> = if who.is_admin() {
-        page.events
-    } else {
-        // Others see the events of rows their rules let them see, with hidden sides blanked.
-        let access = app.access();
-        page.events
-            .into_iter()
-            .filter(|e| access.can_list(&who, &e.collection))
-            .filter_map(|e| access.redact_event(&who, e))
-            .collect()
-    };
-    Ok(Json(json!({"events": events, "head": page.head, "next_since": next})).into_response())
+    let page = app.service.changes(&who, cq).await?;
+    let epoch = app.hub.feed().epoch().as_str().to_string();
+    Ok(Json(json!({"events": page.events, "head": page.head, "next_since": page.next_since, "epoch": epoch}))
+        .into_response())
 }

@@ -7,7 +7,9 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-use crate::realtime::hub::Hub;
+use crate::realtime::bus::{MemoryBus, NodeId};
+use crate::realtime::hub::{Hub, HubParts};
+use crate::service::Service;
 use crate::{demo, rest, schema_file};
 use anyhow::Context;
 use axum::http::StatusCode;
@@ -114,14 +116,15 @@ async fn record_request(
 }
 
 async fn ready(axum::extract::State(app): axum::extract::State<App>) -> impl IntoResponse {
-    let q = livebase_store::ChangeQuery { since: app.store.tail().head(), limit: 1, ..Default::default() };
+    let feed = app.hub.feed();
+    let q = livebase_store::ChangeQuery { since: feed.head(), limit: 1, ..Default::default() };
     match app.store.changes(q).await {
-        Ok(p) if p.head == app.store.tail().head() => {
-            (StatusCode::OK, Json(json!({"status": "ready", "head": p.head})))
+        Ok(p) if p.head == feed.head() => {
+            (StatusCode::OK, Json(json!({"status": "ready", "head": p.head, "epoch": feed.epoch().as_str()})))
         }
         Ok(p) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "catching_up", "head": p.head, "published": app.store.tail().head()})),
+            Json(json!({"status": "catching_up", "head": p.head, "published": feed.head()})),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -176,7 +179,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         demo::load(store.as_ref()).await?;
     }
     let addr = listener.local_addr()?;
-    let hub = Hub::new(store.clone(), config.limits(), metrics.clone(), access.clone());
+    let node = match &config.node_id {
+        Some(n)
+            if !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            NodeId::new(n.as_str())
+        }
+        Some(n) => anyhow::bail!("--node-id must be 1 to 64 letters, digits or '_', got '{n}'"),
+        None => NodeId::generate(),
+    };
+    let hub = Hub::new(HubParts {
+        store: store.clone(),
+        feed: store.feed(),
+        // One node: channel events have no other node to reach.
+        bus: MemoryBus::new().attach(node),
+        limits: config.limits(),
+        metrics: metrics.clone(),
+        access: access.clone(),
+    });
     let dispatcher = hub.spawn_dispatcher();
     let sampler = {
         let (hub, metrics) = (hub.clone(), metrics.clone());
@@ -190,6 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     let app = App {
         inner: Arc::new(AppInner {
+            service: Service::new(store.clone(), access.clone()),
             store,
             hub,
             metrics,

@@ -304,6 +304,57 @@ async fn resume_from_a_trimmed_position_requires_a_resync() {
 }
 
 #[tokio::test]
+async fn a_log_keeps_its_epoch_across_restarts_and_names_it_in_subscribed() {
+    let mut t = TestServer::start().await;
+    t.create_collection(items_collection()).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    let welcome = ws.welcome.clone();
+    let reply = ws.request(json!({"type": "subscribe", "collection": "items"})).await;
+    let epoch = reply["epoch"].as_str().expect("subscribed carries the epoch").to_string();
+    assert_eq!(epoch.len(), 32, "{reply}");
+    assert_eq!(welcome["epoch"], epoch.as_str());
+    t.create("items", json!({"title": "a"})).await;
+    t.restart().await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    let reply =
+        ws.request(json!({"type": "subscribe", "collection": "items", "since": 0, "epoch": epoch})).await;
+    assert_eq!((&reply["type"], &reply["epoch"]), (&json!("subscribed"), &json!(epoch)), "{reply}");
+    assert_eq!(ws.next_change().await["new"]["title"], "a");
+}
+
+#[tokio::test]
+async fn resume_with_another_logs_epoch_requires_a_resync() {
+    let t = TestServer::start().await;
+    t.create_collection(items_collection()).await;
+    t.create("items", json!({"title": "a"})).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    // A position from a replaced data directory: same sequence numbers, another log.
+    let reply = ws
+        .request(json!({"type": "subscribe", "ref": 1, "collection": "items", "since": 0, "epoch": "0123456789abcdef0123456789abcdef"}))
+        .await;
+    assert_eq!(reply["type"], "resync_required", "{reply}");
+    assert_eq!(reply["reason"], "epoch_changed");
+    // Nothing of the refused subscription is delivered, and the connection stays usable.
+    let (_, seq) = ws.subscribe("items", None, json!({"snapshot": true})).await;
+    assert_eq!(seq, 1);
+    t.create("items", json!({"title": "b"})).await;
+    let c = ws.next_change().await;
+    assert_eq!((c["seq"].as_u64(), &c["new"]["title"]), (Some(2), &json!("b")));
+}
+
+#[tokio::test]
+async fn resume_from_a_position_the_log_never_reached_requires_a_resync() {
+    let t = TestServer::start().await;
+    t.create_collection(items_collection()).await;
+    t.create("items", json!({"title": "a"})).await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    // A client of a newer copy of this log (the directory was restored from a backup).
+    let reply = ws.request(json!({"type": "subscribe", "ref": 1, "collection": "items", "since": 50})).await;
+    assert_eq!(reply["type"], "resync_required", "{reply}");
+    assert_eq!(reply["reason"], "ahead_of_log");
+}
+
+#[tokio::test]
 async fn live_query_snapshot_and_changes_leave_no_gap() {
     let t = TestServer::start().await;
     t.create_collection(items_collection()).await;

@@ -3,14 +3,17 @@
 //! # Layout
 //! - this file: the [`Store`] trait every backend implements, and the plain-data requests and
 //!   results that cross it. Nothing here names a SQL dialect.
+//! - [`feed`]: the [`ChangeFeed`] port the realtime hub reads committed changes from: a head
+//!   and a watch of it, recent events, history; positions are `(epoch, seq)`.
 //! - [`tail`]: [`LogTail`], the in-memory end of the change log that committed events are
-//!   handed to; the realtime hub and resuming clients read it by sequence number.
+//!   handed to; a store that is its log's only writer builds its feed from it.
 //! - [`sqlite`]: the embedded backend: one writer thread that group-commits, a pool of readers.
 //! - [`sqlite_filter`]: filters and sort orders translated to SQLite SQL.
 //!
 //! Invariant: every committed mutation appends exactly one change event in the same
 //! transaction, with a sequence number one greater than the previous committed event.
 
+pub mod feed;
 pub mod sqlite;
 pub mod sqlite_filter;
 pub mod tail;
@@ -25,6 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use feed::{ChangeFeed, Epoch, Position};
 pub use tail::LogTail;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -237,8 +241,8 @@ impl Default for Retention {
 }
 
 /// A storage backend. Implementations apply each [`WriteRequest`] in one transaction that
-/// also appends its change events (and idempotency record), then hand the committed events to
-/// their [`LogTail`].
+/// also appends its change events (and idempotency record); the committed events reach
+/// readers through the backend's [`ChangeFeed`].
 pub trait Store: Send + Sync + 'static {
     fn schema(&self) -> Arc<Schema>;
     fn write(&self, req: WriteRequest) -> BoxFuture<'static, Result<WriteResult, StoreError>>;
@@ -250,6 +254,6 @@ pub trait Store: Send + Sync + 'static {
         -> BoxFuture<'static, Result<(Page, u64), StoreError>>;
     fn changes(&self, q: ChangeQuery) -> BoxFuture<'static, Result<ChangePage, StoreError>>;
     fn change_schema(&self, c: SchemaChange) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>>;
-    /// The end of the change log: committed events in order, by sequence number.
-    fn tail(&self) -> &LogTail;
+    /// The change feed of this store's log: committed events in order, by sequence number.
+    fn feed(&self) -> Arc<dyn ChangeFeed>;
 }

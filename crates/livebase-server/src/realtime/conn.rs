@@ -1,7 +1,8 @@
 //! One WebSocket connection: a single task that reads client frames, writes the frames queued
 //! for it (coalesced: many frames, one flush), sends heartbeats and enforces the timeout.
 
-use super::hub::{CloseSignal, ConnHandle, Hub, Start};
+use super::codec::{Codec, Delivery, Frame, NativeCodec};
+use super::hub::{BroadcastReq, CloseSignal, ConnHandle, Hub, Start, TrackReq};
 use super::protocol::{self, ClientMsg, ProtoError};
 use crate::app::App;
 use crate::auth::Principal;
@@ -11,7 +12,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::SinkExt;
-use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -63,25 +63,27 @@ async fn refuse(mut socket: WebSocket, e: crate::error::ApiError) {
 async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
     let hub = app.hub.clone();
     let limits = hub.limits().clone();
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(limits.queue_frames);
+    let (tx, mut rx) = mpsc::channel::<Frame>(limits.queue_frames);
     let close = Arc::new(CloseSignal::default());
-    let (conn, name) =
-        match hub.connect(ConnHandle { tx: tx.clone(), close: close.clone() }, principal.clone()) {
-            Ok(c) => c,
-            Err(_) => {
-                let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from_static("too_many_connections") };
-                let _ = socket.send(Message::Close(Some(frame))).await;
-                return;
-            }
-        };
+    let codec = NativeCodec::shared();
+    let conn_handle = ConnHandle { tx: tx.clone(), close: close.clone(), codec: codec.clone() };
+    let (conn, name) = match hub.connect(conn_handle, principal.clone()) {
+        Ok(c) => c,
+        Err(_) => {
+            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from_static("too_many_connections") };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return;
+        }
+    };
     tracing::info!(conn = %name, who = %principal.scope(), "realtime connection opened");
-    let welcome = protocol::encode(&json!({
-        "type": "welcome", "conn_id": name, "server_time": livebase_core::record::now_timestamp(),
-        "heartbeat_ms": limits.heartbeat_interval.as_millis() as u64,
-        "timeout_ms": limits.heartbeat_timeout.as_millis() as u64,
-    }));
+    let welcome = codec.encode(Delivery::Welcome {
+        conn_id: &name,
+        epoch: hub.feed().epoch(),
+        heartbeat_ms: limits.heartbeat_interval.as_millis() as u64,
+        timeout_ms: limits.heartbeat_timeout.as_millis() as u64,
+    });
     let mut reason = "client_closed";
-    if socket.send(Message::Text(welcome)).await.is_err() {
+    if socket.send(message(welcome)).await.is_err() {
         hub.disconnect(conn, "write_failed");
         return;
     }
@@ -103,7 +105,8 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                 expired = true;
                 expiry.as_mut().reset(Instant::now() + expires_in(&principal, expired));
                 hub.pause(conn);
-                reply(&tx, ProtoError::new(&None, "token_expired", "the token has expired; send a fresh one with 'auth'").frame());
+                let e = ProtoError::new(&None, "token_expired", "the token has expired; send a fresh one with 'auth'");
+                reply(&tx, codec.encode(Delivery::Error(&e)));
             }
             _ = &mut closing => {
                 let (code, why) = (*close.reason.lock()).unwrap_or((1000, "closed"));
@@ -115,10 +118,10 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
             frame = rx.recv() => {
                 let Some(frame) = frame else { break };
                 let write = async {
-                    socket.feed(Message::Text(frame)).await?;
+                    socket.feed(message(frame)).await?;
                     for _ in 1..COALESCE {
                         match rx.try_recv() {
-                            Ok(f) => socket.feed(Message::Text(f)).await?,
+                            Ok(f) => socket.feed(message(f)).await?,
                             Err(_) => break,
                         }
                     }
@@ -141,16 +144,19 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                         if limits.ws_rate > 0.0 {
                             if let Err(wait) = bucket.take(limits.ws_rate, limits.ws_burst, std::time::Instant::now()) {
                                 let e = ProtoError::new(&protocol::peek_ref(t.as_str()), "rate_limited", format!("too many messages; retry in {} ms", wait.as_millis().max(1)));
-                                reply(&tx, e.frame());
+                                reply(&tx, codec.encode(Delivery::Error(&e)));
                                 continue;
                             }
                         }
-                        if handle(&app, &hub, conn, &tx, &mut principal, t.as_str()) {
+                        if handle(&app, &hub, conn, &Reply { tx: &tx, codec: &*codec }, &mut principal, t.as_str()) {
                             expired = false;
                             expiry.as_mut().reset(Instant::now() + expires_in(&principal, expired));
                         }
                     }
-                    Message::Binary(_) => reply(&tx, ProtoError::new(&None, "bad_request", "frames must be JSON text").frame()),
+                    Message::Binary(_) => {
+                        let e = ProtoError::new(&None, "bad_request", "frames must be JSON text");
+                        reply(&tx, codec.encode(Delivery::Error(&e)));
+                    }
                     Message::Ping(_) | Message::Pong(_) => {}
                     Message::Close(_) => break,
                 }
@@ -173,9 +179,28 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
     tracing::info!(conn = %name, reason, "realtime connection closed");
 }
 
-fn reply(tx: &mpsc::Sender<Utf8Bytes>, frame: Utf8Bytes) {
+fn message(f: Frame) -> Message {
+    match f {
+        Frame::Text(t) => Message::Text(t),
+        Frame::Binary(b) => Message::Binary(b),
+    }
+}
+
+fn reply(tx: &mpsc::Sender<Frame>, frame: Frame) {
     // A full queue means the hub is already closing this connection as a slow consumer.
     let _ = tx.try_send(frame);
+}
+
+/// Where the answers to a connection's requests go.
+struct Reply<'a> {
+    tx: &'a mpsc::Sender<Frame>,
+    codec: &'a dyn Codec,
+}
+
+impl Reply<'_> {
+    fn send(&self, d: Delivery<'_>) {
+        reply(self.tx, self.codec.encode(d));
+    }
 }
 
 /// Time until the connection's token expires (far away when it has none or already has).
@@ -194,24 +219,17 @@ fn expires_in(p: &Principal, expired: bool) -> std::time::Duration {
 }
 
 /// Handles one client frame. Returns true when it installed a fresh token.
-fn handle(
-    app: &App,
-    hub: &Hub,
-    conn: u64,
-    tx: &mpsc::Sender<Utf8Bytes>,
-    principal: &mut Principal,
-    text: &str,
-) -> bool {
+fn handle(app: &App, hub: &Hub, conn: u64, out: &Reply<'_>, principal: &mut Principal, text: &str) -> bool {
     let max = hub.limits().max_frame_bytes;
     if text.len() > max {
         let e = ProtoError::new(&None, "frame_too_large", format!("frames are limited to {max} bytes"));
-        reply(tx, e.frame());
+        out.send(Delivery::Error(&e));
         return false;
     }
     let msg = match protocol::parse(text) {
         Ok(m) => m,
         Err(e) => {
-            reply(tx, e.frame());
+            out.send(Delivery::Error(&e));
             return false;
         }
     };
@@ -224,7 +242,7 @@ fn handle(
                     "bad_request",
                     "use either since or snapshot, not both",
                 )),
-                (Some(n), false) => Ok(Start::Since(n)),
+                (Some(seq), false) => Ok(Start::Since { seq, epoch: s.epoch.clone() }),
                 (None, true) => Ok(Start::Snapshot),
                 (None, false) => Ok(Start::Now),
             };
@@ -232,25 +250,38 @@ fn handle(
                 hub.subscribe(conn, s.reference.clone(), &s.collection, s.filter.as_deref(), start)
             })
         }
-        ClientMsg::Unsubscribe(u) => {
-            hub.unsubscribe(conn, &u.reference, u.sub_id).map(|_| reply(tx, protocol::ok(&u.reference)))
-        }
+        ClientMsg::Unsubscribe(u) => hub
+            .unsubscribe(conn, &u.reference, u.sub_id)
+            .map(|_| out.send(Delivery::Ok { reference: &u.reference })),
         ClientMsg::Join(j) => hub.join(conn, &j.reference, &j.channel),
-        ClientMsg::Leave(l) => {
-            hub.leave(conn, &l.reference, &l.channel).map(|_| reply(tx, protocol::ok(&l.reference)))
-        }
-        ClientMsg::Broadcast(b) => hub.broadcast(conn, &b),
-        ClientMsg::Track(t) => hub.track(conn, &t),
+        ClientMsg::Leave(l) => hub
+            .leave(conn, &l.reference, &l.channel)
+            .map(|_| out.send(Delivery::Ok { reference: &l.reference })),
+        ClientMsg::Broadcast(b) => hub.broadcast(
+            conn,
+            BroadcastReq {
+                reference: &b.reference,
+                channel: &b.channel,
+                event: &b.event,
+                payload: &b.payload,
+                include_self: b.include_self,
+                ack: b.ack,
+            },
+        ),
+        ClientMsg::Track(t) => hub.track(
+            conn,
+            TrackReq { reference: &t.reference, channel: &t.channel, key: t.key.as_deref(), meta: &t.meta },
+        ),
         ClientMsg::Untrack(u) => hub.untrack(conn, &u.reference, &u.channel),
         ClientMsg::Ping(p) => {
-            reply(tx, protocol::pong(&p.reference));
+            out.send(Delivery::Pong { reference: &p.reference });
             Ok(())
         }
         ClientMsg::Auth(a) => match app.verifier.principal(Some(&a.token)) {
             Ok(p) => {
                 *principal = p.clone();
                 refreshed = true;
-                reply(tx, protocol::ok(&a.reference));
+                out.send(Delivery::Ok { reference: &a.reference });
                 hub.reauthorize(conn, p);
                 Ok(())
             }
@@ -263,7 +294,7 @@ fn handle(
         },
     };
     if let Err(e) = r {
-        reply(tx, e.frame());
+        out.send(Delivery::Error(&e));
     }
     refreshed
 }

@@ -1,9 +1,14 @@
 //! Realtime: the WebSocket protocol of `docs/protocol.md` over the [`hub::Hub`].
 //!
-//! - [`protocol`]: request parsing and frame encoding (the only place that knows the JSON).
+//! - [`protocol`]: the native JSON frames: request parsing, frame encoding.
+//! - [`codec`]: typed deliveries out of the hub, and the codec that turns them into a
+//!   connection's frames ([`codec::NativeCodec`] for the protocol above).
+//! - [`bus`]: the channel-bus port that carries broadcast and presence between nodes.
 //! - [`hub`]: subscriptions, their index, fan-out, catch-up stitching, channels and presence.
 //! - [`conn`]: one task per WebSocket: reads requests, writes queued frames, heartbeats.
 
+pub mod bus;
+pub mod codec;
 pub mod conn;
 pub mod hub;
 pub mod protocol;

@@ -22,6 +22,9 @@ pub struct Subscribe {
     pub filter: Option<String>,
     #[serde(default)]
     pub since: Option<u64>,
+    /// The log `since` belongs to (from an earlier `subscribed`).
+    #[serde(default)]
+    pub epoch: Option<String>,
     #[serde(default)]
     pub snapshot: bool,
 }
@@ -182,8 +185,8 @@ pub fn pong(reference: &Ref) -> Utf8Bytes {
     encode(&json!({"type": "pong", "ref": reference, "server_time": now_timestamp()}))
 }
 
-pub fn subscribed(reference: &Ref, sub_id: u64, seq: u64) -> Utf8Bytes {
-    encode(&json!({"type": "subscribed", "ref": reference, "sub_id": sub_id, "seq": seq}))
+pub fn subscribed(reference: &Ref, sub_id: u64, seq: u64, epoch: &str) -> Utf8Bytes {
+    encode(&json!({"type": "subscribed", "ref": reference, "sub_id": sub_id, "seq": seq, "epoch": epoch}))
 }
 
 pub fn resync_required(reference: &Ref, sub_id: u64, reason: &str) -> Utf8Bytes {

@@ -15,6 +15,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub struct Ws {
     pub stream: Stream,
     pub conn_id: String,
+    pub welcome: Value,
     next_ref: u64,
 }
 
@@ -25,10 +26,11 @@ impl Ws {
             url.push_str(&format!("?token={t}"));
         }
         let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
-        let mut ws = Ws { stream, conn_id: String::new(), next_ref: 0 };
+        let mut ws = Ws { stream, conn_id: String::new(), welcome: Value::Null, next_ref: 0 };
         let welcome = ws.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         ws.conn_id = welcome["conn_id"].as_str().unwrap_or_default().to_string();
+        ws.welcome = welcome;
         ws
     }
 

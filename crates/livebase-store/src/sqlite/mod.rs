@@ -2,15 +2,18 @@
 //!
 //! Layout on disk: `<data dir>/livebase.db` (+ `-wal`, `-shm`). One table per collection, named
 //! like it; internal tables start with `_lb_`: `_lb_collections` (definitions),
-//! `_lb_changes` (the change log), `_lb_idempotency` (stored responses).
+//! `_lb_changes` (the change log), `_lb_idempotency` (stored responses), `_lb_meta` (the log's
+//! epoch).
 //!
-//! Durability: `synchronous=FULL`, so a COMMIT has reached the disk before any caller is
-//! answered; an acknowledged write survives `kill -9` and power loss.
+//! Durability: the writer commits with `synchronous=OFF` and the sync thread `fdatasync`s the
+//! WAL before any caller is answered or any subscriber is told (see `writer`), so an
+//! acknowledged write survives `kill -9` and power loss.
 
 mod ddl;
 pub mod rows;
 mod writer;
 
+use crate::feed::{ChangeFeed, Epoch, TailFeed};
 use crate::sqlite_filter::{order_sql, quote_ident, where_sql};
 use crate::{
     BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
@@ -49,7 +52,7 @@ pub struct SqliteStore {
     /// Dropped with the store: tells the checkpoint thread to stop.
     _open: Arc<()>,
     schema: Arc<RwLock<Arc<Schema>>>,
-    tail: Arc<LogTail>,
+    feed: Arc<dyn ChangeFeed>,
     readers: Arc<ReaderPool>,
 }
 
@@ -91,6 +94,7 @@ CREATE INDEX IF NOT EXISTS _lb_changes_record ON _lb_changes (collection, record
 CREATE TABLE IF NOT EXISTS _lb_idempotency (
     key TEXT PRIMARY KEY NOT NULL, fingerprint TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
     created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS _lb_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 ";
 
 impl SqliteStore {
@@ -127,12 +131,23 @@ impl SqliteStore {
             })
             .map_err(internal)?;
         let head = head as u64;
+        // The log's identity: created with the log (also for a log from before epochs existed),
+        // never changed afterwards. Made durable by the WAL sync below.
+        conn.execute(
+            "INSERT OR IGNORE INTO _lb_meta (key, value) VALUES ('epoch', ?)",
+            [Epoch::generate().as_str()],
+        )
+        .map_err(internal)?;
+        let epoch: String = conn
+            .query_row("SELECT value FROM _lb_meta WHERE key = 'epoch'", [], |r| r.get(0))
+            .map_err(internal)?;
         let tail = Arc::new(LogTail::new(head, opts.tail_capacity.max(1)));
         let schema = Arc::new(RwLock::new(Arc::new(schema)));
         let (tx, rx) = crossbeam_channel::unbounded();
         let open = Arc::new(());
         let still_open = Arc::downgrade(&open);
         let wal = Arc::new(writer::WalSync::new(&path));
+        wal.sync().map_err(|e| StoreError::Internal(format!("cannot sync the log: {e}")))?;
         let (synced_tx, synced_rx) = crossbeam_channel::unbounded();
         {
             let (wal, tail, on_batch) = (wal.clone(), tail.clone(), opts.on_batch.clone());
@@ -159,13 +174,20 @@ impl SqliteStore {
             .name("livebase-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
-        Ok(SqliteStore {
-            jobs: tx,
-            _open: open,
-            schema,
-            tail,
-            readers: Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()) }),
-        })
+        let readers = Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()) });
+        let history = {
+            let readers = readers.clone();
+            move |q: ChangeQuery| -> BoxFuture<'static, Result<ChangePage, StoreError>> {
+                let pool = readers.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || pool.with(|c| changes_in(c, &q)))
+                        .await
+                        .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
+                })
+            }
+        };
+        let feed: Arc<dyn ChangeFeed> = Arc::new(TailFeed { epoch: Epoch::new(epoch), tail, history });
+        Ok(SqliteStore { jobs: tx, _open: open, schema, feed, readers })
     }
 
     fn read<T: Send + 'static>(
@@ -409,7 +431,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn tail(&self) -> &LogTail {
-        &self.tail
+    fn feed(&self) -> Arc<dyn ChangeFeed> {
+        self.feed.clone()
     }
 }

@@ -1,0 +1,156 @@
+//! Typed deliveries out of the hub, and the codecs that turn them into frames.
+//!
+//! The hub decides *what* a connection receives — a change with the view it has of it, the
+//! rows of a snapshot, presence, a broadcast, a reply — as a [`Delivery`]. *How* it looks on
+//! the wire is the connection's [`Codec`]: the native JSON protocol of `docs/protocol.md` is
+//! [`NativeCodec`]; another wire protocol is another codec on the same hub, with the same
+//! matching, permissions and slow-consumer policy.
+//!
+//! Change frames are the hot path. A codec encodes the part of a change common to every
+//! subscription that sees the same sides of it once per event ([`Codec::change_body`]), and the
+//! frame per (query, view) from that body ([`Codec::change`]); the hub shares the resulting
+//! bytes between every subscriber that uses the same codec instance and sees the event the
+//! same way. Codecs are therefore shared, stateless values: a connection holds an
+//! `Arc<dyn Codec>`, and the hub keys its per-event frame cache by that instance.
+
+use super::protocol::{self, ProtoError, Ref, View};
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use livebase_core::{ChangeEvent, Record};
+use livebase_store::Epoch;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a connection's queue carries: finished frames, cheap to clone (reference counted).
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+impl Frame {
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The text of a text frame (tests and logs).
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Frame::Text(t) => Some(t.as_str()),
+            Frame::Binary(_) => None,
+        }
+    }
+}
+
+/// Which sides of a change a receiver may see (a hidden side is sent as null).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sides {
+    pub new: bool,
+    pub old: bool,
+}
+
+/// One presence entry: a connection's tracked state under a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceEntry {
+    /// The tracking connection's cluster-wide name (`welcome.conn_id`).
+    pub conn_id: Arc<str>,
+    pub meta: Value,
+}
+
+/// Presence of a channel, or a diff of it: key → entries.
+pub type PresenceMap = BTreeMap<String, Vec<PresenceEntry>>;
+
+/// Everything the hub and a connection send, before it has a wire shape.
+#[derive(Debug, Clone, Copy)]
+pub enum Delivery<'a> {
+    Welcome { conn_id: &'a str, epoch: &'a Epoch, heartbeat_ms: u64, timeout_ms: u64 },
+    Subscribed { reference: &'a Ref, sub_id: u64, seq: u64, epoch: &'a Epoch },
+    Snapshot { sub_id: u64, seq: u64, rows: &'a [Record], done: bool },
+    ResyncRequired { reference: &'a Ref, sub_id: u64, reason: &'a str },
+    Ok { reference: &'a Ref },
+    Pong { reference: &'a Ref },
+    Error(&'a ProtoError),
+    PresenceState { channel: &'a str, state: &'a PresenceMap },
+    PresenceDiff { channel: &'a str, joins: &'a PresenceMap, leaves: &'a PresenceMap },
+    Broadcast { channel: &'a str, event: &'a str, payload: &'a Value, from: &'a str },
+}
+
+/// Turns deliveries into frames for one wire protocol. Implementations are stateless and
+/// shared by every connection that speaks them (see the module docs).
+pub trait Codec: Send + Sync + 'static {
+    /// The shared part of a change frame for receivers that see `sides` of the event.
+    fn change_body(&self, e: &ChangeEvent, sides: Sides) -> Arc<str>;
+    /// The change frame for one query from a body made by [`Codec::change_body`].
+    fn change(&self, body: &str, sub_id: u64, view: View) -> Frame;
+    /// Every other delivery.
+    fn encode(&self, d: Delivery<'_>) -> Frame;
+}
+
+/// The native JSON protocol (`docs/protocol.md`).
+#[derive(Debug, Default)]
+pub struct NativeCodec;
+
+impl NativeCodec {
+    /// The one shared instance every native connection uses.
+    pub fn shared() -> Arc<dyn Codec> {
+        static NATIVE: std::sync::OnceLock<Arc<dyn Codec>> = std::sync::OnceLock::new();
+        NATIVE.get_or_init(|| Arc::new(NativeCodec)).clone()
+    }
+}
+
+fn presence_json(p: &PresenceMap) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, entries) in p {
+        let list =
+            entries.iter().map(|e| json!({"conn_id": &*e.conn_id, "meta": e.meta})).collect::<Vec<_>>();
+        out.insert(k.clone(), Value::Array(list));
+    }
+    Value::Object(out)
+}
+
+impl Codec for NativeCodec {
+    fn change_body(&self, e: &ChangeEvent, sides: Sides) -> Arc<str> {
+        protocol::change_body(e, sides.new, sides.old).into()
+    }
+
+    fn change(&self, body: &str, sub_id: u64, view: View) -> Frame {
+        Frame::Text(protocol::change_frame(body, sub_id, view))
+    }
+
+    fn encode(&self, d: Delivery<'_>) -> Frame {
+        Frame::Text(match d {
+            Delivery::Welcome { conn_id, epoch, heartbeat_ms, timeout_ms } => protocol::encode(&json!({
+                "type": "welcome", "conn_id": conn_id, "server_time": livebase_core::record::now_timestamp(),
+                "heartbeat_ms": heartbeat_ms, "timeout_ms": timeout_ms, "epoch": epoch.as_str(),
+            })),
+            Delivery::Subscribed { reference, sub_id, seq, epoch } => {
+                protocol::subscribed(reference, sub_id, seq, epoch.as_str())
+            }
+            Delivery::Snapshot { sub_id, seq, rows, done } => protocol::snapshot(sub_id, seq, rows, done),
+            Delivery::ResyncRequired { reference, sub_id, reason } => {
+                protocol::resync_required(reference, sub_id, reason)
+            }
+            Delivery::Ok { reference } => protocol::ok(reference),
+            Delivery::Pong { reference } => protocol::pong(reference),
+            Delivery::Error(e) => e.frame(),
+            Delivery::PresenceState { channel, state } => protocol::encode(
+                &json!({"type": "presence_state", "channel": channel, "state": presence_json(state)}),
+            ),
+            Delivery::PresenceDiff { channel, joins, leaves } => protocol::encode(&json!({
+                "type": "presence_diff", "channel": channel,
+                "joins": presence_json(joins), "leaves": presence_json(leaves),
+            })),
+            Delivery::Broadcast { channel, event, payload, from } => protocol::encode(&json!({
+                "type": "broadcast", "channel": channel, "event": event, "payload": payload, "from": from,
+            })),
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! The hub: who is subscribed to what, and the fan-out of committed changes.
+//!
+//! It sits between two ports. In: a [`ChangeFeed`] (committed events in sequence order) and a
+//! [`ChannelBus`] (broadcast and presence from other nodes). Out: typed
+//! [`Delivery`](super::codec::Delivery) values that each connection's
+//! [`Codec`](super::codec::Codec) turns into frames, pushed into the connection's bounded
+//! queue with `try_send` — the hub never waits on a client. A full queue means a slow
+//! consumer: the connection is closed (code 4001) and its client resumes from its last
+//! sequence.
+//!
+//! - [`registry`]: connections, queries, the index, channel membership and presence tables.
+//! - [`dispatch`]: the task that reads the feed and fans events out.
+//! - [`catchup`]: subscribing, and stitching history or a snapshot to the live stream.
+//! - [`channels`]: join, leave, broadcast, presence; events from other nodes.
+
+mod catchup;
+mod channels;
+mod dispatch;
+mod registry;
+
+pub use catchup::Start;
+pub use channels::{BroadcastReq, TrackReq};
+pub use registry::{CloseSignal, ConnHandle, ConnId, QueryId};
+
+use super::bus::{ChannelBus, MemberId, NodeId};
+use super::Limits;
+use crate::access::{Access, AccessCache};
+use crate::auth::Principal;
+use crate::metrics::Metrics;
+use crate::service::Service;
+use livebase_store::{ChangeFeed, Store};
+use parking_lot::Mutex;
+use registry::{ConnEntry, Registry, SubState};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    /// Schema and snapshots (live queries).
+    store: Arc<dyn Store>,
+    feed: Arc<dyn ChangeFeed>,
+    bus: Arc<dyn ChannelBus>,
+    /// Snapshots for live queries, with the caller's access decided as on every path.
+    service: Service,
+    reg: Mutex<Registry>,
+    limits: Limits,
+    next_conn: AtomicU64,
+    metrics: Arc<Metrics>,
+    access: Arc<AccessCache>,
+}
+
+/// What a hub is built from.
+pub struct HubParts {
+    pub store: Arc<dyn Store>,
+    pub feed: Arc<dyn ChangeFeed>,
+    pub bus: Arc<dyn ChannelBus>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub access: Arc<AccessCache>,
+}
+
+impl Hub {
+    pub fn new(p: HubParts) -> Hub {
+        let reg = Registry { dispatched: p.feed.head(), next_query: 1, ..Default::default() };
+        Hub {
+            inner: Arc::new(HubInner {
+                service: Service::new(p.store.clone(), p.access.clone()),
+                store: p.store,
+                feed: p.feed,
+                bus: p.bus,
+                reg: Mutex::new(reg),
+                limits: p.limits,
+                next_conn: AtomicU64::new(1),
+                metrics: p.metrics,
+                access: p.access,
+            }),
+        }
+    }
+
+    fn access(&self) -> Arc<Access> {
+        self.inner.access.get(&self.inner.store.schema())
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn feed(&self) -> &Arc<dyn ChangeFeed> {
+        &self.inner.feed
+    }
+
+    pub fn node(&self) -> &NodeId {
+        self.inner.bus.node()
+    }
+
+    /// Starts the hub's task: the dispatch of the change feed, and the application of what
+    /// other nodes publish on the channel bus. It ends when the feed ends.
+    pub fn spawn_dispatcher(&self) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        let mut remote = self.inner.bus.subscribe();
+        tokio::spawn(async move {
+            let bus = async {
+                while let Some(ev) = remote.recv().await {
+                    hub.apply_remote(ev);
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                _ = hub.dispatch_loop() => {}
+                _ = bus => {}
+            }
+        })
+    }
+
+    // ---------- connections ----------
+
+    /// Registers a connection; its name (`"{node}-{n}"`) is unique across nodes. Refused
+    /// (the handle returned) when the server holds its maximum of connections.
+    pub fn connect(&self, handle: ConnHandle, who: Principal) -> Result<(ConnId, Arc<str>), ConnHandle> {
+        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let member = MemberId { node: self.node().clone(), conn: id };
+        let name = member.name();
+        let entry = ConnEntry {
+            handle,
+            member,
+            name: name.clone(),
+            who,
+            expired: false,
+            queries: HashSet::new(),
+            channels: HashSet::new(),
+        };
+        let mut reg = self.inner.reg.lock();
+        if reg.conns.len() >= self.inner.limits.max_connections {
+            return Err(entry.handle);
+        }
+        reg.conns.insert(id, entry);
+        drop(reg);
+        self.inner.metrics.connection_opened();
+        Ok((id, name))
+    }
+
+    /// The token of a connection expired: stop delivering (subscriptions keep their place).
+    pub fn pause(&self, conn: ConnId) {
+        let mut reg = self.inner.reg.lock();
+        let reg = &mut *reg;
+        let at = reg.dispatched;
+        let Some(c) = reg.conns.get_mut(&conn) else { return };
+        c.expired = true;
+        for qid in &c.queries {
+            if let Some(state) = reg.queries.get_mut(qid).and_then(|q| q.subscribers.get_mut(&conn)) {
+                *state = match state {
+                    // Frames already parked were due before expiry: keep their place.
+                    SubState::CatchingUp(buf) => {
+                        SubState::Paused(buf.first().map(|(s, _)| s - 1).unwrap_or(at))
+                    }
+                    _ => SubState::Paused(at),
+                };
+            }
+        }
+    }
+
+    /// A fresh token: new rules apply from now on; paused subscriptions catch up on what they
+    /// missed (under the new identity's rules) and go live again.
+    pub fn reauthorize(&self, conn: ConnId, who: Principal) {
+        let mut resumes = Vec::new();
+        {
+            let mut reg = self.inner.reg.lock();
+            let reg = &mut *reg;
+            let at = reg.dispatched;
+            let Some(c) = reg.conns.get_mut(&conn) else { return };
+            c.who = who;
+            c.expired = false;
+            for qid in &c.queries {
+                if let Some(state) = reg.queries.get_mut(qid).and_then(|q| q.subscribers.get_mut(&conn)) {
+                    if let SubState::Paused(since) = *state {
+                        *state = SubState::CatchingUp(Vec::new());
+                        resumes.push((*qid, since, at));
+                    }
+                }
+            }
+        }
+        for (qid, since, at) in resumes {
+            self.resume_paused(conn, qid, since, at);
+        }
+    }
+
+    fn principal_of(&self, conn: ConnId) -> Option<Principal> {
+        self.inner.reg.lock().principal_of(conn)
+    }
+
+    pub fn disconnect(&self, conn: ConnId, reason: &str) {
+        let mut reg = self.inner.reg.lock();
+        self.remove_conn(&mut reg, conn);
+        self.inner.metrics.connection_closed(reason);
+    }
+
+    fn remove_conn(&self, reg: &mut Registry, conn: ConnId) {
+        let Some(entry) = reg.conns.get(&conn) else { return };
+        let queries: Vec<QueryId> = entry.queries.iter().copied().collect();
+        let channels: Vec<String> = entry.channels.iter().cloned().collect();
+        for q in queries {
+            reg.remove_subscriber(conn, q);
+        }
+        for ch in channels {
+            self.leave_channel(reg, conn, &ch);
+        }
+        reg.conns.remove(&conn);
+        self.inner.metrics.set_subscriptions(reg.subscriptions);
+        self.inner.metrics.set_presence_members(reg.presence_members);
+    }
+
+    /// Asks every connection to close (e.g. 1001 when the server shuts down).
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        let reg = self.inner.reg.lock();
+        for c in reg.conns.values() {
+            c.handle.close.close(code, reason);
+        }
+    }
+
+    /// Total frames waiting in outbound queues (sampled for metrics).
+    pub fn queue_depth(&self) -> i64 {
+        let reg = self.inner.reg.lock();
+        reg.conns.values().map(|c| (c.handle.tx.max_capacity() - c.handle.tx.capacity()) as i64).sum()
+    }
+}

@@ -1,0 +1,233 @@
+//! The registry: connections, queries with their subscribers, the index that finds the
+//! queries an event concerns, and channel membership. Plain data behind the hub's one lock.
+
+use super::super::bus::MemberId;
+use super::super::codec::{Codec, Delivery, Frame};
+use crate::auth::Principal;
+use livebase_core::filter::{BoundFilter, Scalar};
+use livebase_core::{ChangeEvent, Record};
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
+
+pub type ConnId = u64;
+pub type QueryId = u64;
+
+/// What the hub knows of a connection: its queue, how to tell it to close, and the codec
+/// that turns deliveries into its frames.
+pub struct ConnHandle {
+    pub tx: mpsc::Sender<Frame>,
+    pub close: Arc<CloseSignal>,
+    pub codec: Arc<dyn Codec>,
+}
+
+/// Tells a connection's task to close with a code and reason.
+#[derive(Default)]
+pub struct CloseSignal {
+    pub notify: Notify,
+    pub reason: Mutex<Option<(u16, &'static str)>>,
+}
+
+impl CloseSignal {
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let mut r = self.reason.lock();
+        if r.is_none() {
+            *r = Some((code, reason));
+            self.notify.notify_one();
+        }
+    }
+}
+
+pub(super) struct ConnEntry {
+    pub handle: ConnHandle,
+    pub member: MemberId,
+    pub name: Arc<str>,
+    pub who: Principal,
+    /// The token expired: nothing is delivered until a fresh one arrives.
+    pub expired: bool,
+    pub queries: HashSet<QueryId>,
+    pub channels: HashSet<String>,
+}
+
+impl ConnEntry {
+    /// Encodes and queues a delivery; false when the queue is full.
+    pub fn send(&self, d: Delivery<'_>) -> bool {
+        self.handle.tx.try_send(self.handle.codec.encode(d)).is_ok()
+    }
+}
+
+pub(super) enum SubState {
+    /// Receives every matching event after this sequence. The bound matters for a live query:
+    /// its snapshot may already reflect events the hub has not dispatched yet (committed, still
+    /// being synced), and those must not arrive a second time.
+    Live(u64),
+    /// History is being sent; live frames wait here with their sequence numbers.
+    CatchingUp(Vec<(u64, Frame)>),
+    /// The connection's token expired after every event up to this sequence was queued.
+    Paused(u64),
+}
+
+/// Whether a query's filter matches the record before and after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Matched {
+    pub before: bool,
+    pub after: bool,
+}
+
+pub(super) struct Query {
+    pub collection: String,
+    pub filter: Option<BoundFilter>,
+    pub key: String,
+    pub subscribers: HashMap<ConnId, SubState>,
+}
+
+impl Query {
+    pub fn matches(&self, e: &ChangeEvent) -> Matched {
+        let m = |r: &Option<Record>| match (r, &self.filter) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(r), Some(f)) => f.matches(r),
+        };
+        Matched { before: m(&e.old), after: m(&e.new) }
+    }
+}
+
+/// The hashable form of an equality value, for the index. Numbers are keyed by their f64
+/// value so `5` and `5.0` meet; the full filter is still evaluated on every candidate.
+pub(super) fn scalar_key(s: &Scalar) -> Option<String> {
+    Some(match s {
+        Scalar::Null => return None,
+        Scalar::Bool(b) => format!("b{b}"),
+        Scalar::Int(i) => format!("n{}", *i as f64),
+        Scalar::Num(n) => format!("n{n}"),
+        Scalar::Text(t) => format!("s{t}"),
+    })
+}
+
+pub(super) fn value_key(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::Bool(b) => format!("b{b}"),
+        Value::Number(n) => format!("n{}", n.as_f64()?),
+        Value::String(t) => format!("s{t}"),
+        _ => return None,
+    })
+}
+
+/// Queries of one collection: those with a top-level equality are found by value, the rest
+/// are checked on every event.
+#[derive(Default)]
+pub(super) struct CollectionIndex {
+    pub scan: HashSet<QueryId>,
+    pub by_eq: HashMap<String, HashMap<String, HashSet<QueryId>>>,
+}
+
+impl CollectionIndex {
+    /// The queries an event may concern (each once, in id order).
+    pub fn candidates(&self, ev: &ChangeEvent) -> Vec<QueryId> {
+        let mut candidates: Vec<QueryId> = self.scan.iter().copied().collect();
+        for (field, by_value) in &self.by_eq {
+            for r in [&ev.new, &ev.old].into_iter().flatten() {
+                if let Some(ids) = r.get(field).and_then(value_key).and_then(|k| by_value.get(&k)) {
+                    candidates.extend(ids);
+                }
+            }
+        }
+        if candidates.len() > 1 {
+            candidates.sort_unstable();
+            candidates.dedup();
+        }
+        candidates
+    }
+
+    fn remove(&mut self, qid: QueryId) {
+        self.scan.remove(&qid);
+        for by_value in self.by_eq.values_mut() {
+            for ids in by_value.values_mut() {
+                ids.remove(&qid);
+            }
+            by_value.retain(|_, ids| !ids.is_empty());
+        }
+        self.by_eq.retain(|_, m| !m.is_empty());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.scan.is_empty() && self.by_eq.is_empty()
+    }
+}
+
+/// Presence of one channel, cluster-wide: key → one entry per tracking connection, on
+/// whichever node it is.
+pub(super) type Presence = BTreeMap<String, Vec<(MemberId, Value)>>;
+
+#[derive(Default)]
+pub(super) struct Registry {
+    /// Every event up to this sequence has been dispatched.
+    pub dispatched: u64,
+    pub conns: HashMap<ConnId, ConnEntry>,
+    pub queries: HashMap<QueryId, Query>,
+    pub query_ids: HashMap<(String, String), QueryId>,
+    pub index: HashMap<String, CollectionIndex>,
+    /// Channel → this node's member connections.
+    pub members: HashMap<String, HashSet<ConnId>>,
+    /// Channel → presence of the whole cluster.
+    pub presence: HashMap<String, Presence>,
+    pub next_query: QueryId,
+    pub subscriptions: i64,
+    pub presence_members: i64,
+}
+
+impl Registry {
+    /// The query for `(collection, normalized filter)`, created and indexed when new.
+    pub fn query_for(&mut self, collection: &str, key: String, filter: Option<BoundFilter>) -> QueryId {
+        let k = (collection.to_string(), key);
+        if let Some(q) = self.query_ids.get(&k) {
+            return *q;
+        }
+        let qid = self.next_query;
+        self.next_query += 1;
+        let ix = self.index.entry(collection.to_string()).or_default();
+        match filter
+            .as_ref()
+            .and_then(|b| b.index_key())
+            .and_then(|(f, v)| Some((f.to_string(), scalar_key(v)?)))
+        {
+            Some((field, value)) => {
+                ix.by_eq.entry(field).or_default().entry(value).or_default().insert(qid);
+            }
+            None => {
+                ix.scan.insert(qid);
+            }
+        }
+        let query = Query { collection: k.0.clone(), filter, key: k.1.clone(), subscribers: HashMap::new() };
+        self.query_ids.insert(k, qid);
+        self.queries.insert(qid, query);
+        qid
+    }
+
+    pub fn remove_subscriber(&mut self, conn: ConnId, qid: QueryId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.queries.remove(&qid);
+        }
+        let Some(q) = self.queries.get_mut(&qid) else { return };
+        if q.subscribers.remove(&conn).is_some() {
+            self.subscriptions -= 1;
+        }
+        if !q.subscribers.is_empty() {
+            return;
+        }
+        let Some(q) = self.queries.remove(&qid) else { return };
+        self.query_ids.remove(&(q.collection.clone(), q.key.clone()));
+        if let Some(ix) = self.index.get_mut(&q.collection) {
+            ix.remove(qid);
+            if ix.is_empty() {
+                self.index.remove(&q.collection);
+            }
+        }
+    }
+
+    pub fn principal_of(&self, conn: ConnId) -> Option<Principal> {
+        self.conns.get(&conn).map(|c| c.who.clone())
+    }
+}
