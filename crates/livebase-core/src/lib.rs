@@ -11,11 +11,13 @@
 //!   evaluation against the caller's claims, the stored record and the incoming data.
 //! - [`query`]: list queries (filter, order, paging, select, count) and record order.
 //! - [`event`]: change events, the entries of the change log.
+//! - [`aggregate`]: count / sum / avg / min / max over rows, grouped, kept current per change.
 //! - [`conflict`]: optimistic concurrency decisions (reject, last-write-wins, field merge).
 //!
 //! Nothing here does IO or knows HTTP, WebSockets or SQL: storage backends and wire protocols
 //! are adapters around these types.
 
+pub mod aggregate;
 pub mod conflict;
 pub mod event;
 pub mod filter;

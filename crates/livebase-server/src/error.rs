@@ -59,6 +59,13 @@ impl From<crate::service::ServiceError> for ApiError {
         match e {
             crate::service::ServiceError::Store(e) => e.into(),
             crate::service::ServiceError::AdminOnly(m) => ApiError::unauthorized(m),
+            crate::service::ServiceError::Aggregate(e) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_aggregate", e.message)
+                    .with_details(json!({ "field": e.field }))
+            }
+            e @ crate::service::ServiceError::TooManyRows(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "aggregate_too_large", e.to_string())
+            }
         }
     }
 }

@@ -33,6 +33,7 @@ pub fn routes(app: App) -> Router<App> {
             get(get_record).patch(update_record).delete(delete_record),
         )
         .route("/api/collections/{name}/batch", post(batch))
+        .route("/api/collections/{name}/aggregate", get(aggregate))
         .route("/api/changes", get(changes))
         .route_layer(axum::middleware::from_fn_with_state(app, authenticate))
 }
@@ -190,6 +191,44 @@ async fn list_records(
         body["total"] = json!(t);
     }
     Ok(Json(body).into_response())
+}
+
+/// `GET …/aggregate?{filter}&group=status&fn=count,sum(weight_kg)`: one object per group with
+/// the group fields and one key per function as written, and the sequence it is current at.
+async fn aggregate(
+    State(app): State<App>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let (mut group, mut fns) = (String::new(), None);
+    let mut filter_pairs = Vec::new();
+    for (k, v) in query_pairs(&q) {
+        match k.as_str() {
+            "group" => group = v,
+            "fn" => fns = Some(v),
+            "order" | "limit" | "offset" | "cursor" | "select" | "count" => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!("'{k}' does not apply to an aggregate"),
+                ))
+            }
+            _ => filter_pairs.push((k, v)),
+        }
+    }
+    let fns =
+        fns.ok_or_else(|| ApiError::bad_request("bad_query", "name the functions: fn=count,sum(field),…"))?;
+    let query =
+        ListQuery::from_pairs(&filter_pairs).map_err(|e| ApiError::bad_request("bad_filter", e.message))?;
+    let schema = app.service.schema();
+    let c = schema.get(&name).ok_or_else(|| livebase_store::StoreError::NoCollection(name.clone()))?;
+    let spec = livebase_core::aggregate::AggregateSpec::parse(&group, &fns, c)
+        .map_err(crate::service::ServiceError::from)?;
+    if let Some(f) = &query.filter {
+        f.bind(c).map_err(|e| ApiError::bad_request("bad_filter", e.message))?;
+    }
+    let (state, seq) = app.service.aggregate(&who, &name, query.filter, std::sync::Arc::new(spec)).await?;
+    Ok(Json(json!({"seq": seq, "groups": state.groups()})).into_response())
 }
 
 async fn get_record(

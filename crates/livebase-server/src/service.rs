@@ -7,6 +7,8 @@
 
 use crate::access::{Access, AccessCache};
 use crate::auth::Principal;
+use livebase_core::aggregate::{AggregateError, AggregateSpec, AggregateState};
+use livebase_core::filter::Filter;
 use livebase_core::query::{effective_order, encode_cursor, ListQuery, MAX_LIMIT};
 use livebase_core::schema::Collection;
 use livebase_core::Schema;
@@ -26,7 +28,15 @@ pub enum ServiceError {
     /// The operation is for the service credential (the admin key) only.
     #[error("{0}")]
     AdminOnly(String),
+    #[error("{0}")]
+    Aggregate(#[from] AggregateError),
+    /// An aggregate over more rows than one computation may read.
+    #[error("the aggregate covers more than {0} rows; narrow the filter")]
+    TooManyRows(usize),
 }
+
+/// At most this many rows are read to compute an aggregate from scratch.
+pub const MAX_AGGREGATE_ROWS: usize = 200_000;
 
 pub type Result<T> = std::result::Result<T, ServiceError>;
 
@@ -210,6 +220,39 @@ impl Service {
                 .collect()
         };
         Ok(Changes { events, head: page.head, next_since })
+    }
+
+    /// An aggregate over the rows the caller may see that match `filter`, and the sequence it
+    /// is current at (rows and sequence from one snapshot).
+    pub async fn aggregate(
+        &self,
+        who: &Principal,
+        collection: &str,
+        filter: Option<Filter>,
+        spec: Arc<AggregateSpec>,
+    ) -> Result<(AggregateState, u64)> {
+        let q = ListQuery { filter, limit: Some(MAX_AGGREGATE_ROWS + 1), ..Default::default() };
+        let (page, seq) = self.snapshot(who, collection, q).await?;
+        if page.items.len() > MAX_AGGREGATE_ROWS {
+            return Err(ServiceError::TooManyRows(MAX_AGGREGATE_ROWS));
+        }
+        let mut state = AggregateState::new(spec);
+        for r in &page.items {
+            state.add(r);
+        }
+        Ok((state, seq))
+    }
+
+    /// Checks an aggregate against the collection it is over.
+    pub fn aggregate_spec(
+        &self,
+        collection: &str,
+        group: &[String],
+        fns: &[String],
+    ) -> Result<AggregateSpec> {
+        let schema = self.store.schema();
+        let c = schema.get(collection).ok_or_else(|| StoreError::NoCollection(collection.to_string()))?;
+        Ok(AggregateSpec::new(group, fns, c)?)
     }
 
     // ---------- schema (admin) ----------

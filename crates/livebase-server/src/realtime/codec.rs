@@ -71,16 +71,60 @@ pub type PresenceMap = BTreeMap<String, Vec<PresenceEntry>>;
 /// Everything the hub and a connection send, before it has a wire shape.
 #[derive(Debug, Clone, Copy)]
 pub enum Delivery<'a> {
-    Welcome { conn_id: &'a str, epoch: &'a Epoch, heartbeat_ms: u64, timeout_ms: u64 },
-    Subscribed { reference: &'a Ref, sub_id: u64, seq: u64, epoch: &'a Epoch },
-    Snapshot { sub_id: u64, seq: u64, rows: &'a [Record], done: bool },
-    ResyncRequired { reference: &'a Ref, sub_id: u64, reason: &'a str },
-    Ok { reference: &'a Ref },
-    Pong { reference: &'a Ref },
+    Welcome {
+        conn_id: &'a str,
+        epoch: &'a Epoch,
+        heartbeat_ms: u64,
+        timeout_ms: u64,
+    },
+    Subscribed {
+        reference: &'a Ref,
+        sub_id: u64,
+        seq: u64,
+        epoch: &'a Epoch,
+    },
+    Snapshot {
+        sub_id: u64,
+        seq: u64,
+        rows: &'a [Record],
+        done: bool,
+    },
+    ResyncRequired {
+        reference: &'a Ref,
+        sub_id: u64,
+        reason: &'a str,
+    },
+    Ok {
+        reference: &'a Ref,
+    },
+    Pong {
+        reference: &'a Ref,
+    },
     Error(&'a ProtoError),
-    PresenceState { channel: &'a str, state: &'a PresenceMap },
-    PresenceDiff { channel: &'a str, joins: &'a PresenceMap, leaves: &'a PresenceMap },
-    Broadcast { channel: &'a str, event: &'a str, payload: &'a Value, from: &'a str },
+    PresenceState {
+        channel: &'a str,
+        state: &'a PresenceMap,
+    },
+    PresenceDiff {
+        channel: &'a str,
+        joins: &'a PresenceMap,
+        leaves: &'a PresenceMap,
+    },
+    Broadcast {
+        channel: &'a str,
+        event: &'a str,
+        payload: &'a Value,
+        from: &'a str,
+    },
+    /// A live aggregate's values: every group (`full`), or the groups a change moved and
+    /// those it emptied.
+    Aggregate {
+        sub_id: u64,
+        seq: u64,
+        groups: &'a [serde_json::Map<String, Value>],
+        removed: &'a [serde_json::Map<String, Value>],
+        full: bool,
+    },
 }
 
 /// Turns deliveries into frames for one wire protocol. Implementations are stateless and
@@ -150,6 +194,10 @@ impl Codec for NativeCodec {
             })),
             Delivery::Broadcast { channel, event, payload, from } => protocol::encode(&json!({
                 "type": "broadcast", "channel": channel, "event": event, "payload": payload, "from": from,
+            })),
+            Delivery::Aggregate { sub_id, seq, groups, removed, full } => protocol::encode(&json!({
+                "type": "aggregate", "sub_id": sub_id, "seq": seq, "full": full,
+                "groups": groups, "removed": removed,
             })),
         })
     }

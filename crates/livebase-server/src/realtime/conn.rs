@@ -246,8 +246,17 @@ fn handle(app: &App, hub: &Hub, conn: u64, out: &Reply<'_>, principal: &mut Prin
                 (None, true) => Ok(Start::Snapshot),
                 (None, false) => Ok(Start::Now),
             };
-            start.and_then(|start| {
-                hub.subscribe(conn, s.reference.clone(), &s.collection, s.filter.as_deref(), start)
+            start.and_then(|start| match &s.aggregate {
+                None => hub.subscribe(conn, s.reference.clone(), &s.collection, s.filter.as_deref(), start),
+                Some(a) => hub.subscribe_aggregate(
+                    conn,
+                    s.reference.clone(),
+                    &s.collection,
+                    s.filter.as_deref(),
+                    start,
+                    &a.group,
+                    &a.fns,
+                ),
             })
         }
         ClientMsg::Unsubscribe(u) => hub

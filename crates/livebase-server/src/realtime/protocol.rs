@@ -27,6 +27,18 @@ pub struct Subscribe {
     pub epoch: Option<String>,
     #[serde(default)]
     pub snapshot: bool,
+    /// A live aggregate instead of rows.
+    #[serde(default)]
+    pub aggregate: Option<AggregateReq>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateReq {
+    #[serde(default)]
+    pub group: Vec<String>,
+    #[serde(rename = "fn")]
+    pub fns: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

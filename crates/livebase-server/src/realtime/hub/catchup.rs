@@ -8,6 +8,8 @@
 use super::dispatch::{seen_by, FrameCache};
 use super::registry::{ConnId, Query, QueryId, SubState};
 use super::Hub;
+use crate::access::Access;
+use crate::auth::Principal;
 use crate::realtime::codec::{Codec, Delivery, Frame};
 use crate::realtime::protocol::{ProtoError, Ref};
 use livebase_core::filter::{BoundFilter, Filter};
@@ -42,6 +44,9 @@ impl Outbox {
     }
 }
 
+/// A checked subscription request: the caller, the rules, the filter parsed and bound.
+type Prepared = (Principal, Arc<Access>, Option<Filter>, Option<BoundFilter>);
+
 /// How long a resume from a position past the feed's head waits for the head to get there
 /// (a live query's snapshot may be ahead of the published head by one sync).
 const AHEAD_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -58,20 +63,7 @@ impl Hub {
         start: Start,
     ) -> Result<(), ProtoError> {
         let err = |code, msg: String| ProtoError::new(&reference, code, msg);
-        let schema = self.inner.store.schema();
-        let Some(c) = schema.get(collection) else {
-            return Err(err("collection_not_found", format!("collection '{collection}' does not exist")));
-        };
-        let who = self.principal_of(conn).ok_or_else(|| err("internal", "connection is closing".into()))?;
-        if !self.access().can_list(&who, collection) {
-            return Err(err("forbidden", format!("not allowed to subscribe to '{collection}'")));
-        }
-        let parsed = match filter.map(str::trim).filter(|f| !f.is_empty()) {
-            None => None,
-            Some(f) => Filter::parse(f).map_err(|e| err("bad_filter", e.message))?,
-        };
-        let bound =
-            parsed.as_ref().map(|f| f.bind(c)).transpose().map_err(|e| err("bad_filter", e.message))?;
+        let (_, _, parsed, bound) = self.prepare(conn, &reference, collection, filter)?;
         let key = parsed.as_ref().map(|f| f.to_string()).unwrap_or_default();
 
         let mut reg = self.inner.reg.lock();
@@ -136,6 +128,80 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// What every subscription checks first: the collection exists, the caller may list it,
+    /// the filter parses and binds. Returns the caller, the rules, and the filter.
+    fn prepare(
+        &self,
+        conn: ConnId,
+        reference: &Ref,
+        collection: &str,
+        filter: Option<&str>,
+    ) -> Result<Prepared, ProtoError> {
+        let err = |code, msg: String| ProtoError::new(reference, code, msg);
+        let schema = self.inner.store.schema();
+        let Some(c) = schema.get(collection) else {
+            return Err(err("collection_not_found", format!("collection '{collection}' does not exist")));
+        };
+        let who = self.principal_of(conn).ok_or_else(|| err("internal", "connection is closing".into()))?;
+        let access = self.access();
+        if !access.can_list(&who, collection) {
+            return Err(err("forbidden", format!("not allowed to subscribe to '{collection}'")));
+        }
+        let parsed = match filter.map(str::trim).filter(|f| !f.is_empty()) {
+            None => None,
+            Some(f) => Filter::parse(f).map_err(|e| err("bad_filter", e.message))?,
+        };
+        let bound =
+            parsed.as_ref().map(|f| f.bind(c)).transpose().map_err(|e| err("bad_filter", e.message))?;
+        Ok((who, access, parsed, bound))
+    }
+
+    /// Registers a live aggregate over `(collection, filter)`: `subscribed`, the current values
+    /// (`aggregate` with `full: true`), then the groups each change moves. A resume (`since`)
+    /// is answered with the current values: an aggregate resumes by value.
+    #[allow(clippy::too_many_arguments)]
+    pub fn subscribe_aggregate(
+        &self,
+        conn: ConnId,
+        reference: Ref,
+        collection: &str,
+        filter: Option<&str>,
+        start: Start,
+        group: &[String],
+        fns: &[String],
+    ) -> Result<(), ProtoError> {
+        let (who, access, parsed, bound) = self.prepare(conn, &reference, collection, filter)?;
+        let spec = self
+            .inner
+            .service
+            .aggregate_spec(collection, group, fns)
+            .map_err(|e| ProtoError::new(&reference, "invalid_aggregate", e.to_string()))?;
+        let mut reg = self.inner.reg.lock();
+        let reg = &mut *reg;
+        let limit = self.inner.limits.max_subscriptions;
+        let Some(entry) = reg.conns.get(&conn) else {
+            return Err(ProtoError::new(&reference, "internal", "connection is closing"));
+        };
+        if entry.queries.len() >= limit {
+            return Err(ProtoError::new(
+                &reference,
+                "too_many_subscriptions",
+                format!("a connection holds at most {limit} subscriptions"),
+            ));
+        }
+        if let Start::Since { epoch: Some(theirs), .. } = &start {
+            if theirs != self.inner.feed.epoch().as_str() {
+                entry.send(Delivery::ResyncRequired {
+                    reference: &reference,
+                    sub_id: 0,
+                    reason: "epoch_changed",
+                });
+                return Ok(());
+            }
+        }
+        self.subscribe_aggregate_in(reg, &access, conn, reference, who, collection, (parsed, bound), spec)
     }
 
     pub fn unsubscribe(&self, conn: ConnId, reference: &Ref, qid: QueryId) -> Result<(), ProtoError> {

@@ -145,11 +145,12 @@ impl Hub {
         &self,
         reg: &mut Registry,
         access: &Access,
-        ev: &ChangeEvent,
+        ev: &Arc<ChangeEvent>,
         delivered: &mut u64,
     ) -> Vec<ConnId> {
         let mut slow: Vec<ConnId> = Vec::new();
         reg.dispatched = ev.seq;
+        self.dispatch_aggregates(reg, access, ev, delivered, &mut slow);
         let Some(ix) = reg.index.get(&ev.collection) else { return slow };
         let candidates = ix.candidates(ev);
         // Rules that let everyone see every row need no per-subscriber work.

@@ -12,7 +12,9 @@
 //! - [`dispatch`]: the task that reads the feed and fans events out.
 //! - [`catchup`]: subscribing, and stitching history or a snapshot to the live stream.
 //! - [`channels`]: join, leave, broadcast, presence; events from other nodes.
+//! - [`aggregates`]: live aggregates, folded once per view and kept current per event.
 
+mod aggregates;
 mod catchup;
 mod channels;
 mod dispatch;
@@ -181,7 +183,7 @@ impl Hub {
             let reg = &mut *reg;
             let at = reg.dispatched;
             let Some(c) = reg.conns.get_mut(&conn) else { return };
-            c.who = who;
+            c.who = who.clone();
             c.expired = false;
             for qid in &c.queries {
                 if let Some(state) = reg.queries.get_mut(qid).and_then(|q| q.subscribers.get_mut(&conn)) {
@@ -191,6 +193,7 @@ impl Hub {
                     }
                 }
             }
+            self.reauthorize_aggregates(reg, &self.access(), conn, &who);
         }
         for (qid, since, at) in resumes {
             self.resume_paused(conn, qid, since, at);

@@ -173,6 +173,10 @@ pub(super) struct Registry {
     pub members: HashMap<String, HashSet<ConnId>>,
     /// Channel → presence of the whole cluster.
     pub presence: HashMap<String, Presence>,
+    /// Live aggregates (ids from the same space as queries), by key and by collection.
+    pub aggregates: HashMap<QueryId, super::aggregates::AggQuery>,
+    pub agg_ids: HashMap<(String, String), QueryId>,
+    pub agg_index: HashMap<String, HashSet<QueryId>>,
     pub next_query: QueryId,
     pub subscriptions: i64,
     pub presence_members: i64,
@@ -209,6 +213,9 @@ impl Registry {
     pub fn remove_subscriber(&mut self, conn: ConnId, qid: QueryId) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.queries.remove(&qid);
+        }
+        if super::Hub::remove_aggregate_subscriber(self, conn, qid) {
+            return;
         }
         let Some(q) = self.queries.get_mut(&qid) else { return };
         if q.subscribers.remove(&conn).is_some() {
