@@ -206,6 +206,8 @@ struct HubInner {
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
     access: Arc<AccessCache>,
+    /// Recently cut-off connections, told to their client on its next connection.
+    cut_offs: super::cutoff::CutOffs,
 }
 
 /// How a subscription starts.
@@ -231,6 +233,7 @@ impl Hub {
                 next_conn: AtomicU64::new(1),
                 metrics,
                 access,
+                cut_offs: Default::default(),
             }),
         }
     }
@@ -304,10 +307,12 @@ impl Hub {
             // A connection that missed this event must receive nothing after it: it is cut
             // off before the next event is dispatched, and resumes from its last sequence.
             for conn in slow {
-                self.inner.metrics.slow_consumer_dropped();
                 if let Some(c) = reg.conns.get(&conn) {
+                    // Remembered first, so a client that reconnects at once is told.
+                    self.inner.cut_offs.record(&c.name, c.who.scope(), "slow_consumer", ev.seq);
                     c.handle.close.close(4001, "slow_consumer");
                 }
+                self.inner.metrics.slow_consumer_dropped();
                 Self::remove_conn(&mut reg, conn, &self.inner.metrics);
             }
             head = reg.dispatched;
@@ -448,6 +453,12 @@ impl Hub {
             let hub = self.clone();
             tokio::spawn(async move { hub.catch_up(conn, qid, None, tx, since, at, false).await });
         }
+    }
+
+    /// Why the connection named `name` was cut off, when it was recently and `who` is the
+    /// caller it belonged to (the `cut_off` member of a resuming client's `welcome`).
+    pub fn take_cut_off(&self, name: &str, who: &Principal) -> Option<Value> {
+        self.inner.cut_offs.take(name, &who.scope())
     }
 
     fn principal_of(&self, conn: ConnId) -> Option<Principal> {

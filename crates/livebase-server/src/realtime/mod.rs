@@ -3,8 +3,10 @@
 //! - [`protocol`]: request parsing and frame encoding (the only place that knows the JSON).
 //! - [`hub`]: subscriptions, their index, fan-out, catch-up stitching, channels and presence.
 //! - [`conn`]: one task per WebSocket: reads requests, writes queued frames, heartbeats.
+//! - [`cutoff`]: recently cut-off connections, reported to their client when it resumes.
 
 pub mod conn;
+pub mod cutoff;
 pub mod hub;
 pub mod protocol;
 

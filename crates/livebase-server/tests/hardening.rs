@@ -1,0 +1,121 @@
+//! Issue #15: what a fault-injection run found. Each test names the behaviour it requires.
+
+mod common;
+
+use common::ws::{Ws, WAIT};
+use common::TestServer;
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The next close frame (code, reason), skipping other frames; None when the TCP connection
+/// ended without one.
+async fn close_of(ws: &mut Ws) -> Option<(u16, String)> {
+    for _ in 0..10_000 {
+        match tokio::time::timeout(WAIT, ws.stream.next()).await.expect("the server closes in time") {
+            Some(Ok(Message::Close(c))) => {
+                return c.map(|c| (u16::from(c.code), c.reason.as_str().to_string()));
+            }
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => return None,
+        }
+    }
+    panic!("no close after 10000 frames");
+}
+
+async fn metrics(t: &TestServer) -> String {
+    t.http.get(format!("{}/metrics", t.url)).send().await.unwrap().text().await.unwrap()
+}
+
+/// The value of one sample line of the metrics text, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok())).unwrap_or(0.0)
+}
+
+// ---------- 1. frames over the hard limit, invalid UTF-8 ----------
+
+#[tokio::test]
+async fn a_text_frame_over_the_hard_limit_is_closed_with_1009_and_counted() {
+    let t = TestServer::start().await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    ws.send_raw(format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat((1 << 20) + 10))).await;
+    assert_eq!(close_of(&mut ws).await, Some((1009, "message_too_big".into())));
+    let m = metrics(&t).await;
+    assert_eq!(sample(&m, "livebase_ws_frames_refused_total{reason=\"message_too_big\"}"), 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_is_closed_with_1007_and_counted() {
+    let t = TestServer::start().await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.stream.send(Message::Frame(bad)).await.expect("send");
+    assert_eq!(close_of(&mut ws).await, Some((1007, "invalid_utf8".into())));
+    let m = metrics(&t).await;
+    assert_eq!(sample(&m, "livebase_ws_frames_refused_total{reason=\"invalid_utf8\"}"), 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_frame_between_the_soft_and_the_hard_limit_gets_an_error_and_the_connection_stays_open() {
+    let t = TestServer::start().await;
+    let mut ws = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    ws.send_raw(format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(512 * 1024))).await;
+    assert_eq!(ws.recv().await["code"], "frame_too_large");
+    assert_eq!(ws.request(json!({"type": "ping"})).await["type"], "pong");
+    let m = metrics(&t).await;
+    assert_eq!(sample(&m, "livebase_ws_frames_refused_total{reason=\"frame_too_large\"}"), 1.0, "{m}");
+}
+
+// ---------- 2. slow consumers learn why they were cut off ----------
+
+/// A raw socket that stops reading with a tiny receive buffer, a queue of 4 frames: it is
+/// cut off, and whatever reached it on the old socket, its next connection with
+/// `?resume_of=<old conn_id>` says so in `welcome`.
+#[tokio::test]
+async fn a_cut_off_slow_consumer_is_told_the_reason_on_its_next_connection() {
+    let t = TestServer::start_with(|c| c.ws_queue = 4).await;
+    t.create_collection(json!({"name": "blobs", "fields": [{"name": "body", "type": "text"}]})).await;
+    let addr: std::net::SocketAddr = t.url.trim_start_matches("http://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/api/realtime?token={}", t.admin_key);
+    let (stream, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("upgrade");
+    let (mut slow, _) = Ws::from_stream(stream).await;
+    let old = slow.conn_id.clone();
+    slow.subscribe("blobs", None, json!({})).await;
+    // From here on `slow` reads nothing. Write until the hub has cut it off (bounded).
+    let body = "x".repeat(16 * 1024);
+    let mut cut = false;
+    for round in 0..400 {
+        let ops: Vec<Value> = (0..40).map(|_| json!({"op": "create", "data": {"body": body}})).collect();
+        let (s, b) = t.post("/api/collections/blobs/batch", json!({ "ops": ops })).await;
+        assert_eq!(s, StatusCode::OK, "round {round}: {b}");
+        if sample(&metrics(&t).await, "livebase_slow_consumers_dropped_total") >= 1.0 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the consumer that stopped reading was never cut off");
+    // The old socket ends, by 4001 or without a close frame: both are allowed.
+    let end = close_of(&mut slow).await;
+    assert!(end.is_none() || end.as_ref().map(|e| e.0) == Some(4001), "{end:?}");
+    drop(slow);
+    let url =
+        format!("{}/api/realtime?token={}&resume_of={old}", t.url.replacen("http", "ws", 1), t.admin_key);
+    let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("reconnects");
+    let (_again, w) = Ws::from_stream(stream).await;
+    assert_eq!(w["cut_off"]["reason"], "slow_consumer", "{w}");
+    assert!(w["cut_off"]["at_seq"].as_u64().is_some_and(|s| s > 0), "{w}");
+    // Reported once, and never to someone else's connection.
+    let url =
+        format!("{}/api/realtime?token={}&resume_of={old}", t.url.replacen("http", "ws", 1), t.admin_key);
+    let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (_third, w) = Ws::from_stream(stream).await;
+    assert!(w.get("cut_off").is_none(), "reported once: {w}");
+}
