@@ -3,7 +3,7 @@
 mod common;
 
 use common::ws::{Ws, WAIT};
-use common::TestServer;
+use common::{items_collection, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -118,4 +118,39 @@ async fn a_cut_off_slow_consumer_is_told_the_reason_on_its_next_connection() {
     let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let (_third, w) = Ws::from_stream(stream).await;
     assert!(w.get("cut_off").is_none(), "reported once: {w}");
+}
+
+// ---------- 3. system fields in bodies ----------
+
+#[tokio::test]
+async fn system_fields_in_record_bodies_are_refused_by_name() {
+    let t = TestServer::start().await;
+    t.create_collection(items_collection()).await;
+    let (s, e) =
+        t.post("/api/collections/items/records", json!({"title": "a", "version": 99, "created_at": 5})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["code"], "validation_failed");
+    let text = e.to_string();
+    assert!(text.contains("\"version\"") && text.contains("\"created_at\""), "names both fields: {e}");
+    // id stays accepted on create.
+    let r = t.create("items", json!({"id": "own-id-1", "title": "a"})).await;
+    assert_eq!((r["id"].as_str(), r["version"].as_i64()), (Some("own-id-1"), Some(1)));
+    let (s, e) =
+        t.patch("/api/collections/items/records/own-id-1", json!({"title": "b", "updated_at": "x"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e.to_string().contains("updated_at"), "{e}");
+    let (s, b) =
+        t.patch("/api/collections/items/records/own-id-1", json!({"id": "own-id-1", "title": "b"})).await;
+    assert_eq!(s, StatusCode::OK, "repeating its own id is fine: {b}");
+    let (s, e) = t
+        .post(
+            "/api/collections/items/batch",
+            json!({"ops": [{"op": "create", "data": {"title": "c"}},
+                           {"op": "update", "id": "own-id-1", "data": {"version": 7}}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e.to_string().contains("version"), "{e}");
+    assert_eq!(t.list("items", "").await.len(), 1, "the batch applied nothing");
+    assert_eq!(t.get("/api/collections/items/records/own-id-1").await.1["version"], 2);
 }
