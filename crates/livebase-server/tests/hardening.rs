@@ -5,11 +5,14 @@ mod common;
 use common::ws::{Ws, WAIT};
 use common::{items_collection, TestServer};
 use futures_util::{SinkExt, StreamExt};
+use livebase_server::auth::sign;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "hardening-secret-0123456789abcdef";
 
 /// The next close frame (code, reason), skipping other frames; None when the TCP connection
 /// ended without one.
@@ -153,4 +156,47 @@ async fn system_fields_in_record_bodies_are_refused_by_name() {
     assert!(e.to_string().contains("version"), "{e}");
     assert_eq!(t.list("items", "").await.len(), 1, "the batch applied nothing");
     assert_eq!(t.get("/api/collections/items/records/own-id-1").await.1["version"], 2);
+}
+
+// ---------- 4. secure defaults ----------
+
+#[tokio::test]
+async fn channels_no_rule_covers_are_closed_to_anonymous_sockets() {
+    let t = TestServer::start_with(|c| c.jwt_secret = Some(SECRET.into())).await;
+    let mut anon = Ws::connect(&t.url, None).await;
+    let r = anon.request(json!({"type": "join", "channel": "admin:room"})).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let r =
+        anon.request(json!({"type": "broadcast", "channel": "admin:room", "event": "e", "payload": 1})).await;
+    assert_eq!(r["code"], "not_joined");
+    let user = sign(SECRET, "u1", "member", 300, Map::new()).unwrap();
+    let mut u = Ws::connect(&t.url, Some(&user)).await;
+    assert_eq!(u.request(json!({"type": "join", "channel": "admin:room"})).await["type"], "ok");
+    let mut a = Ws::connect(&t.url, Some(&t.admin_key)).await;
+    assert_eq!(a.request(json!({"type": "join", "channel": "admin:room"})).await["type"], "ok");
+}
+
+#[tokio::test]
+async fn metrics_served_only_on_the_metrics_address_when_one_is_set() {
+    let t = TestServer::start_with(|c| c.metrics_addr = Some(([127, 0, 0, 1], 0).into())).await;
+    let maddr = t.server.as_ref().unwrap().metrics_addr.expect("a metrics address");
+    let main = t.http.get(format!("{}/metrics", t.url)).send().await.unwrap();
+    assert_eq!(main.status(), StatusCode::NOT_FOUND, "not on the main port");
+    let r = t.http.get(format!("http://{maddr}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("livebase_connections"));
+    let r = t.http.get(format!("http://{maddr}/api/collections")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "the metrics address serves nothing else");
+}
+
+#[tokio::test]
+async fn metrics_need_the_bearer_token_when_one_is_set() {
+    let t = TestServer::start_with(|c| c.metrics_token = Some("scrape-me".into())).await;
+    let url = format!("{}/metrics", t.url);
+    assert_eq!(t.http.get(&url).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r = t.http.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = t.http.get(&url).bearer_auth("scrape-me").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("# EOF"));
 }
