@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the livebase-core fuzz targets on the stable toolchain.
 #
-#   fuzz/run.sh SECONDS [TARGET...]     (targets: rules filter; default: both)
+#   fuzz/run.sh SECONDS [TARGET...]     (targets: rules filter rest; default: all)
 #
 # Installs cargo-fuzz if it is missing, builds the targets (release, debug assertions on,
 # no sanitizer), then runs each target for SECONDS. Exits non-zero if a target fails to build
@@ -21,7 +21,7 @@ if ! [[ "$secs" =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
 fi
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(rules filter)
+[ ${#targets[@]} -gt 0 ] || targets=(rules filter rest)
 
 fuzz_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$fuzz_dir/.."

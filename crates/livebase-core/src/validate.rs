@@ -97,9 +97,20 @@ pub fn check_value(f: &Field, v: &Value) -> Result<Value, FieldError> {
     Ok(out)
 }
 
+/// System fields the server sets itself: refused in record data, never silently dropped.
+/// (`id` is not among them: a create may choose its id, an update may repeat its own.)
+const READ_ONLY: [&str; 3] = ["version", "created_at", "updated_at"];
+
 fn check_keys(c: &Collection, input: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    debug_assert!(READ_ONLY.iter().all(|f| SYSTEM_FIELDS.contains(f)));
     for k in input.keys() {
-        if c.field(k).is_none() && !SYSTEM_FIELDS.contains(&k.as_str()) {
+        if READ_ONLY.contains(&k.as_str()) {
+            errors.push(err(
+                k,
+                "read_only",
+                format!("{k} is set by the server and cannot be written (send a base version as expected_version or If-Match)"),
+            ));
+        } else if c.field(k).is_none() && !SYSTEM_FIELDS.contains(&k.as_str()) {
             errors.push(err(k, "unknown_field", format!("{} has no field '{k}'", c.name)));
         }
     }
@@ -123,8 +134,9 @@ fn finish(out: Checked, errors: Vec<FieldError>) -> Result<Checked, Vec<FieldErr
 }
 
 /// Validates the data of a new record: every declared field, in schema order, with defaults
-/// applied and absent optional fields set to null. System fields in `input` are ignored
-/// (the caller takes a client-supplied `id` itself).
+/// applied and absent optional fields set to null. `id` in `input` is ignored (the caller
+/// takes a client-supplied `id` itself); `version`, `created_at` and `updated_at` are refused
+/// (`read_only`).
 pub fn validate_create(
     c: &Collection,
     input: &Map<String, Value>,
@@ -155,7 +167,8 @@ pub fn validate_create(
     finish(out, errors)
 }
 
-/// Validates a partial update: only the given fields, nulls allowed unless required.
+/// Validates a partial update: only the given fields, nulls allowed unless required. System
+/// fields other than `id` are refused (`read_only`), as on create.
 pub fn validate_patch(
     c: &Collection,
     input: &Map<String, Value>,
@@ -221,6 +234,20 @@ mod tests {
         let mut fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
         fields.sort();
         assert_eq!(fields, ["done", "due", "nope", "price", "qty", "status", "title"]);
+    }
+
+    #[test]
+    fn system_fields_in_data_are_refused_not_ignored() {
+        let c = items();
+        let e =
+            validate_create(&c, &obj(json!({"title": "box", "version": 99, "created_at": 5}))).unwrap_err();
+        let mut fields: Vec<_> = e.iter().map(|e| (e.field.as_str(), e.code)).collect();
+        fields.sort();
+        assert_eq!(fields, [("created_at", "read_only"), ("version", "read_only")]);
+        let e = validate_patch(&c, &obj(json!({"updated_at": "2026-01-01T00:00:00Z"}))).unwrap_err();
+        assert_eq!((e[0].field.as_str(), e[0].code), ("updated_at", "read_only"));
+        assert!(validate_create(&c, &obj(json!({"title": "box", "id": "x1"}))).is_ok(), "id stays accepted");
+        assert!(validate_patch(&c, &obj(json!({"id": "x1", "qty": 2}))).is_ok());
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Who may use channels whose name matches `pattern` (`*` matches any run of characters).
-/// Evaluated with `auth.*` and `data.channel`. Channels matching no pattern are public.
+/// Evaluated with `auth.*` and `data.channel`. Channels matching no pattern admit
+/// authenticated callers (a user token or the admin key) only; a rule opens a channel to
+/// anonymous callers explicitly (e.g. `"rule": "true"`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelRule {
@@ -174,7 +176,10 @@ impl Access {
         if who.is_admin() {
             return true;
         }
-        let Some((_, rule)) = self.channels.iter().find(|(p, _)| like_match(p, channel)) else { return true };
+        let Some((_, rule)) = self.channels.iter().find(|(p, _)| like_match(p, channel)) else {
+            // Closed by default: no rule covers it, so only callers with a token get in.
+            return !matches!(who, Principal::Anonymous(_));
+        };
         let mut data = Map::new();
         data.insert("channel".into(), Value::String(channel.to_string()));
         rule.always() || rule.eval(&RuleContext { auth: who.claims(), record: None, data: Some(&data) })

@@ -75,6 +75,12 @@ pub struct Config {
     /// Most rows a live query's snapshot may return.
     #[arg(long, env = "LIVEBASE_MAX_SNAPSHOT_ROWS", default_value_t = 10_000)]
     pub max_snapshot_rows: usize,
+    /// Serve `/metrics` on this address only (not on `--addr`), e.g. `127.0.0.1:9090`.
+    #[arg(long, env = "LIVEBASE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Require `Authorization: Bearer <token>` (this token or the admin key) for `/metrics`.
+    #[arg(long, env = "LIVEBASE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Log filter, e.g. `info`, `livebase=debug`.
     #[arg(long, env = "LIVEBASE_LOG", default_value = "info")]
     pub log: String,
@@ -110,6 +116,8 @@ impl Config {
             heartbeat_ms: 15_000,
             heartbeat_timeout_ms: 45_000,
             max_snapshot_rows: 10_000,
+            metrics_addr: None,
+            metrics_token: None,
             log: "warn".into(),
             node_id: None,
         }

@@ -52,6 +52,7 @@ pub struct Metrics {
     connections_opened: Counter,
     connections_closed: Labeled<Counter>,
     slow_consumers_dropped: Counter,
+    frames_refused: Labeled<Counter>,
     subscriptions: Gauge,
     presence_members: Gauge,
     queue_depth: Gauge,
@@ -80,6 +81,7 @@ impl Metrics {
             connections_opened: Counter::default(),
             connections_closed: Labeled::new(&["reason"], Counter::default),
             slow_consumers_dropped: Counter::default(),
+            frames_refused: Labeled::new(&["reason"], Counter::default),
             subscriptions: Gauge::default(),
             presence_members: Gauge::default(),
             queue_depth: Gauge::default(),
@@ -133,6 +135,11 @@ impl Metrics {
             "livebase_slow_consumers_dropped",
             "Connections closed because their outbound queue overflowed",
             m.slow_consumers_dropped.clone(),
+        );
+        r.register(
+            "livebase_ws_frames_refused",
+            "Client WebSocket frames refused, by reason (frame_too_large: answered with an error; message_too_big, invalid_utf8, protocol_error: the connection was closed)",
+            m.frames_refused.clone(),
         );
         r.register("livebase_subscriptions", "Active subscriptions", m.subscriptions.clone());
         r.register(
@@ -203,6 +210,14 @@ impl Metrics {
 
     pub fn slow_consumer_dropped(&self) {
         self.slow_consumers_dropped.inc();
+    }
+
+    /// A client frame refused: `reason` is a short fixed word (`frame_too_large`,
+    /// `message_too_big`, `invalid_utf8`, `protocol_error`), never free text.
+    pub fn frame_refused(&self, reason: &str) {
+        self.frames_refused.with(&[reason], |c| {
+            c.inc();
+        });
     }
 
     pub fn set_subscriptions(&self, n: i64) {

@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `--metrics-addr` is set (else on `addr`).
+    pub metrics_addr: Option<SocketAddr>,
     pub admin_key: String,
     pub app: App,
     stop: Option<oneshot::Sender<()>>,
@@ -77,19 +79,55 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
 }
 
 pub fn router(app: App) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .merge(rest::routes(app.clone()))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics_text))
-        .route("/api/realtime", get(crate::realtime::conn::upgrade))
+        .route("/ready", get(ready));
+    // With a separate metrics address, the main port does not serve /metrics at all.
+    if app.config.metrics_addr.is_none() {
+        r = r.route("/metrics", get(metrics_text));
+    }
+    r.route("/api/realtime", get(crate::realtime::conn::upgrade))
         .layer(axum::middleware::from_fn_with_state(app.clone(), record_request))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(app)
 }
 
-async fn metrics_text(axum::extract::State(app): axum::extract::State<App>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], app.metrics.render())
+/// The router of the separate metrics listener (`--metrics-addr`): `/metrics` only.
+fn metrics_router(app: App) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::not_found("this address serves /metrics only") })
+        .with_state(app)
+}
+
+async fn metrics_text(
+    axum::extract::State(app): axum::extract::State<App>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(want) = &app.config.metrics_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| {
+            crate::auth::same(g.as_bytes(), want.as_bytes())
+                || crate::auth::same(g.as_bytes(), app.admin_key.as_bytes())
+        });
+        if !ok {
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "/metrics needs 'Authorization: Bearer <metrics token>'",
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], app.metrics.render()).into_response()
 }
 
 /// Records each HTTP request's latency by route template (not raw path), method and status.
@@ -138,6 +176,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let metrics_listener = match config.metrics_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (metrics)"))?,
+        ),
+        None => None,
+    };
     let admin_key = admin_key(&config)?;
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
@@ -223,6 +269,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     let router = router(app.clone());
     let (stop, stopped) = oneshot::channel::<()>();
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let metrics_task = metrics_listener.map(|l| {
+        let router = metrics_router(app.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, router).await {
+                tracing::error!(error = %e, "metrics listener stopped with an error");
+            }
+        })
+    });
     let task = tokio::spawn(async move {
         // Small frames must leave at once: Nagle's algorithm would hold them for the peer's
         // delayed ACK (tens of milliseconds).
@@ -241,7 +299,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
         dispatcher.abort();
         sampler.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
     });
-    tracing::info!(%addr, "livebase listening");
-    Ok(Server { addr, admin_key, app, stop: Some(stop), task })
+    tracing::info!(%addr, ?metrics_addr, "livebase listening");
+    Ok(Server { addr, metrics_addr, admin_key, app, stop: Some(stop), task })
 }

@@ -367,7 +367,8 @@ async fn private_channels_follow_channel_rules() {
     std::fs::write(
         &schema,
         json!({"channels": [{"pattern": "finance:*", "rule": "auth.dept == \"finance\""},
-                            {"pattern": "staff:*", "rule": "auth.role != \"anon\""}]})
+                            {"pattern": "staff:*", "rule": "auth.role != \"anon\""},
+                            {"pattern": "public:*", "rule": "true"}]})
         .to_string(),
     )
     .unwrap();
@@ -386,9 +387,19 @@ async fn private_channels_follow_channel_rules() {
     assert_eq!(anon.request(json!({"type": "join", "channel": "staff:all"})).await["code"], "forbidden");
     assert_eq!(c.request(json!({"type": "join", "channel": "staff:all"})).await["type"], "ok");
     assert_eq!(
-        anon.request(json!({"type": "join", "channel": "lobby"})).await["type"],
+        anon.request(json!({"type": "join", "channel": "lobby"})).await["code"],
+        "forbidden",
+        "channels no rule covers are closed to anonymous callers"
+    );
+    assert_eq!(
+        c.request(json!({"type": "join", "channel": "lobby"})).await["type"],
         "ok",
-        "unmatched channels are public"
+        "channels no rule covers admit authenticated callers"
+    );
+    assert_eq!(
+        anon.request(json!({"type": "join", "channel": "public:hall"})).await["type"],
+        "ok",
+        "a rule opens a channel to anonymous callers explicitly"
     );
     let e =
         c.request(json!({"type": "broadcast", "channel": "finance:q4", "event": "x", "payload": 1})).await;

@@ -71,11 +71,14 @@ pub type PresenceMap = BTreeMap<String, Vec<PresenceEntry>>;
 /// Everything the hub and a connection send, before it has a wire shape.
 #[derive(Debug, Clone, Copy)]
 pub enum Delivery<'a> {
+    /// `cut_off`: why the client's previous connection was cut off, when it asked
+    /// (`?resume_of=`) and that is known.
     Welcome {
         conn_id: &'a str,
         epoch: &'a Epoch,
         heartbeat_ms: u64,
         timeout_ms: u64,
+        cut_off: Option<&'a Value>,
     },
     Subscribed {
         reference: &'a Ref,
@@ -171,10 +174,16 @@ impl Codec for NativeCodec {
 
     fn encode(&self, d: Delivery<'_>) -> Frame {
         Frame::Text(match d {
-            Delivery::Welcome { conn_id, epoch, heartbeat_ms, timeout_ms } => protocol::encode(&json!({
-                "type": "welcome", "conn_id": conn_id, "server_time": livebase_core::record::now_timestamp(),
-                "heartbeat_ms": heartbeat_ms, "timeout_ms": timeout_ms, "epoch": epoch.as_str(),
-            })),
+            Delivery::Welcome { conn_id, epoch, heartbeat_ms, timeout_ms, cut_off } => {
+                let mut w = json!({
+                    "type": "welcome", "conn_id": conn_id, "server_time": livebase_core::record::now_timestamp(),
+                    "heartbeat_ms": heartbeat_ms, "timeout_ms": timeout_ms, "epoch": epoch.as_str(),
+                });
+                if let Some(c) = cut_off {
+                    w["cut_off"] = c.clone();
+                }
+                protocol::encode(&w)
+            }
             Delivery::Subscribed { reference, sub_id, seq, epoch } => {
                 protocol::subscribed(reference, sub_id, seq, epoch.as_str())
             }

@@ -28,9 +28,14 @@ pub async fn upgrade(
     RawQuery(q): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let token: Option<String> = q.as_deref().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
-    });
+    let param = |name: &str| -> Option<String> {
+        q.as_deref().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        })
+    };
+    let token = param("token");
+    // The conn_id of the client's previous connection: its welcome says if that one was cut off.
+    let resume_of = param("resume_of");
     let principal = match token {
         Some(t) => app.principal_from_token(Some(&t)),
         None => app.principal(&headers),
@@ -45,7 +50,7 @@ pub async fn upgrade(
         .max_message_size(CODEC_MAX_MESSAGE)
         .max_frame_size(CODEC_MAX_MESSAGE);
     match principal {
-        Ok(p) => ws.on_upgrade(move |socket| run(app, socket, p)),
+        Ok(p) => ws.on_upgrade(move |socket| run(app, socket, p, resume_of)),
         // Browsers cannot read an HTTP refusal of an upgrade (they see 1006, like a network
         // failure), so a bad token is refused inside the socket: an error frame naming the
         // reason, then close code 4003.
@@ -60,7 +65,7 @@ async fn refuse(mut socket: WebSocket, e: crate::error::ApiError) {
     let _ = socket.send(Message::Close(Some(close))).await;
 }
 
-async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
+async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_of: Option<String>) {
     let hub = app.hub.clone();
     let limits = hub.limits().clone();
     let (tx, mut rx) = mpsc::channel::<Frame>(limits.queue_frames);
@@ -76,9 +81,11 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
         }
     };
     tracing::info!(conn = %name, who = %principal.scope(), "realtime connection opened");
+    let cut_off = resume_of.as_deref().and_then(|old| hub.take_cut_off(old, &principal));
     let welcome = codec.encode(Delivery::Welcome {
         conn_id: &name,
         epoch: hub.feed().epoch(),
+        cut_off: cut_off.as_ref(),
         heartbeat_ms: limits.heartbeat_interval.as_millis() as u64,
         timeout_ms: limits.heartbeat_timeout.as_millis() as u64,
     });
@@ -109,10 +116,7 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                 reply(&tx, codec.encode(Delivery::Error(&e)));
             }
             _ = &mut closing => {
-                let (code, why) = (*close.reason.lock()).unwrap_or((1000, "closed"));
-                reason = why;
-                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                reason = close_on_signal(&mut socket, &mut rx, &close).await;
                 break;
             }
             frame = rx.recv() => {
@@ -128,16 +132,24 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
                     socket.flush().await
                 };
                 // A client that stops reading must not pin this task: a close wins.
-                tokio::select! {
-                    r = write => if r.is_err() { reason = "write_failed"; break },
-                    _ = &mut closing => {
-                        reason = (*close.reason.lock()).map(|r| r.1).unwrap_or("closed");
-                        break;
-                    }
+                let closed = tokio::select! {
+                    r = write => if r.is_err() { reason = "write_failed"; break } else { false },
+                    _ = &mut closing => true,
+                };
+                if closed {
+                    reason = close_on_signal(&mut socket, &mut rx, &close).await;
+                    break;
                 }
             }
             msg = socket.recv() => {
-                let Some(Ok(msg)) = msg else { reason = "client_gone"; break };
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        reason = close_on_read_error(&mut socket, &hub, &name, e).await;
+                        break;
+                    }
+                    None => { reason = "client_gone"; break }
+                };
                 last_seen = Instant::now();
                 match msg {
                     Message::Text(t) => {
@@ -177,6 +189,63 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal) {
     }
     hub.disconnect(conn, reason);
     tracing::info!(conn = %name, reason, "realtime connection closed");
+}
+
+/// How long a close frame may take to write before the connection is dropped without it.
+const CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The hub asked this connection to close (slow consumer, shutdown): frames still queued are
+/// dropped, so the close frame is next on the wire, and it is tried for [`CLOSE_DEADLINE`].
+/// (A slow consumer's socket may stay full; its client learns the reason on its next
+/// connection, see [`super::cutoff`].) Returns the reason.
+async fn close_on_signal(
+    socket: &mut WebSocket,
+    rx: &mut mpsc::Receiver<Frame>,
+    close: &CloseSignal,
+) -> &'static str {
+    let (code, why) = (*close.reason.lock()).unwrap_or((1000, "closed"));
+    rx.close();
+    while rx.try_recv().is_ok() {}
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, socket.send(Message::Close(Some(frame)))).await;
+    why
+}
+
+/// What a read error means for the peer: the close code and reason the WebSocket standard
+/// names for it, or None when the peer is simply gone (reset, EOF).
+pub(crate) fn read_failure(e: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(ws) = err.downcast_ref::<WsError>() {
+            return match ws {
+                // Over the codec's hard limit (a frame or a message over 1 MiB).
+                WsError::Capacity(_) => Some((1009, "message_too_big")),
+                WsError::Utf8(_) => Some((1007, "invalid_utf8")),
+                // A peer that vanished (reset, EOF mid-frame) is gone, not misbehaving.
+                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+                WsError::Protocol(_) => Some((1002, "protocol_error")),
+                _ => None,
+            };
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// A read failed: close with the code the standard names for it (1009, 1007, 1002) and a
+/// reason, log and count the real cause. Returns the reason for the close metric.
+async fn close_on_read_error(socket: &mut WebSocket, hub: &Hub, name: &str, e: axum::Error) -> &'static str {
+    let Some((code, why)) = read_failure(&e) else {
+        tracing::debug!(conn = %name, error = %e, "realtime connection lost");
+        return "client_gone";
+    };
+    hub.metrics().frame_refused(why);
+    tracing::warn!(conn = %name, error = %e, code, reason = why, "refused a client frame; closing");
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, socket.send(Message::Close(Some(frame)))).await;
+    why
 }
 
 fn message(f: Frame) -> Message {
@@ -222,6 +291,7 @@ fn expires_in(p: &Principal, expired: bool) -> std::time::Duration {
 fn handle(app: &App, hub: &Hub, conn: u64, out: &Reply<'_>, principal: &mut Principal, text: &str) -> bool {
     let max = hub.limits().max_frame_bytes;
     if text.len() > max {
+        hub.metrics().frame_refused("frame_too_large");
         let e = ProtoError::new(&None, "frame_too_large", format!("frames are limited to {max} bytes"));
         out.send(Delivery::Error(&e));
         return false;

@@ -6,10 +6,12 @@
 //! - [`bus`]: the channel-bus port that carries broadcast and presence between nodes.
 //! - [`hub`]: subscriptions, their index, fan-out, catch-up stitching, channels and presence.
 //! - [`conn`]: one task per WebSocket: reads requests, writes queued frames, heartbeats.
+//! - [`cutoff`]: recently cut-off connections, reported to their client when it resumes.
 
 pub mod bus;
 pub mod codec;
 pub mod conn;
+pub mod cutoff;
 pub mod hub;
 pub mod protocol;
 

@@ -119,10 +119,12 @@ impl Hub {
             // A connection that missed this event must receive nothing after it: it is cut
             // off before the next event is dispatched, and resumes from its last sequence.
             for conn in slow {
-                self.inner.metrics.slow_consumer_dropped();
                 if let Some(c) = reg.conns.get(&conn) {
+                    // Remembered first, so a client that reconnects at once is told.
+                    self.inner.cut_offs.record(&c.name, c.who.scope(), "slow_consumer", ev.seq);
                     c.handle.close.close(4001, "slow_consumer");
                 }
+                self.inner.metrics.slow_consumer_dropped();
                 self.remove_conn(&mut reg, conn);
             }
             head = reg.dispatched;

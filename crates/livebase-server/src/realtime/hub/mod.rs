@@ -54,6 +54,8 @@ struct HubInner {
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
     access: Arc<AccessCache>,
+    /// Recently cut-off connections, told to their client on its next connection.
+    cut_offs: super::cutoff::CutOffs,
 }
 
 /// What a hub is built from.
@@ -80,6 +82,7 @@ impl Hub {
                 next_conn: AtomicU64::new(1),
                 metrics: p.metrics,
                 access: p.access,
+                cut_offs: Default::default(),
             }),
         }
     }
@@ -198,6 +201,12 @@ impl Hub {
         for (qid, since, at) in resumes {
             self.resume_paused(conn, qid, since, at);
         }
+    }
+
+    /// Why the connection named `name` was cut off, when it was recently and `who` is the
+    /// caller it belonged to (the `cut_off` member of a resuming client's `welcome`).
+    pub fn take_cut_off(&self, name: &str, who: &Principal) -> Option<serde_json::Value> {
+        self.inner.cut_offs.take(name, &who.scope())
     }
 
     fn principal_of(&self, conn: ConnId) -> Option<Principal> {
