@@ -37,10 +37,11 @@ impl Ws {
     /// A client over an already upgraded stream (e.g. one with custom socket options or
     /// query parameters); returns it and its `welcome`.
     pub async fn from_stream(stream: Stream) -> (Ws, Value) {
-        let mut ws = Ws { stream, conn_id: String::new(), next_ref: 0 };
+        let mut ws = Ws { stream, conn_id: String::new(), welcome: Value::Null, next_ref: 0 };
         let welcome = ws.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         ws.conn_id = welcome["conn_id"].as_str().unwrap_or_default().to_string();
+        ws.welcome = welcome.clone();
         (ws, welcome)
     }
 
