@@ -563,7 +563,7 @@ impl Hub {
             Start::Now => {
                 q.subscribers.insert(conn, SubState::Live(at));
                 // Queued under the lock, so it precedes every change the hub sends next.
-                let _ = entry.handle.tx.try_send(protocol::subscribed(&reference, qid, at));
+                let _ = entry.handle.tx.try_send(protocol::subscribed(&reference, qid, at, ""));
             }
             Start::Since(since) => {
                 q.subscribers.insert(conn, SubState::CatchingUp(Vec::new()));
@@ -694,7 +694,7 @@ impl Hub {
             };
             if !announced {
                 announced = true;
-                if tx.send(protocol::subscribed(&reference, qid, since)).await.is_err() {
+                if tx.send(protocol::subscribed(&reference, qid, since, "")).await.is_err() {
                     return;
                 }
             }
@@ -718,7 +718,7 @@ impl Hub {
                 }
             }
         }
-        if !announced && tx.send(protocol::subscribed(&reference, qid, since)).await.is_err() {
+        if !announced && tx.send(protocol::subscribed(&reference, qid, since, "")).await.is_err() {
             return;
         }
         self.go_live(conn, qid, &tx, since).await;
@@ -758,7 +758,7 @@ impl Hub {
             );
             return self.abandon(conn, qid, &tx, pe.frame());
         }
-        if tx.send(protocol::subscribed(&reference, qid, seq)).await.is_err() {
+        if tx.send(protocol::subscribed(&reference, qid, seq, "")).await.is_err() {
             return;
         }
         let chunks: Vec<&[livebase_core::Record]> =
