@@ -5,7 +5,7 @@ use super::channel::ChannelMessage;
 use super::subscription::SubEvent;
 use super::Notice;
 use crate::error::{Error, Result};
-use crate::protocol::{client, Change, Ref, ServerFrame, SubscribeMode};
+use crate::protocol::{client, ref_u64, Change, ClientFrame, Ref, ServerFrame, SubscribeMode};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -116,6 +116,8 @@ struct Sub {
     live: bool,
     /// The highest seq delivered or established (subscribed / snapshot done); the resume point.
     last_seq: Option<u64>,
+    /// The server epoch `last_seq` belongs to (from `subscribed`), sent back beside `since`.
+    epoch: Option<String>,
     /// The server's `sub_id` on the current connection.
     server_id: Option<u64>,
     snapshot: Option<SnapshotBuf>,
@@ -156,11 +158,11 @@ pub(crate) struct State {
 }
 
 impl State {
-    fn send(&mut self, frame: Value) {
-        self.outbox.push(frame.to_string());
+    fn send(&mut self, frame: ClientFrame) {
+        self.outbox.push(frame.encode());
     }
 
-    fn request(&mut self, pending: Pending, frame: impl FnOnce(u64) -> Value) {
+    fn request(&mut self, pending: Pending, frame: impl FnOnce(u64) -> ClientFrame) {
         self.next_ref += 1;
         let r = self.next_ref;
         self.pending.insert(r, pending);
@@ -169,7 +171,7 @@ impl State {
     }
 
     fn take_pending(&mut self, r: &Ref) -> Option<Pending> {
-        r.0.and_then(|r| self.pending.remove(&r))
+        ref_u64(r).and_then(|r| self.pending.remove(&r))
     }
 
     /// Number of live subscriptions (for tests and diagnostics).
@@ -200,6 +202,7 @@ impl State {
                         SubscribeMode::Since(n) => Some(n),
                         _ => None,
                     },
+                    epoch: None,
                     server_id: None,
                     snapshot: None,
                     waiter: Some(reply),
@@ -337,9 +340,9 @@ impl State {
             None if sub.live => SubscribeMode::Snapshot,
             None => SubscribeMode::Plain,
         };
-        let (collection, filter) = (sub.collection.clone(), sub.filter.clone());
+        let (collection, filter, epoch) = (sub.collection.clone(), sub.filter.clone(), sub.epoch.clone());
         self.request(Pending::Subscribe { local, mode }, |r| {
-            client::subscribe(r, &collection, filter.as_deref(), mode)
+            client::subscribe(r, &collection, filter.as_deref(), mode, epoch.as_deref())
         });
     }
 
@@ -456,7 +459,9 @@ impl State {
     pub fn on_frame(&mut self, frame: ServerFrame) {
         match frame {
             ServerFrame::Welcome { .. } => {}
-            ServerFrame::Subscribed { ref_, sub_id, seq } => self.on_subscribed(&ref_, sub_id, seq),
+            ServerFrame::Subscribed { reference, sub_id, seq, epoch } => {
+                self.on_subscribed(&reference, sub_id, seq, epoch)
+            }
             ServerFrame::Change { sub_id, change } => {
                 let Some(&local) = self.by_server.get(&sub_id) else {
                     tracing::trace!(sub_id, "change for an unknown subscription");
@@ -477,20 +482,24 @@ impl State {
             ServerFrame::PresenceDiff { channel, joins, leaves } => {
                 self.channel_message(&channel, ChannelMessage::PresenceDiff { joins, leaves })
             }
-            ServerFrame::Pong { ref_, .. } => match self.take_pending(&ref_) {
+            ServerFrame::Pong { reference, .. } => match self.take_pending(&reference) {
                 Some(Pending::Ping(sent, tx)) => {
                     let _ = tx.send(Ok(sent.elapsed()));
                 }
                 Some(p) => self.resolve_ok(p),
                 None => {}
             },
-            ServerFrame::Ok { ref_ } => {
-                if let Some(p) = self.take_pending(&ref_) {
+            ServerFrame::Ok { reference } => {
+                if let Some(p) = self.take_pending(&reference) {
                     self.resolve_ok(p);
                 }
             }
-            ServerFrame::Error { ref_, code, message, .. } => self.on_error(&ref_, code, message),
-            ServerFrame::ResyncRequired { ref_, sub_id, reason } => self.on_resync(&ref_, sub_id, reason),
+            ServerFrame::Error { reference, code, message, .. } => self.on_error(&reference, code, message),
+            ServerFrame::ResyncRequired { reference, sub_id, reason } => {
+                self.on_resync(&reference, sub_id, reason)
+            }
+            // This client does not subscribe to live aggregates yet (the REST form works).
+            ServerFrame::Aggregate { sub_id, .. } => tracing::trace!(sub_id, "aggregate frame ignored"),
             ServerFrame::Unknown => {}
         }
     }
@@ -521,7 +530,7 @@ impl State {
         }
     }
 
-    fn on_subscribed(&mut self, r: &Ref, sub_id: u64, seq: u64) {
+    fn on_subscribed(&mut self, r: &Ref, sub_id: u64, seq: u64, epoch: Option<String>) {
         let (local, mode) = match self.take_pending(r) {
             Some(Pending::Subscribe { local, mode }) => (local, mode),
             other => {
@@ -540,6 +549,8 @@ impl State {
             return;
         };
         sub.server_id = Some(sub_id);
+        // The reply's epoch is the one the seqs that follow belong to (none from older servers).
+        sub.epoch = epoch.filter(|e| !e.is_empty());
         match mode {
             SubscribeMode::Plain => sub.last_seq = Some(seq),
             SubscribeMode::Since(n) => {
@@ -601,10 +612,13 @@ impl State {
         if let Some(sid) = sub.server_id.take() {
             self.by_server.remove(&sid);
         }
+        // `log_trimmed`, `epoch_changed` or a reason added later: the seq to resume from is
+        // gone or means nothing now; start over (a live query refetches its snapshot).
         sub.last_seq = None;
+        sub.epoch = None;
         sub.snapshot = None;
         let waiter = sub.waiter.take();
-        let reason = reason.unwrap_or_else(|| "log_trimmed".into());
+        let reason = reason.unwrap_or_else(|| crate::protocol::reason::LOG_TRIMMED.into());
         self.emit(local, SubEvent::ResyncRequired { reason });
         if let Some(w) = waiter {
             if w.send(Ok(())).is_err() {
@@ -887,6 +901,55 @@ mod tests {
         );
         assert!(matches!(rx.try_recv(), Ok(SubEvent::Snapshot { seq: 5, .. })));
         assert!(matches!(rx.try_recv(), Ok(SubEvent::ResyncRequired { reason }) if reason == "log_trimmed"));
+    }
+
+    #[test]
+    fn resume_sends_back_the_epoch_of_the_last_subscribed() {
+        let mut h = Harness::online();
+        let (mut rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Plain);
+        h.sent();
+        h.state
+            .on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 5, "epoch": "e1"})));
+        h.state.on_frame(change(4, 6, "a", "add"));
+        h.state.on_disconnect();
+        h.state.on_connected();
+        assert_eq!(
+            h.sent(),
+            vec![json!({"type": "subscribe", "ref": 2, "collection": "items", "since": 6, "epoch": "e1"})]
+        );
+        // A server without epochs: the next resume sends `since` alone.
+        h.state.on_frame(frame(json!({"type": "subscribed", "ref": 2, "sub_id": 4, "seq": 6})));
+        h.state.on_disconnect();
+        h.state.on_connected();
+        assert_eq!(h.sent(), vec![json!({"type": "subscribe", "ref": 3, "collection": "items", "since": 6})]);
+        assert_eq!(changes(&mut rx), vec![6]);
+    }
+
+    #[test]
+    fn epoch_changed_refetches_a_live_query_like_a_trimmed_log() {
+        let mut h = Harness::online();
+        let (mut rx, _w) = h.subscribe(1, "items", None, SubscribeMode::Snapshot);
+        h.state
+            .on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 4, "seq": 5, "epoch": "e1"})));
+        h.state.on_frame(frame(json!({"type": "snapshot", "sub_id": 4, "seq": 5, "rows": [], "done": true})));
+        h.state.on_disconnect();
+        h.state.on_connected();
+        assert_eq!(h.sent()[0]["epoch"], "e1");
+        h.state.on_frame(frame(
+            json!({"type": "resync_required", "ref": 2, "sub_id": 4, "reason": "epoch_changed"}),
+        ));
+        assert_eq!(
+            h.sent(),
+            vec![json!({"type": "subscribe", "ref": 3, "collection": "items", "snapshot": true})]
+        );
+        assert!(matches!(rx.try_recv(), Ok(SubEvent::Snapshot { seq: 5, .. })));
+        assert!(
+            matches!(rx.try_recv(), Ok(SubEvent::ResyncRequired { reason }) if reason == "epoch_changed")
+        );
+        h.state
+            .on_frame(frame(json!({"type": "subscribed", "ref": 3, "sub_id": 8, "seq": 2, "epoch": "e2"})));
+        h.state.on_frame(frame(json!({"type": "snapshot", "sub_id": 8, "seq": 2, "rows": [], "done": true})));
+        assert!(matches!(rx.try_recv(), Ok(SubEvent::Snapshot { seq: 2, .. })));
     }
 
     #[test]

@@ -15,9 +15,10 @@ pub enum SubEvent {
     /// Every row matching the query at `seq` (all snapshot chunks, assembled); changes after
     /// `seq` follow. A live query replaces its rows with these.
     Snapshot { seq: u64, rows: Vec<Value> },
-    /// The server's log no longer reaches back to the resume point: changes were missed.
-    /// A live query fetches a fresh snapshot by itself; a plain subscription continues live
-    /// from now on (re-read what you need).
+    /// The server cannot resume from the subscription's last seq: its log no longer reaches
+    /// back that far (`log_trimmed`), or the seq belongs to another epoch of the server
+    /// (`epoch_changed`). Changes were missed. A live query fetches a fresh snapshot by
+    /// itself; a plain subscription continues live from now on (re-read what you need).
     ResyncRequired { reason: String },
     /// The server refused to resume the subscription after a reconnect (e.g. the collection
     /// was dropped, or the token no longer grants access). The stream ends after this.

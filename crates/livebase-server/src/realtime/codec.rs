@@ -18,7 +18,7 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use livebase_core::{ChangeEvent, Record};
 use livebase_store::Epoch;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -153,14 +153,19 @@ impl NativeCodec {
     }
 }
 
-fn presence_json(p: &PresenceMap) -> Value {
-    let mut out = serde_json::Map::new();
-    for (k, entries) in p {
-        let list =
-            entries.iter().map(|e| json!({"conn_id": &*e.conn_id, "meta": e.meta})).collect::<Vec<_>>();
-        out.insert(k.clone(), Value::Array(list));
-    }
-    Value::Object(out)
+/// Presence in the wire shape: key → `[{"conn_id", "meta"}]`, borrowed.
+fn presence(p: &PresenceMap) -> BTreeMap<&str, Vec<WireEntry<'_>>> {
+    p.iter()
+        .map(|(k, entries)| {
+            (k.as_str(), entries.iter().map(|e| WireEntry { conn_id: &e.conn_id, meta: &e.meta }).collect())
+        })
+        .collect()
+}
+
+#[derive(serde::Serialize)]
+struct WireEntry<'a> {
+    conn_id: &'a str,
+    meta: &'a Value,
 }
 
 impl Codec for NativeCodec {
@@ -174,16 +179,14 @@ impl Codec for NativeCodec {
 
     fn encode(&self, d: Delivery<'_>) -> Frame {
         Frame::Text(match d {
-            Delivery::Welcome { conn_id, epoch, heartbeat_ms, timeout_ms, cut_off } => {
-                let mut w = json!({
-                    "type": "welcome", "conn_id": conn_id, "server_time": livebase_core::record::now_timestamp(),
-                    "heartbeat_ms": heartbeat_ms, "timeout_ms": timeout_ms, "epoch": epoch.as_str(),
-                });
-                if let Some(c) = cut_off {
-                    w["cut_off"] = c.clone();
-                }
-                protocol::encode(&w)
-            }
+            Delivery::Welcome { conn_id, epoch, heartbeat_ms, timeout_ms, cut_off } => protocol::welcome(
+                conn_id,
+                &livebase_core::record::now_timestamp(),
+                heartbeat_ms,
+                timeout_ms,
+                epoch.as_str(),
+                cut_off,
+            ),
             Delivery::Subscribed { reference, sub_id, seq, epoch } => {
                 protocol::subscribed(reference, sub_id, seq, epoch.as_str())
             }
@@ -194,20 +197,16 @@ impl Codec for NativeCodec {
             Delivery::Ok { reference } => protocol::ok(reference),
             Delivery::Pong { reference } => protocol::pong(reference),
             Delivery::Error(e) => e.frame(),
-            Delivery::PresenceState { channel, state } => protocol::encode(
-                &json!({"type": "presence_state", "channel": channel, "state": presence_json(state)}),
-            ),
-            Delivery::PresenceDiff { channel, joins, leaves } => protocol::encode(&json!({
-                "type": "presence_diff", "channel": channel,
-                "joins": presence_json(joins), "leaves": presence_json(leaves),
-            })),
-            Delivery::Broadcast { channel, event, payload, from } => protocol::encode(&json!({
-                "type": "broadcast", "channel": channel, "event": event, "payload": payload, "from": from,
-            })),
-            Delivery::Aggregate { sub_id, seq, groups, removed, full } => protocol::encode(&json!({
-                "type": "aggregate", "sub_id": sub_id, "seq": seq, "full": full,
-                "groups": groups, "removed": removed,
-            })),
+            Delivery::PresenceState { channel, state } => protocol::presence_state(channel, &presence(state)),
+            Delivery::PresenceDiff { channel, joins, leaves } => {
+                protocol::presence_diff(channel, &presence(joins), &presence(leaves))
+            }
+            Delivery::Broadcast { channel, event, payload, from } => {
+                protocol::broadcast(channel, event, payload, from)
+            }
+            Delivery::Aggregate { sub_id, seq, groups, removed, full } => {
+                protocol::aggregate(sub_id, seq, full, groups, removed)
+            }
         })
     }
 }

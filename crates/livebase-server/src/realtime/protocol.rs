@@ -1,116 +1,21 @@
-//! The wire shapes of `docs/protocol.md`: client requests parsed, server frames encoded.
+//! The realtime frames of `docs/protocol.md` as the hub and the connections use them: a thin
+//! layer over `livebase-protocol` (which the client and the bench share) that turns the
+//! server's own types (`ChangeEvent`, `Record`) into frames.
 //!
 //! Frames are encoded straight to UTF-8 bytes ([`Utf8Bytes`]) so one encoding can be cloned
 //! (a reference count) into every receiver's queue.
 
 use axum::extract::ws::Utf8Bytes;
 use livebase_core::record::now_timestamp;
-use livebase_core::ChangeEvent;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use livebase_core::{ChangeEvent, ChangeOp, Record};
+use livebase_protocol as wire;
+use serde::Serialize;
+use serde_json::Value;
 
-/// A request id chosen by the client, echoed in the reply.
-pub type Ref = Option<Box<Value>>;
+pub use wire::{AggregateReq, Auth, Broadcast, ChannelReq, Ping, Ref, Subscribe, Track, Unsubscribe, View};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Subscribe {
-    #[serde(rename = "ref")]
-    pub reference: Ref,
-    pub collection: String,
-    #[serde(default)]
-    pub filter: Option<String>,
-    #[serde(default)]
-    pub since: Option<u64>,
-    /// The log `since` belongs to (from an earlier `subscribed`).
-    #[serde(default)]
-    pub epoch: Option<String>,
-    #[serde(default)]
-    pub snapshot: bool,
-    /// A live aggregate instead of rows.
-    #[serde(default)]
-    pub aggregate: Option<AggregateReq>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AggregateReq {
-    #[serde(default)]
-    pub group: Vec<String>,
-    #[serde(rename = "fn")]
-    pub fns: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Unsubscribe {
-    #[serde(rename = "ref")]
-    pub reference: Ref,
-    pub sub_id: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelReq {
-    #[serde(rename = "ref")]
-    pub reference: Ref,
-    pub channel: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Broadcast {
-    #[serde(rename = "ref", default)]
-    pub reference: Ref,
-    pub channel: String,
-    pub event: String,
-    #[serde(default)]
-    pub payload: Value,
-    #[serde(rename = "self", default)]
-    pub include_self: bool,
-    #[serde(default)]
-    pub ack: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Track {
-    #[serde(rename = "ref")]
-    pub reference: Ref,
-    pub channel: String,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub meta: Value,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ping {
-    #[serde(rename = "ref", default)]
-    pub reference: Ref,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Auth {
-    #[serde(rename = "ref", default)]
-    pub reference: Ref,
-    pub token: String,
-}
-
-#[derive(Debug)]
-pub enum ClientMsg {
-    Subscribe(Subscribe),
-    Unsubscribe(Unsubscribe),
-    Join(ChannelReq),
-    Leave(ChannelReq),
-    Broadcast(Broadcast),
-    Track(Track),
-    Untrack(ChannelReq),
-    Ping(Ping),
-    Auth(Auth),
-}
+/// A request from a client.
+pub type ClientMsg = wire::ClientFrame;
 
 /// A refusal: sent as an `error` frame; the connection stays open.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,56 +38,25 @@ impl ProtoError {
     }
 
     pub fn frame(&self) -> Utf8Bytes {
-        let mut v =
-            json!({"type": "error", "ref": self.reference, "code": self.code, "message": self.message});
-        if let Some(id) = self.sub_id {
-            v["sub_id"] = json!(id);
-        }
-        encode(&v)
+        Utf8Bytes::from(wire::error(&self.reference, self.code, &self.message, self.sub_id))
+    }
+}
+
+impl From<wire::DecodeError> for ProtoError {
+    fn from(e: wire::DecodeError) -> ProtoError {
+        ProtoError { reference: e.reference, code: e.code, message: e.message, sub_id: None }
     }
 }
 
 /// The `ref` of a frame, read without interpreting the rest (for refusals that come before
 /// parsing, such as rate limiting).
 pub fn peek_ref(text: &str) -> Ref {
-    #[derive(Deserialize)]
-    struct OnlyRef {
-        #[serde(rename = "ref", default)]
-        reference: Ref,
-    }
-    serde_json::from_str::<OnlyRef>(text).ok().and_then(|r| r.reference)
+    wire::peek_ref(text)
 }
 
 /// Parses one text frame. The error keeps the request's `ref` when it could be read.
 pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| ProtoError::new(&None, "malformed_json", format!("frame is not valid JSON: {e}")))?;
-    let Value::Object(mut m) = v else {
-        return Err(ProtoError::new(&None, "bad_request", "a frame must be a JSON object"));
-    };
-    let reference = m.get("ref").cloned().map(Box::new);
-    let ty = match m.remove("type") {
-        Some(Value::String(t)) => t,
-        _ => return Err(ProtoError::new(&reference, "bad_request", "a frame needs a string 'type'")),
-    };
-    let v = Value::Object(m);
-    fn de<T: for<'a> Deserialize<'a>>(v: Value, r: &Ref, ty: &str) -> Result<T, ProtoError> {
-        serde_json::from_value(v)
-            .map_err(|e| ProtoError::new(r, "bad_request", format!("invalid '{ty}': {e}")))
-    }
-    let r = &reference;
-    Ok(match ty.as_str() {
-        "subscribe" => ClientMsg::Subscribe(de(v, r, &ty)?),
-        "unsubscribe" => ClientMsg::Unsubscribe(de(v, r, &ty)?),
-        "join" => ClientMsg::Join(de(v, r, &ty)?),
-        "leave" => ClientMsg::Leave(de(v, r, &ty)?),
-        "broadcast" => ClientMsg::Broadcast(de(v, r, &ty)?),
-        "presence_track" => ClientMsg::Track(de(v, r, &ty)?),
-        "presence_untrack" => ClientMsg::Untrack(de(v, r, &ty)?),
-        "ping" => ClientMsg::Ping(de(v, r, &ty)?),
-        "auth" => ClientMsg::Auth(de(v, r, &ty)?),
-        other => return Err(ProtoError::new(r, "unknown_type", format!("unknown frame type '{other}'"))),
-    })
+    wire::decode_client_frame(text).map_err(ProtoError::from)
 }
 
 pub fn encode(v: &Value) -> Utf8Bytes {
@@ -190,45 +64,68 @@ pub fn encode(v: &Value) -> Utf8Bytes {
 }
 
 pub fn ok(reference: &Ref) -> Utf8Bytes {
-    encode(&json!({"type": "ok", "ref": reference}))
+    Utf8Bytes::from(wire::ok(reference))
 }
 
 pub fn pong(reference: &Ref) -> Utf8Bytes {
-    encode(&json!({"type": "pong", "ref": reference, "server_time": now_timestamp()}))
+    Utf8Bytes::from(wire::pong(reference, &now_timestamp()))
 }
 
+/// `epoch`: the server's epoch, which gives `seq` its meaning; a resuming client sends it back.
 pub fn subscribed(reference: &Ref, sub_id: u64, seq: u64, epoch: &str) -> Utf8Bytes {
-    encode(&json!({"type": "subscribed", "ref": reference, "sub_id": sub_id, "seq": seq, "epoch": epoch}))
+    Utf8Bytes::from(wire::subscribed(reference, sub_id, seq, epoch))
 }
 
+/// `reason`: `log_trimmed`, `epoch_changed` (see `livebase_protocol::reason`).
 pub fn resync_required(reference: &Ref, sub_id: u64, reason: &str) -> Utf8Bytes {
-    encode(&json!({"type": "resync_required", "ref": reference, "sub_id": sub_id, "reason": reason}))
+    Utf8Bytes::from(wire::resync_required(reference, sub_id, reason))
 }
 
-/// What a change does to a subscription's result set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
-    Add,
-    Update,
-    Remove,
+pub fn welcome(
+    conn_id: &str,
+    server_time: &str,
+    heartbeat_ms: u64,
+    timeout_ms: u64,
+    epoch: &str,
+    cut_off: Option<&Value>,
+) -> Utf8Bytes {
+    Utf8Bytes::from(wire::welcome(conn_id, server_time, heartbeat_ms, timeout_ms, epoch, cut_off))
 }
 
-impl View {
-    pub fn between(matched_before: bool, matches_now: bool) -> Option<View> {
-        match (matched_before, matches_now) {
-            (false, false) => None,
-            (false, true) => Some(View::Add),
-            (true, true) => Some(View::Update),
-            (true, false) => Some(View::Remove),
-        }
-    }
+/// A live aggregate's values (see `docs/protocol.md`).
+pub fn aggregate(
+    sub_id: u64,
+    seq: u64,
+    full: bool,
+    groups: &[serde_json::Map<String, Value>],
+    removed: &[serde_json::Map<String, Value>],
+) -> Utf8Bytes {
+    Utf8Bytes::from(wire::aggregate(sub_id, seq, full, groups, removed))
+}
 
-    fn as_str(self) -> &'static str {
-        match self {
-            View::Add => "add",
-            View::Update => "update",
-            View::Remove => "remove",
-        }
+/// `state`: presence entries by key, each `[{"conn_id": …, "meta": …}]`.
+pub fn presence_state<S: Serialize + ?Sized>(channel: &str, state: &S) -> Utf8Bytes {
+    Utf8Bytes::from(wire::presence_state(channel, state))
+}
+
+pub fn presence_diff<J: Serialize + ?Sized, L: Serialize + ?Sized>(
+    channel: &str,
+    joins: &J,
+    leaves: &L,
+) -> Utf8Bytes {
+    Utf8Bytes::from(wire::presence_diff(channel, joins, leaves))
+}
+
+/// `from`: the sender's `conn_id`.
+pub fn broadcast(channel: &str, event: &str, payload: &Value, from: &str) -> Utf8Bytes {
+    Utf8Bytes::from(wire::broadcast(channel, event, payload, from))
+}
+
+fn op(op: ChangeOp) -> wire::Op {
+    match op {
+        ChangeOp::Insert => wire::Op::Insert,
+        ChangeOp::Update => wire::Op::Update,
+        ChangeOp::Delete => wire::Op::Delete,
     }
 }
 
@@ -236,63 +133,65 @@ impl View {
 /// per event, then prefixed per query with its `sub_id` and `view`.
 /// `show_new` / `show_old`: whether the receiver may see each side (a hidden side is null).
 pub fn change_body(e: &ChangeEvent, show_new: bool, show_old: bool) -> String {
-    let none = &None;
-    let v = json!({
-        "seq": e.seq, "op": e.op.as_str(), "id": e.id, "version": e.version, "actor": e.actor,
-        "committed_at": e.committed_at,
-        "new": if show_new { &e.new } else { none },
-        "old": if show_old { &e.old } else { none },
-    });
-    let s = v.to_string();
-    // Drop the opening brace: the frame prefix supplies it.
-    s[1..].to_string()
+    wire::change_body::<Record>(&wire::ChangeBody {
+        seq: e.seq,
+        op: op(e.op),
+        id: &e.id,
+        version: e.version,
+        actor: e.actor.as_deref(),
+        committed_at: &e.committed_at,
+        new: e.new.as_ref().filter(|_| show_new),
+        old: e.old.as_ref().filter(|_| show_old),
+    })
 }
 
 pub fn change_frame(body: &str, sub_id: u64, view: View) -> Utf8Bytes {
-    let mut s = String::with_capacity(body.len() + 56);
-    s.push_str("{\"type\":\"change\",\"sub_id\":");
-    s.push_str(itoa(sub_id).as_str());
-    s.push_str(",\"view\":\"");
-    s.push_str(view.as_str());
-    s.push_str("\",");
-    s.push_str(body);
-    Utf8Bytes::from(s)
+    Utf8Bytes::from(wire::change_frame(body, sub_id, view))
 }
 
-fn itoa(n: u64) -> String {
-    n.to_string()
-}
-
-pub fn snapshot(sub_id: u64, seq: u64, rows: &[livebase_core::Record], done: bool) -> Utf8Bytes {
-    encode(&json!({"type": "snapshot", "sub_id": sub_id, "seq": seq, "rows": rows, "done": done}))
+pub fn snapshot(sub_id: u64, seq: u64, rows: &[Record], done: bool) -> Utf8Bytes {
+    Utf8Bytes::from(wire::snapshot(sub_id, seq, rows, done))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use livebase_core::{ChangeOp, Record};
+    use serde_json::json;
 
-    #[test]
-    fn change_frames_are_valid_json_with_the_query_prefix() {
-        let e = ChangeEvent {
+    fn event() -> ChangeEvent {
+        ChangeEvent {
             seq: 9,
             collection: "c".into(),
-            op: ChangeOp::Insert,
+            op: ChangeOp::Update,
             id: "a".into(),
-            new: Some(Record::new("a", 1, "t", "t", [("x".to_string(), json!(1))])),
-            old: None,
-            version: 1,
-            actor: None,
+            new: Some(Record::new("a", 2, "t", "t", [("x".to_string(), json!(1))])),
+            old: Some(Record::new("a", 1, "t", "t", [("x".to_string(), json!(0))])),
+            version: 2,
+            actor: Some("u1".into()),
             committed_at: "t".into(),
-        };
-        let f = change_frame(&change_body(&e, true, true), 12, View::Add);
-        let v: Value = serde_json::from_str(f.as_str()).unwrap();
-        assert_eq!(v["type"], "change");
-        assert_eq!(v["sub_id"], 12);
-        assert_eq!(v["view"], "add");
-        assert_eq!(v["seq"], 9);
-        assert_eq!(v["new"]["x"], 1);
-        assert_eq!(v["old"], Value::Null);
+        }
+    }
+
+    #[test]
+    fn change_frames_are_the_bytes_the_json_encoding_gave() {
+        let e = event();
+        // The encoding before livebase-protocol: a `json!` object, its brace replaced.
+        let old = json!({
+            "seq": e.seq, "op": e.op.as_str(), "id": e.id, "version": e.version, "actor": e.actor,
+            "committed_at": e.committed_at, "new": &e.new, "old": None::<Record>,
+        })
+        .to_string();
+        let want = format!("{{\"type\":\"change\",\"sub_id\":12,\"view\":\"add\",{}", &old[1..]);
+        let f = change_frame(&change_body(&e, true, false), 12, View::Add);
+        assert_eq!(f.as_str(), want);
+    }
+
+    #[test]
+    fn snapshot_frames_serialize_records_as_objects() {
+        let rows = [event().new.unwrap_or_default()];
+        let f = snapshot(3, 9, &rows, true);
+        let v: Value = serde_json::from_str(f.as_str()).expect("json");
+        assert_eq!(v, json!({"type": "snapshot", "sub_id": 3, "seq": 9, "rows": [rows[0]], "done": true}));
     }
 
     #[test]
@@ -304,5 +203,18 @@ mod tests {
         assert_eq!(parse(r#"{"type":"subscribe","ref":1}"#).unwrap_err().code, "bad_request");
         assert_eq!(parse(r#"{"type":"ping","ref":1,"extra":2}"#).unwrap_err().code, "bad_request");
         assert!(matches!(parse(r#"{"type":"ping","ref":"x"}"#), Ok(ClientMsg::Ping(_))));
+    }
+
+    #[test]
+    fn refusals_keep_the_old_error_frame_shape() {
+        let e = ProtoError::new(&Some(Box::new(json!("r"))), "already_subscribed", "m").with_sub(4);
+        assert_eq!(
+            e.frame().as_str(),
+            r#"{"type":"error","ref":"r","code":"already_subscribed","message":"m","sub_id":4}"#
+        );
+        assert_eq!(
+            subscribed(&None, 1, 2, "").as_str(),
+            r#"{"type":"subscribed","ref":null,"sub_id":1,"seq":2,"epoch":""}"#
+        );
     }
 }

@@ -16,6 +16,7 @@
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { LivebaseError, toLivebaseError } from './errors.js';
+import { decodeServerFrame } from './frames.js';
 import { DEFAULT_QUALITY_THRESHOLDS, gradeLatency, type ConnectionQuality, type QualityThresholds } from './quality.js';
 
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline' | 'error';
@@ -72,7 +73,10 @@ export interface ConnectionOptions {
   watchNetwork?: boolean;
 }
 
-/** Any frame from the server. */
+/**
+ * Any frame from the server, as decoded (see `frames.ts` for the known shapes: narrow with
+ * `type`).
+ */
 export interface ServerFrame {
   type: string;
   ref?: unknown;
@@ -364,14 +368,14 @@ export class Connection extends Emitter<ConnectionEvents> {
   }
 
   private onMessage(data: unknown): void {
-    let frame: ServerFrame;
+    let text: string;
     try {
-      const text = typeof data === 'string' ? data : new TextDecoder().decode(data as ArrayBuffer);
-      frame = JSON.parse(text) as ServerFrame;
+      text = typeof data === 'string' ? data : new TextDecoder().decode(data as ArrayBuffer);
     } catch {
       return;
     }
-    if (!frame || typeof frame.type !== 'string') return;
+    const frame: ServerFrame | null = decodeServerFrame(text);
+    if (!frame) return;
     if (frame.type === 'welcome') {
       this.onWelcome(frame);
       return;

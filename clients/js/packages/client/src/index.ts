@@ -4,6 +4,7 @@
  * Layout:
  * - `client`: the entry point (`createClient`), wiring the pieces below;
  * - `connection`: the realtime socket (states, backoff, heartbeats, latency, auth);
+ * - `frames`: the realtime frames (shared fixtures with the Rust `livebase-protocol` crate);
  * - `subscriptions`: one server subscription per (collection, filter), resumed by `seq`;
  * - `live`: live queries (external stores) = server rows + optimistic writes;
  * - `queue`: the write outbox (persisted, ordered, idempotent, conflict-resolving);
@@ -28,6 +29,24 @@ export type {
   WebSocketConstructor,
   ServerFrame,
 } from './connection.js';
+export { decodeServerFrame, SERVER_FRAME_TYPES } from './frames.js';
+export type {
+  SubscribeRequest,
+  WelcomeFrame,
+  SubscribedFrame,
+  ChangeFrame,
+  SnapshotFrame,
+  PresenceStateFrame,
+  PresenceDiffFrame,
+  PresenceEntryFrame,
+  BroadcastFrame,
+  OkFrame,
+  PongFrame,
+  ErrorFrame,
+  ResyncRequiredFrame,
+  ResyncReason,
+  KnownServerFrame,
+} from './frames.js';
 export { Backoff } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';
 export { gradeLatency, DEFAULT_QUALITY_THRESHOLDS } from './quality.js';

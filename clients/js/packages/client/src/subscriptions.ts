@@ -12,6 +12,7 @@
  */
 import type { RecordCache } from './cache.js';
 import type { Connection, ServerFrame } from './connection.js';
+import { frameEpoch, type SubscribeRequest } from './frames.js';
 import type { LivebaseError } from './errors.js';
 import type { CompiledFilter } from './filter.js';
 import type { AnyRow, ChangeEvent, SubscriptionEvent } from './types.js';
@@ -43,6 +44,8 @@ export class QueryEntry {
   /** Keeps result rows (a live query uses it); plain entries only pass events on. */
   live = false;
   lastSeq: number | null = null;
+  /** The server epoch `lastSeq` belongs to (from `subscribed`), sent back beside `since`. */
+  epoch: string | null = null;
   subId: number | null = null;
   state: EntryState = 'idle';
   error: LivebaseError | null = null;
@@ -186,11 +189,13 @@ export class SubscriptionHub {
     if (e.state !== 'idle' && e.state !== 'failed') return;
     e.state = 'subscribing';
     const gen = ++e.gen;
-    const frame: Record<string, unknown> = { type: 'subscribe', collection: e.collection };
+    const frame: SubscribeRequest = { type: 'subscribe', collection: e.collection };
     if (e.filter.source) frame.filter = e.filter.source;
     const resuming = e.lastSeq !== null && (!e.live || e.ready);
-    if (resuming) frame.since = e.lastSeq;
-    else if (e.live) frame.snapshot = true;
+    if (resuming) {
+      frame.since = e.lastSeq!;
+      if (e.epoch !== null) frame.epoch = e.epoch;
+    } else if (e.live) frame.snapshot = true;
     this.conn.requestWith(frame, (err, reply) => {
       if (err) this.onSubscribeError(e, gen, err);
       else this.onSubscribeReply(e, gen, reply!, resuming);
@@ -200,8 +205,11 @@ export class SubscriptionHub {
   private onSubscribeReply(e: QueryEntry, gen: number, reply: ServerFrame, resuming: boolean): void {
     if (gen !== e.gen) return;
     if (reply.type === 'resync_required') {
+      // `log_trimmed`, `epoch_changed` (the server's seqs mean something else now) or a
+      // reason added later: all alike, start over (a live query refetches its snapshot).
       e.state = 'idle';
       e.lastSeq = null;
+      e.epoch = null;
       e.ready = false;
       e.emit({ type: 'resync', reason: String(reply.reason ?? 'resync_required') });
       this.start(e);
@@ -209,6 +217,8 @@ export class SubscriptionHub {
     }
     const subId = Number(reply.sub_id);
     const seq = Number(reply.seq);
+    // The epoch the seqs that follow belong to (none from servers without epochs).
+    e.epoch = frameEpoch(reply);
     e.subId = subId;
     this.bySub.set(subId, e);
     e.state = 'active';
