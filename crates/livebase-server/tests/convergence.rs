@@ -469,11 +469,13 @@ async fn subscriber(
                 break;
             }
             if slow && finish.borrow().is_none() {
-                // The slow consumer (these pauses are the behaviour under test, not waits for
-                // something): after 50 frames it stops reading for 2 to 5 s, long enough for
-                // the socket buffers and its queue to fill, then reads slowly.
-                let pause = if frames == 50 { rng.random_range(2000..5000) } else { rng.random_range(2..10) };
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+                // The slow consumer (this pause is the behaviour under test, not a wait for
+                // something): after 50 frames on a connection it stops reading for 2 to 5 s,
+                // long enough for the socket buffers and its queue to fill, then reads on at
+                // full speed, so a cut-off shows up as the end of the socket soon after.
+                if frames == 50 {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(2000..5000))).await;
+                }
             }
         }
         // The socket is dropped here without a close frame.
