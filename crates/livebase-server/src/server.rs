@@ -77,6 +77,9 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
 pub fn router(app: App) -> Router {
     Router::new()
         .merge(rest::routes(app.clone()))
+        .merge(crate::status::routes())
+        .merge(crate::openapi::routes())
+        .merge(crate::dashboard::routes())
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))

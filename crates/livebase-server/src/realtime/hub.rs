@@ -1022,3 +1022,18 @@ fn time_since(ts: &str) -> Result<f64, ()> {
         time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).map_err(|_| ())?;
     Ok((time::OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0))
 }
+
+impl Hub {
+    /// Every open channel: its name, the connections that joined it and its presence entries
+    /// (read-only; for the admin status endpoint).
+    pub fn channel_counts(&self) -> Vec<(String, usize, usize)> {
+        let reg = self.inner.reg.lock();
+        let mut out: Vec<(String, usize, usize)> = reg
+            .channels
+            .iter()
+            .map(|(name, ch)| (name.clone(), ch.members.len(), ch.presence.values().map(Vec::len).sum()))
+            .collect();
+        out.sort();
+        out
+    }
+}
