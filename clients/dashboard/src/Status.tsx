@@ -161,7 +161,7 @@ function Chart({ title, lines }: { title: string; lines: { label: string; data: 
           </span>
         ))}
       </figcaption>
-      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={title}>
+      <svg viewBox={`0 0 ${W} ${H}`} preserveAspectRatio="none" role="img" aria-label={title}>
         <line x1="0" y1={H - 1} x2={W} y2={H - 1} className="axis" />
         {lines.map((l, i) => {
           const pts = l.data
