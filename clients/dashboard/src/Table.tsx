@@ -4,7 +4,36 @@ import { useLiveQuery } from '@livebase/react';
 import { useSession } from './App';
 import { go, href, type Route } from './router';
 import { RecordEditor } from './Record';
-import type { Field } from './api';
+import { api, type Field } from './api';
+
+/**
+ * Cursor pagination over REST, for result sets a live query refuses (over the server's
+ * snapshot limit): pages of 200 by `next_cursor`, not live.
+ */
+function usePaged(name: string, filter: string, order: string, enabled: boolean, token: string) {
+  const [rows, setRows] = useState<Record<string, any>[]>([]);
+  const [cursor, setCursor] = useState<string | null>(null);
+  const [loading, setLoading] = useState(false);
+  const load = async (from: string | null, reset: boolean) => {
+    setLoading(true);
+    try {
+      const q = new URLSearchParams(filter);
+      q.set('limit', '200');
+      if (order) q.set('order', order);
+      if (from) q.set('cursor', from);
+      const r = await api(token, 'GET', `/api/collections/${encodeURIComponent(name)}/records?${q.toString()}`);
+      setRows((old) => (reset ? r.items : [...old, ...r.items]));
+      setCursor(r.next_cursor ?? null);
+    } finally {
+      setLoading(false);
+    }
+  };
+  useEffect(() => {
+    if (enabled) void load(null, true);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [enabled, name, filter, order]);
+  return { rows, more: cursor ? () => void load(cursor, false) : null, loading };
+}
 
 const OPS = ['eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'like', 'ilike', 'in', 'is'];
 const SYSTEM = ['id', 'version', 'created_at', 'updated_at'];
@@ -15,7 +44,10 @@ export function TableView({ name, route }: { name: string; route: Route }) {
   const filter = route.params.get('filter') ?? '';
   const order = route.params.get('order') ?? '';
   const open = route.params.get('record') ?? undefined;
-  const snap = useLiveQuery<Record<string, unknown>>(name, { filter: filter || undefined, order: order || undefined });
+  const live = useLiveQuery<Record<string, unknown>>(name, { filter: filter || undefined, order: order || undefined });
+  const tooLarge = live.error?.code === 'snapshot_too_large';
+  const paged = usePaged(name, filter, order, tooLarge, session.token);
+  const snap = tooLarge ? { ...live, rows: paged.rows as unknown as typeof live.rows, error: null, status: 'ready' as const } : live;
   const fields: string[] = useMemo(() => {
     if (def) return ['id', ...def.fields.map((f) => f.name), 'version', 'updated_at'];
     const keys = new Set<string>(['id']);
@@ -93,6 +125,17 @@ export function TableView({ name, route }: { name: string; route: Route }) {
       {snap.error && (
         <p className="error" role="alert" data-testid="filter-error">
           {snap.error.message}
+        </p>
+      )}
+      {tooLarge && (
+        <p className="warn" data-testid="paged">
+          More rows than a live view holds: showing {paged.rows.length} in pages (not live).{' '}
+          {paged.more && (
+            <button onClick={paged.more} disabled={paged.loading}>
+              Load more
+            </button>
+          )}{' '}
+          Narrow the filter to go live again.
         </p>
       )}
       <div className="grid" role="grid" aria-label={`${name} records`} aria-rowcount={snap.rows.length}>

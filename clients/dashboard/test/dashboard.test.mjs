@@ -205,6 +205,43 @@ test('schema, live status, API page, themes', async () => {
   await context.close();
 });
 
+test('thousands of rows: virtualized, live', async () => {
+  for (let b = 0; b < 3; b++) {
+    const ops = Array.from({ length: 1000 }, (_, i) => ({ op: 'create', data: { sku: `BULK-${b}-${i}`, title: `bulk ${b}/${i}`, qty: i } }));
+    const r = await rest(server.url, 'POST', '/api/collections/inventory_items/batch', { ops });
+    assert.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+  }
+  const { page, context } = await admin('Ada', '#/c/inventory_items');
+  await eventually(async () => Number(await page.getByRole('grid').getAttribute('aria-rowcount')) >= 3120, 'all rows in the live view', 20_000);
+  const rendered = await page.locator('.grid-row').count();
+  assert.ok(rendered < 200, `only the visible rows are in the DOM (${rendered})`);
+  // Keyboard: End jumps to the last row, Enter opens it.
+  await page.getByTestId('grid-body').focus();
+  await page.keyboard.press('End');
+  await page.keyboard.press('Enter');
+  await page.getByRole('complementary', { name: 'Record editor' }).waitFor();
+  assert.match(page.url(), /record=/);
+  await context.close();
+});
+
+test('a result set over the live limit falls back to cursor pages', async () => {
+  const small = await startServer({ LIVEBASE_MAX_SNAPSHOT_ROWS: '50' });
+  // 210 shipments: the demo's 200 and 10 more, so there is a second page.
+  const cust = (await rest(small.url, 'GET', '/api/collections/customers/records?limit=1')).body.items[0].id;
+  const ops = Array.from({ length: 10 }, (_, i) => ({ op: 'create', data: { reference: `SHP-PAGE-${i}`, customer: cust } }));
+  assert.equal((await rest(small.url, 'POST', '/api/collections/shipments/batch', { ops })).status, 200);
+  const s = await signIn(browser, small.url, ADMIN_KEY, 'Ada', '#/c/shipments');
+  try {
+    await s.page.getByTestId('paged').waitFor();
+    await eventually(async () => (await s.page.getByRole('grid').getAttribute('aria-rowcount')) === '200', 'the first page', 10_000);
+    await s.page.getByTestId('paged').getByRole('button', { name: 'Load more' }).click();
+    await eventually(async () => (await s.page.getByRole('grid').getAttribute('aria-rowcount')) === '210', 'the next page', 10_000);
+  } finally {
+    await s.context.close();
+    await small.stop();
+  }
+});
+
 test('copy screenshots for the README', () => {
   mkdirSync(join(ROOT, 'docs', 'img'), { recursive: true });
   if (process.env.LIVEBASE_UPDATE_SCREENSHOTS === '1') {

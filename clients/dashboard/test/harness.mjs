@@ -14,10 +14,10 @@ export const ARTIFACTS = join(here, '..', 'artifacts');
 export const ADMIN_KEY = 'dash-test-admin-key';
 export const JWT_SECRET = 'dash-test-jwt-secret-0123456789abcdef';
 
-export async function startServer() {
+export async function startServer(env = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'livebase-dash-'));
   const child = spawn(BIN, ['serve', '--demo', '--addr', '127.0.0.1:0', '--data', join(dir, 'data')], {
-    env: { ...process.env, LIVEBASE_ADMIN_KEY: ADMIN_KEY, LIVEBASE_JWT_SECRET: JWT_SECRET },
+    env: { ...process.env, LIVEBASE_ADMIN_KEY: ADMIN_KEY, LIVEBASE_JWT_SECRET: JWT_SECRET, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
