@@ -3,6 +3,7 @@ import { createClient, type LivebaseClient } from '@livebase/client';
 import { LivebaseProvider, useConnectionStatus, useQueueStatus } from '@livebase/react';
 import { api, loadSession, saveSession, type CollectionDef, type Session } from './api';
 import { askConflict, ConflictDialog } from './conflict';
+import { authFrameWebSocket } from './socket';
 import { href, useRoute } from './router';
 import { TableView } from './Table';
 import { SchemaView } from './Schema';
@@ -106,7 +107,13 @@ function decodeSub(jwt: string): string | null {
 
 function Shell({ session, signOut, theme, toggleTheme }: { session: Session; signOut: () => void; theme: string; toggleTheme: () => void }) {
   const client: LivebaseClient = useMemo(
-    () => createClient({ url: location.origin, token: session.token, storage: 'indexeddb', onConflict: askConflict }),
+    () => createClient({
+        url: location.origin,
+        token: session.token,
+        WebSocket: authFrameWebSocket(session.token),
+        storage: 'indexeddb',
+        onConflict: askConflict,
+      }),
     [session.token],
   );
   useEffect(

@@ -37,13 +37,14 @@ test('the server serves the dashboard and / redirects to it', async () => {
 });
 
 test('sign in, live table: a REST create appears, an update flashes, a delete removes it', async () => {
-  const { page, context, errors } = await admin('Ada', '');
+  const { page, context, errors, sockets } = await admin('Ada', '');
   await page.getByRole('link', { name: /shipments/ }).click();
   await page.locator('.grid-row').first().waitFor();
   // Counts in the sidebar (count=exact).
   await eventually(async () => /\d+/.test(await page.locator('.sidebar a.active .count').innerText()), 'a record count');
   // The credential is in sessionStorage only, never in the URL or localStorage.
   assert.ok(!page.url().includes(ADMIN_KEY));
+  assert.ok(sockets.length > 0 && sockets.every((u) => !u.includes('token')), `no credential in socket URLs: ${sockets}`);
   assert.ok(!JSON.stringify(await page.evaluate(() => ({ ...localStorage }))).includes(ADMIN_KEY));
   // Newest first, so the new row is in view.
   await page.goto(server.url + '/_/#/c/shipments?order=created_at.desc');

@@ -98,6 +98,8 @@ export async function signIn(browser, url, credential, name, hash = '') {
   context.setDefaultTimeout(10_000);
   const page = await context.newPage();
   const errors = [];
+  const sockets = [];
+  page.on('websocket', (w) => sockets.push(w.url()));
   page.on('pageerror', (e) => errors.push(String(e)));
   page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
   await page.goto(url + '/_/' + hash);
@@ -105,5 +107,5 @@ export async function signIn(browser, url, credential, name, hash = '') {
   await page.getByLabel('Display name (for presence)').fill(name);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.locator('.conn[data-state="connected"]').waitFor();
-  return { context, page, errors };
+  return { context, page, errors, sockets };
 }
