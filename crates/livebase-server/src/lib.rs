@@ -15,6 +15,8 @@
 //!   schema), each deciding the caller's access inside.
 //! - [`rest`]: the native REST API: thin translations of HTTP onto [`service`].
 //! - [`schema_file`]: collections declared in a JSON/TOML file.
+//! - [`dashboard`]: the embedded admin dashboard under `/_/`; [`status`]: its live figures
+//!   (`/api/_status`); [`openapi`]: the OpenAPI 3.1 document (`/api/openapi.json`).
 //! - [`demo`]: the example logistics schema and data behind `serve --demo`.
 //!
 //! Only this crate knows HTTP, WebSockets and JSON wire shapes; it adapts them onto
@@ -25,15 +27,18 @@ pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod ratelimit;
 pub mod realtime;
 pub mod rest;
 pub mod schema_file;
 pub mod server;
 pub mod service;
+pub mod status;
 
 pub use config::Config;
 pub use server::{start, Server};

@@ -83,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let server = livebase_server::start(*config).await?;
                 println!("livebase listening on {}", server.url());
+                println!("dashboard: {}{}", server.url(), livebase_server::dashboard::PREFIX);
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {
                         tracing::info!("shutting down");

@@ -237,6 +237,53 @@ impl Metrics {
     }
 }
 
+/// The figures behind the admin status endpoint (`GET /api/_status`), read from the same
+/// atomics the registry renders. Counters are totals since start; a reader derives rates from
+/// two readings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Figures {
+    pub events_committed: u64,
+    pub events_delivered: u64,
+    pub connections: i64,
+    pub connections_opened: u64,
+    pub subscriptions: i64,
+    pub presence_members: i64,
+    pub queue_depth: i64,
+    pub slow_consumers_dropped: u64,
+    pub log_head: i64,
+    pub commit_seconds: HistogramFigures,
+    pub fanout_seconds: HistogramFigures,
+}
+
+/// A histogram's bucket upper bounds and (non-cumulative) counts, the last bound being
+/// `+Inf` (serialized as `null`), plus its sum.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistogramFigures {
+    pub bounds: Vec<Option<f64>>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl Metrics {
+    /// A reading of every figure the status endpoint shows.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            events_committed: self.events_committed.get(),
+            events_delivered: self.events_delivered.get(),
+            connections: self.connections.get(),
+            connections_opened: self.connections_opened.get(),
+            subscriptions: self.subscriptions.get(),
+            presence_members: self.presence_members.get(),
+            queue_depth: self.queue_depth.get(),
+            slow_consumers_dropped: self.slow_consumers_dropped.get(),
+            log_head: self.log_head.get(),
+            commit_seconds: self.commit_duration.figures(),
+            fanout_seconds: self.fanout_latency.figures(),
+        }
+    }
+}
+
 /// A status code as text without allocating.
 struct StatusText {
     digits: [u8; 5],
@@ -308,6 +355,17 @@ impl AtomicHistogram {
     /// Sum of the observed values.
     pub fn sum(&self) -> f64 {
         f64::from_bits(self.inner.sum_bits.load(Ordering::Relaxed))
+    }
+
+    /// Bounds, counts per bucket and sum, for readers other than the registry.
+    pub fn figures(&self) -> HistogramFigures {
+        let counts: Vec<u64> = self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        HistogramFigures {
+            bounds: self.inner.bounds.iter().map(|b| Some(*b)).chain(std::iter::once(None)).collect(),
+            count: counts.iter().sum(),
+            counts,
+            sum: self.sum(),
+        }
     }
 }
 

@@ -20,6 +20,24 @@ use livebase_store::{
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+/// Every (method, path) that [`routes`] serves. The OpenAPI document (`openapi.rs`) is built
+/// from this list; a test checks that the router and the document agree.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/collections"),
+    ("POST", "/api/collections"),
+    ("GET", "/api/collections/{name}"),
+    ("PATCH", "/api/collections/{name}"),
+    ("DELETE", "/api/collections/{name}"),
+    ("GET", "/api/collections/{name}/records"),
+    ("POST", "/api/collections/{name}/records"),
+    ("GET", "/api/collections/{name}/records/{id}"),
+    ("PATCH", "/api/collections/{name}/records/{id}"),
+    ("DELETE", "/api/collections/{name}/records/{id}"),
+    ("POST", "/api/collections/{name}/batch"),
+    ("GET", "/api/collections/{name}/aggregate"),
+    ("GET", "/api/changes"),
+];
+
 pub fn routes(app: App) -> Router<App> {
     Router::new()
         .route("/api/collections", get(list_collections).post(create_collection))

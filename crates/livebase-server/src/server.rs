@@ -81,6 +81,9 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
 pub fn router(app: App) -> Router {
     let mut r = Router::new()
         .merge(rest::routes(app.clone()))
+        .merge(crate::status::routes())
+        .merge(crate::openapi::routes())
+        .merge(crate::dashboard::routes())
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready));
     // With a separate metrics address, the main port does not serve /metrics at all.

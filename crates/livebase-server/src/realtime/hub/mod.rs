@@ -247,4 +247,21 @@ impl Hub {
         let reg = self.inner.reg.lock();
         reg.conns.values().map(|c| (c.handle.tx.max_capacity() - c.handle.tx.capacity()) as i64).sum()
     }
+
+    /// Every open channel on this node: its name, the connections that joined it here and
+    /// its presence entries cluster-wide (read-only; for the admin status endpoint).
+    pub fn channel_counts(&self) -> Vec<(String, usize, usize)> {
+        let reg = self.inner.reg.lock();
+        let mut names: Vec<&String> = reg.members.keys().chain(reg.presence.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|n| {
+                let members = reg.members.get(n).map_or(0, |m| m.len());
+                let presence = reg.presence.get(n).map_or(0, |p| p.values().map(Vec::len).sum());
+                (n.clone(), members, presence)
+            })
+            .collect()
+    }
 }
