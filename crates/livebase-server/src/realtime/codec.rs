@@ -141,6 +141,34 @@ pub trait Codec: Send + Sync + 'static {
     fn encode(&self, d: Delivery<'_>) -> Frame;
 }
 
+/// One delivery's frames, encoded once per codec instance and shared by every receiver that
+/// speaks it.
+pub struct PerCodec<'a> {
+    delivery: Delivery<'a>,
+    frames: Vec<(usize, Frame)>,
+}
+
+impl<'a> PerCodec<'a> {
+    pub fn new(delivery: Delivery<'a>) -> PerCodec<'a> {
+        PerCodec { delivery, frames: Vec::new() }
+    }
+
+    pub fn frame(&mut self, codec: &Arc<dyn Codec>) -> Frame {
+        let key = codec_key(codec);
+        if let Some((_, f)) = self.frames.iter().find(|(k, _)| *k == key) {
+            return f.clone();
+        }
+        let f = codec.encode(self.delivery);
+        self.frames.push((key, f.clone()));
+        f
+    }
+}
+
+/// A codec instance's identity, for caches of encoded frames.
+pub fn codec_key(c: &Arc<dyn Codec>) -> usize {
+    Arc::as_ptr(c) as *const () as usize
+}
+
 /// The native JSON protocol (`docs/protocol.md`).
 #[derive(Debug, Default)]
 pub struct NativeCodec;

@@ -12,7 +12,7 @@ use super::registry::{ConnId, QueryId, Registry};
 use super::Hub;
 use crate::access::Access;
 use crate::auth::Principal;
-use crate::realtime::codec::{Delivery, Frame};
+use crate::realtime::codec::{Delivery, PerCodec};
 use crate::realtime::protocol::{ProtoError, Ref};
 use livebase_core::aggregate::{AggregateDelta, AggregateSpec, AggregateState};
 use livebase_core::filter::{BoundFilter, Filter};
@@ -300,22 +300,13 @@ impl Hub {
                     removed: &delta.removed,
                     full: false,
                 };
-                let mut frames: Vec<(usize, Frame)> = Vec::new();
+                let mut frames = PerCodec::new(d);
                 for conn in &v.subscribers {
                     let Some(c) = reg.conns.get(conn).filter(|c| !c.expired) else { continue };
                     if slow.contains(conn) {
                         continue;
                     }
-                    let key = Arc::as_ptr(&c.handle.codec) as *const () as usize;
-                    let frame = match frames.iter().find(|(k, _)| *k == key) {
-                        Some((_, f)) => f.clone(),
-                        None => {
-                            let f = c.handle.codec.encode(d);
-                            frames.push((key, f.clone()));
-                            f
-                        }
-                    };
-                    match c.handle.tx.try_send(frame) {
+                    match c.handle.tx.try_send(frames.frame(&c.handle.codec)) {
                         Ok(()) => *delivered += 1,
                         Err(_) => slow.push(*conn),
                     }

@@ -6,7 +6,7 @@
 //! under the registry lock — so no frame is lost, repeated or reordered.
 
 use super::dispatch::{seen_by, FrameCache};
-use super::registry::{ConnId, Query, QueryId, SubState};
+use super::registry::{ConnEntry, ConnId, Query, QueryId, Registry, SubState};
 use super::Hub;
 use crate::access::Access;
 use crate::auth::Principal;
@@ -44,6 +44,26 @@ impl Outbox {
     }
 }
 
+/// The connection, when it may hold one more subscription.
+fn room_for_one_more<'r>(
+    reg: &'r Registry,
+    conn: ConnId,
+    reference: &Ref,
+    limit: usize,
+) -> Result<&'r ConnEntry, ProtoError> {
+    let Some(entry) = reg.conns.get(&conn) else {
+        return Err(ProtoError::new(reference, "internal", "connection is closing"));
+    };
+    if entry.queries.len() >= limit {
+        return Err(ProtoError::new(
+            reference,
+            "too_many_subscriptions",
+            format!("a connection holds at most {limit} subscriptions"),
+        ));
+    }
+    Ok(entry)
+}
+
 /// A checked subscription request: the caller, the rules, the filter parsed and bound.
 type Prepared = (Principal, Arc<Access>, Option<Filter>, Option<BoundFilter>);
 
@@ -69,15 +89,7 @@ impl Hub {
         let mut reg = self.inner.reg.lock();
         let reg = &mut *reg;
         let limit = self.inner.limits.max_subscriptions;
-        let Some(entry) = reg.conns.get(&conn) else {
-            return Err(err("internal", "connection is closing".into()));
-        };
-        if entry.queries.len() >= limit {
-            return Err(err(
-                "too_many_subscriptions",
-                format!("a connection holds at most {limit} subscriptions"),
-            ));
-        }
+        room_for_one_more(reg, conn, &reference, limit)?;
         let qid = reg.query_for(collection, key, bound);
         let q = reg.queries.get_mut(&qid).ok_or_else(|| err("internal", "query vanished".into()))?;
         if q.subscribers.contains_key(&conn) {
@@ -181,16 +193,7 @@ impl Hub {
         let mut reg = self.inner.reg.lock();
         let reg = &mut *reg;
         let limit = self.inner.limits.max_subscriptions;
-        let Some(entry) = reg.conns.get(&conn) else {
-            return Err(ProtoError::new(&reference, "internal", "connection is closing"));
-        };
-        if entry.queries.len() >= limit {
-            return Err(ProtoError::new(
-                &reference,
-                "too_many_subscriptions",
-                format!("a connection holds at most {limit} subscriptions"),
-            ));
-        }
+        let entry = room_for_one_more(reg, conn, &reference, limit)?;
         if let Start::Since { epoch: Some(theirs), .. } = &start {
             if theirs != self.inner.feed.epoch().as_str() {
                 entry.send(Delivery::ResyncRequired {

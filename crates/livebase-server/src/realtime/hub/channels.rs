@@ -9,10 +9,9 @@
 use super::registry::{ConnId, Registry};
 use super::Hub;
 use crate::realtime::bus::{ChannelEvent, MemberId, NodeId};
-use crate::realtime::codec::{Delivery, Frame, PresenceEntry, PresenceMap};
+use crate::realtime::codec::{Delivery, PerCodec, PresenceEntry, PresenceMap};
 use crate::realtime::protocol::{ProtoError, Ref};
 use serde_json::Value;
-use std::sync::Arc;
 
 /// A broadcast as a client asked for it.
 pub struct BroadcastReq<'a> {
@@ -132,22 +131,13 @@ impl Hub {
     /// per codec. `live_only`: not to connections whose token expired.
     fn to_members(reg: &Registry, channel: &str, skip: Option<ConnId>, live_only: bool, d: Delivery<'_>) {
         let Some(members) = reg.members.get(channel) else { return };
-        let mut frames: Vec<(usize, Frame)> = Vec::new();
+        let mut frames = PerCodec::new(d);
         for m in members {
             if Some(*m) == skip {
                 continue;
             }
             let Some(c) = reg.conns.get(m).filter(|c| !(live_only && c.expired)) else { continue };
-            let key = Arc::as_ptr(&c.handle.codec) as *const () as usize;
-            let frame = match frames.iter().find(|(k, _)| *k == key) {
-                Some((_, f)) => f.clone(),
-                None => {
-                    let f = c.handle.codec.encode(d);
-                    frames.push((key, f.clone()));
-                    f
-                }
-            };
-            let _ = c.handle.tx.try_send(frame);
+            let _ = c.handle.tx.try_send(frames.frame(&c.handle.codec));
         }
     }
 

@@ -10,7 +10,7 @@ use super::registry::{ConnId, Matched, QueryId, Registry, SubState};
 use super::Hub;
 use crate::access::Access;
 use crate::auth::Principal;
-use crate::realtime::codec::{Codec, Frame, Sides};
+use crate::realtime::codec::{codec_key, Codec, Frame, Sides};
 use crate::realtime::protocol::View;
 use livebase_core::{ChangeEvent, Record};
 use std::sync::Arc;
@@ -38,11 +38,6 @@ pub(super) fn seen_by(
     let vis = |r: &Option<Record>| r.as_ref().is_some_and(|r| access.row_visible(who, collection, r));
     let sides = Sides { new: vis(&e.new), old: vis(&e.old) };
     View::between(m.before && sides.old, m.after && sides.new).map(|view| Seen { view, sides })
-}
-
-/// A codec instance's identity, for cache keys.
-fn codec_key(c: &Arc<dyn Codec>) -> usize {
-    Arc::as_ptr(c) as *const () as usize
 }
 
 /// Frames of one event, by codec and by what the receiver may see (encoded on first use).
