@@ -10,18 +10,18 @@
 //! - [`error`]: the JSON error shape and the mapping from store errors to HTTP statuses.
 //! - [`realtime`]: the WebSocket protocol, the hub (fan-out, resume, live queries), presence.
 //! - [`metrics`]: Prometheus metrics of one server.
-//! - [`bench`]: `livebase bench`, the load generator behind the published figures.
 //! - [`rest`]: REST handlers for collections, records, batches and the change log.
 //! - [`schema_file`]: collections declared in a JSON/TOML file.
 //! - [`demo`]: the example logistics schema and data behind `serve --demo`.
 //!
-//! Only this crate knows HTTP, WebSockets and JSON wire shapes; it adapts them onto
-//! `livebase-core` (plain data) and a `livebase-store` backend.
+//! Only this crate knows HTTP and WebSockets; the realtime frames themselves are defined in
+//! `livebase-protocol`. It adapts them onto `livebase-core` (plain data) and a
+//! `livebase-store` backend. The load generator behind `livebase bench` is the separate
+//! `livebase-bench` crate and binary.
 
 pub mod access;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;
