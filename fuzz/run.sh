@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the livebase-core fuzz targets on the stable toolchain.
+# Runs the fuzz targets (livebase-core, livebase-protocol) on the stable toolchain.
 #
-#   fuzz/run.sh SECONDS [TARGET...]     (targets: rules filter rest; default: all)
+#   fuzz/run.sh SECONDS [TARGET...]     (targets: rules filter rest frames; default: all)
 #
 # Installs cargo-fuzz if it is missing, builds the targets (release, debug assertions on,
 # no sanitizer), then runs each target for SECONDS. Exits non-zero if a target fails to build
@@ -21,7 +21,7 @@ if ! [[ "$secs" =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
 fi
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(rules filter rest)
+[ ${#targets[@]} -gt 0 ] || targets=(rules filter rest frames)
 
 fuzz_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$fuzz_dir/.."
@@ -50,8 +50,13 @@ for t in "${targets[@]}"; do
     corpus="$fuzz_dir/corpus/$t"
     log="$fuzz_dir/artifacts/$t.log"
     mkdir -p "$corpus" "$fuzz_dir/artifacts/$t"
+    seeds=("$fuzz_dir/seeds/$t")
+    if [ "$t" = frames ]; then
+        # Every documented frame, shared with the protocol crate's and the SDK's tests.
+        seeds+=("$PWD/crates/livebase-protocol/fixtures/client" "$PWD/crates/livebase-protocol/fixtures/server")
+    fi
     echo "== fuzzing $t for ${secs}s (log: ${log#"$PWD"/})"
-    if cargo fuzz run "${build_flags[@]}" "$t" "$corpus" "$fuzz_dir/seeds/$t" -- \
+    if cargo fuzz run "${build_flags[@]}" "$t" "$corpus" "${seeds[@]}" -- \
         -max_total_time="$secs" -timeout=10 -dict="$fuzz_dir/dict/$t.dict" -print_final_stats=1 \
         >"$log" 2>&1; then
         execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')"

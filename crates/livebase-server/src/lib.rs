@@ -10,7 +10,6 @@
 //! - [`error`]: the JSON error shape and the mapping from store errors to HTTP statuses.
 //! - [`realtime`]: the WebSocket protocol, the hub (fan-out, resume, live queries), presence.
 //! - [`metrics`]: Prometheus metrics of one server.
-//! - [`bench`]: `livebase bench`, the load generator behind the published figures.
 //! - [`service`]: the operations every front end calls (list, get, write, snapshot, changes,
 //!   schema), each deciding the caller's access inside.
 //! - [`rest`]: the native REST API: thin translations of HTTP onto [`service`].
@@ -19,13 +18,14 @@
 //!   (`/api/_status`); [`openapi`]: the OpenAPI 3.1 document (`/api/openapi.json`).
 //! - [`demo`]: the example logistics schema and data behind `serve --demo`.
 //!
-//! Only this crate knows HTTP, WebSockets and JSON wire shapes; it adapts them onto
-//! `livebase-core` (plain data) and a `livebase-store` backend.
+//! Only this crate knows HTTP and WebSockets; the realtime frames themselves are defined in
+//! `livebase-protocol`. It adapts them onto `livebase-core` (plain data) and a
+//! `livebase-store` backend. The load generator behind `livebase bench` is the separate
+//! `livebase-bench` crate and binary.
 
 pub mod access;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod dashboard;
 pub mod demo;

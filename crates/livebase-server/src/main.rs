@@ -1,7 +1,6 @@
 //! The `livebase` command.
 
 use clap::{Parser, Subcommand};
-use livebase_server::bench::{BenchOptions, Scenario};
 use livebase_server::Config;
 
 #[derive(Parser)]
@@ -33,11 +32,11 @@ enum Command {
         secret: String,
     },
     /// Measure a server: writes, fanout, connections, catchup or presence (loopback only).
+    /// Runs the `livebase-bench` binary found next to this one (`livebase bench --help`).
+    #[command(disable_help_flag = true)]
     Bench {
-        #[arg(value_enum)]
-        scenario: Scenario,
-        #[command(flatten)]
-        opts: BenchOptions,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
 }
 
@@ -56,23 +55,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", livebase_server::auth::sign(&secret, &sub, &role, ttl, extra)?);
             Ok(())
         }
-        Command::Bench { scenario, mut opts } => {
-            if opts.url.is_none() && !opts.in_process {
-                // The server runs as a child process, so its memory and CPU are its own.
-                opts.server_exe = Some(std::env::current_exe()?);
-            }
-            let json = opts.json;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let figures = rt.block_on(livebase_server::bench::run(scenario, opts))?;
-            let table = livebase_server::bench::render_table(&figures);
-            if json {
-                eprint!("{table}");
-                println!("{figures}");
-            } else {
-                print!("{table}");
-            }
-            Ok(())
-        }
+        Command::Bench { args } => run_bench(args),
         Command::Serve(config) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -93,5 +76,39 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+    }
+}
+
+/// `livebase bench …`: the load generator is its own binary (`livebase-bench`, crate
+/// `crates/livebase-bench`) so the server does not carry its dependencies. It is looked up
+/// next to this executable, like git and cargo find their subcommands, and replaces this
+/// process; it starts this executable as the server under test (`--server-exe`).
+fn run_bench(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let bench = me.with_file_name(format!("livebase-bench{}", std::env::consts::EXE_SUFFIX));
+    if !bench.is_file() {
+        eprintln!(
+            "error: `livebase bench` needs the livebase-bench binary next to {}: build it with \
+             `cargo build --release` (both binaries) or `cargo build --release -p livebase-bench`",
+            me.display()
+        );
+        std::process::exit(2);
+    }
+    let mut cmd = std::process::Command::new(&bench);
+    cmd.args(&args);
+    let help = args.iter().any(|a| a == "-h" || a == "--help" || a == "-V" || a == "--version");
+    if !help && !args.iter().any(|a| a.to_str().is_some_and(|a| a.starts_with("--server-exe"))) {
+        cmd.arg("--server-exe").arg(&me);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = cmd.exec();
+        Err(anyhow::anyhow!("cannot run {}: {err}", bench.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bench.display()))?;
+        std::process::exit(status.code().unwrap_or(1));
     }
 }

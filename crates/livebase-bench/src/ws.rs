@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use livebase_protocol::{ClientFrame, ServerFrame};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
@@ -76,15 +76,26 @@ pub(crate) async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
 
 /// Sends a request frame and waits for the reply with the same `ref` (other frames are
 /// skipped). Returns the reply; an `error` reply is an error.
-pub(crate) async fn request(ws: &mut Ws, frame: Value) -> anyhow::Result<Value> {
-    let reference = frame["ref"].clone();
-    ws.send(Message::text(frame.to_string())).await?;
+pub(crate) async fn request(ws: &mut Ws, frame: &ClientFrame) -> anyhow::Result<ServerFrame> {
+    let text = frame.encode();
+    ws.send(Message::text(text.as_str())).await?;
+    let reference = frame.reference();
     tokio::time::timeout(SETUP_TIMEOUT, async {
         loop {
-            let text = next_text(ws).await?;
-            let v: Value = serde_json::from_str(&text).with_context(|| format!("bad frame {text}"))?;
-            if v["ref"] == reference && v["type"] != "presence_state" {
-                anyhow::ensure!(v["type"] != "error", "request {frame} refused: {v}");
+            let reply = next_text(ws).await?;
+            let v = ServerFrame::parse(&reply).with_context(|| format!("bad frame {reply}"))?;
+            let answers = match &v {
+                ServerFrame::Subscribed { reference: r, .. }
+                | ServerFrame::Ok { reference: r }
+                | ServerFrame::Pong { reference: r, .. }
+                | ServerFrame::ResyncRequired { reference: r, .. } => r == reference,
+                ServerFrame::Error { reference: r, .. } => {
+                    anyhow::ensure!(r != reference, "request {text} refused: {reply}");
+                    false
+                }
+                _ => false,
+            };
+            if answers {
                 return Ok(v);
             }
         }
@@ -114,13 +125,26 @@ mod tests {
 
     #[test]
     fn scans_frames() {
-        let f =
-            r#"{"type":"change","sub_id":1,"seq":7,"new":{"id":"x","n":12,"t": 345,"pad":"a"},"old":null}"#;
+        let row = serde_json::json!({"id": "x", "n": 12, "t": 345, "pad": "a"});
+        let body = livebase_protocol::change_body(&livebase_protocol::ChangeBody {
+            seq: 7,
+            op: livebase_protocol::Op::Insert,
+            id: "x",
+            version: 1,
+            actor: None,
+            committed_at: "t",
+            new: Some(&row),
+            old: None,
+        });
+        let f = livebase_protocol::change_frame(&body, 1, livebase_protocol::View::Add);
+        let f = f.as_str();
         assert_eq!(frame_type(f), Some("change"));
         assert_eq!(scan_u64(f, "\"n\":"), Some(12));
         assert_eq!(scan_u64(f, "\"t\":"), Some(345));
         assert_eq!(scan_u64(f, "\"seq\":"), Some(7));
         assert_eq!(frame_type(r#"{"type" : "welcome"}"#), Some("welcome"));
+        let welcome = livebase_protocol::welcome("c1", "t", 1, 2, "e", None);
+        assert_eq!(frame_type(&welcome), Some("welcome"));
         assert_eq!(scan_u64(f, "\"zz\":"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! Every bench scenario runs end to end at a tiny size and reports consistent figures.
 //! Only correctness is asserted (keys, counts, nothing lost) — never speed.
 
-use livebase_server::bench::{self, BenchOptions, Scenario};
+use livebase_bench::{self as bench, BenchOptions, Scenario};
 use serde_json::Value;
 
 fn opts(f: impl FnOnce(&mut BenchOptions)) -> BenchOptions {
@@ -98,6 +98,23 @@ async fn connections_stay_open_and_answer() {
     assert_eq!(v["rss_includes_client"], true);
 }
 
+/// The `livebase` binary of this build (`target/<profile>/livebase`; the tests run from
+/// `target/<profile>/deps/`). `cargo test --workspace` builds it with the server's tests.
+fn livebase_exe() -> std::path::PathBuf {
+    let me = std::env::current_exe().expect("test executable path");
+    let exe = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join(format!("livebase{}", std::env::consts::EXE_SUFFIX)))
+        .expect("target directory");
+    assert!(
+        exe.is_file(),
+        "{} is missing: run `cargo build -p livebase-server` (or `cargo test --workspace`) first",
+        exe.display()
+    );
+    exe
+}
+
 /// The command's default: the server as a child process, measured on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_process_server_reports_its_own_memory_and_cpu() {
@@ -106,7 +123,7 @@ async fn a_child_process_server_reports_its_own_memory_and_cpu() {
         opts(|o| {
             o.duration = 1.0;
             o.connections = Some(20);
-            o.server_exe = Some(env!("CARGO_BIN_EXE_livebase").into());
+            o.server_exe = Some(livebase_exe());
         }),
     )
     .await

@@ -6,6 +6,7 @@ use super::ws::{self, Connector, Ws};
 use super::{now_ns, stats, CpuMeter, Ctx};
 use futures_util::StreamExt;
 use hyper::{Method, StatusCode, Uri};
+use livebase_protocol::{client, SubscribeMode};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -98,12 +99,13 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     let connector = if opts.rule {
         let mut claims = serde_json::Map::new();
         claims.insert("team".into(), json!("ops"));
-        let token = crate::auth::sign(super::target::JWT_SECRET, "bench-user", "viewer", 3600, claims)?;
+        let token =
+            livebase_server::auth::sign(super::target::JWT_SECRET, "bench-user", "viewer", 3600, claims)?;
         Connector::new(addr, &token)
     } else {
         Connector::new(addr, &key)
     };
-    let subscribe = json!({"type": "subscribe", "ref": 1, "collection": collection});
+    let subscribe = client::subscribe(1, &collection, None, SubscribeMode::Plain, None);
     let mut opened: Vec<Ws> = Vec::with_capacity(opts.subscribers);
     let mut subscribe_errors = 0u64;
     let mut first_error = None;
@@ -113,7 +115,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
             let subscribe = subscribe.clone();
             async move {
                 let mut ws = connector.connect(i).await?;
-                ws::request(&mut ws, subscribe).await?;
+                ws::request(&mut ws, &subscribe).await?;
                 anyhow::Ok(ws)
             }
         })

@@ -5,6 +5,7 @@ use super::ws::{self, Connector, Ws};
 use super::{now_ns, stats, CpuMeter, Ctx};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use livebase_protocol::{client, ServerFrame};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,14 +46,14 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     });
 
     ctx.progress.phase("joining", n as u64);
-    let join = json!({"type": "join", "ref": 1, "channel": channel});
+    let join = client::join(1, &channel);
     let mut attempts = futures_util::stream::iter(0..n)
         .map(|i| {
             let connector = connector.clone();
             let join = join.clone();
             async move {
                 let mut ws = connector.connect(i).await?;
-                ws::request(&mut ws, join).await?;
+                ws::request(&mut ws, &join).await?;
                 anyhow::Ok((i, ws))
             }
         })
@@ -161,24 +162,24 @@ async fn member(
             m = ws.next() => match m {
                 Some(Ok(Message::Text(text))) => {
                     let now = now_ns();
-                    let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+                    let Ok(v) = ServerFrame::parse(text.as_str()) else {
                         shared.errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    match v["type"].as_str() {
-                        Some("presence_diff") => {
-                            for (key, entries) in v["joins"].as_object().into_iter().flatten() {
+                    match v {
+                        ServerFrame::PresenceDiff { joins, leaves, .. } => {
+                            for (key, entries) in &joins {
                                 if *key == own_key {
                                     continue;
                                 }
-                                for e in entries.as_array().into_iter().flatten() {
+                                for e in entries {
                                     shared.joins.fetch_add(1, Ordering::Relaxed);
-                                    if let Some(t) = e["meta"]["t"].as_u64() {
+                                    if let Some(t) = e.meta["t"].as_u64() {
                                         stats::record_ns(&mut track_hist, now.saturating_sub(t));
                                     }
                                 }
                             }
-                            for (key, entries) in v["leaves"].as_object().into_iter().flatten() {
+                            for (key, entries) in &leaves {
                                 if *key == own_key {
                                     continue;
                                 }
@@ -187,7 +188,7 @@ async fn member(
                                     .and_then(|k| k.parse::<usize>().ok())
                                     .and_then(|k| shared.leave_sent_ns.get(k))
                                     .map(|a| a.load(Ordering::Relaxed));
-                                for _ in entries.as_array().into_iter().flatten() {
+                                for _ in entries {
                                     shared.leaves.fetch_add(1, Ordering::Relaxed);
                                     if let Some(sent) = sent.filter(|s| *s > 0) {
                                         stats::record_ns(&mut leave_hist, now.saturating_sub(sent));
@@ -195,12 +196,12 @@ async fn member(
                                 }
                             }
                         }
-                        Some("ok") => {
+                        ServerFrame::Ok { .. } => {
                             if let Some(p) = pending.take() {
                                 let _ = p.send(true);
                             }
                         }
-                        Some("error") => {
+                        ServerFrame::Error { .. } => {
                             shared.errors.fetch_add(1, Ordering::Relaxed);
                             if let Some(p) = pending.take() {
                                 let _ = p.send(false);
@@ -217,17 +218,16 @@ async fn member(
                 let frame = match cmd {
                     Some(Cmd::Track(reply)) => {
                         pending = Some(reply);
-                        json!({"type": "presence_track", "ref": next_ref, "channel": shared.channel,
-                               "key": own_key, "meta": {"t": now_ns()}})
+                        client::track(next_ref, &shared.channel, Some(&own_key), &json!({"t": now_ns()}))
                     }
                     Some(Cmd::Leave(reply)) => {
                         pending = Some(reply);
                         shared.leave_sent_ns[i].store(now_ns(), Ordering::Relaxed);
-                        json!({"type": "leave", "ref": next_ref, "channel": shared.channel})
+                        client::leave(next_ref, &shared.channel)
                     }
                     None => break,
                 };
-                if ws.send(Message::text(frame.to_string())).await.is_err() {
+                if ws.send(Message::text(frame.encode())).await.is_err() {
                     break;
                 }
             }

@@ -17,7 +17,7 @@ pub(crate) struct Target {
 
 enum Kind {
     Child { child: tokio::process::Child, pid: u32, _dir: tempfile::TempDir },
-    InProcess { server: crate::Server, _dir: tempfile::TempDir },
+    InProcess { server: livebase_server::Server, _dir: tempfile::TempDir },
     External,
 }
 
@@ -80,12 +80,12 @@ impl Target {
             let addr = loopback_addr(&url).await?;
             return Ok(Target { addr, admin_key, kind: Kind::Child { child, pid, _dir: dir } });
         }
-        let mut config = crate::Config::for_dir(dir.path().to_path_buf());
+        let mut config = livebase_server::Config::for_dir(dir.path().to_path_buf());
         config.admin_key = Some(admin_key.clone());
         config.jwt_secret = Some(JWT_SECRET.into());
         config.rate_limit = 0.0;
         config.ws_rate_limit = 0.0;
-        let server = crate::start(config).await?;
+        let server = livebase_server::start(config).await?;
         Ok(Target { addr: server.addr, admin_key, kind: Kind::InProcess { server, _dir: dir } })
     }
 

@@ -8,6 +8,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::{Method, StatusCode, Uri};
+use livebase_protocol::{client, ServerFrame, SubscribeMode};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -27,8 +28,10 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     // Subscribe once to learn where the log is, then go away.
     let mut ws = connector.connect(0).await?;
     let reply =
-        ws::request(&mut ws, json!({"type": "subscribe", "ref": 1, "collection": collection})).await?;
-    let since = reply["seq"].as_u64().with_context(|| format!("no seq in {reply}"))?;
+        ws::request(&mut ws, &client::subscribe(1, &collection, None, SubscribeMode::Plain, None)).await?;
+    let ServerFrame::Subscribed { seq: since, epoch, .. } = reply else {
+        anyhow::bail!("expected subscribed, got {}", reply.encode())
+    };
     let _ = ws.close(None).await;
     drop(ws);
 
@@ -55,8 +58,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     let cpu = CpuMeter::start(&ctx.target);
     let start = Instant::now();
     let mut ws = connector.connect(1).await?;
-    let resume = json!({"type": "subscribe", "ref": 2, "collection": collection, "since": since});
-    ws.send(Message::text(resume.to_string())).await?;
+    let resume = client::subscribe(2, &collection, None, SubscribeMode::Since(since), epoch.as_deref());
+    ws.send(Message::text(resume.encode())).await?;
     let mut received = 0u64;
     let mut duplicates = 0u64;
     let mut out_of_order = 0u64;

@@ -1,10 +1,13 @@
-//! `livebase bench`: the project's own load generator, in the same binary as the server.
+//! `livebase bench`: the project's own load generator (the `livebase-bench` binary, which
+//! `livebase bench …` runs; see `main.rs`).
 //!
-//! It drives either a server it starts itself — by default a **child process** (this binary's
-//! `serve` on `127.0.0.1:0` with a temporary data dir), so the server's memory and CPU are
-//! measured alone; `--in-process` runs it inside the generator instead — or the server given
-//! by `--url` (with `--admin-key`). It only ever talks to loopback addresses, and every phase
-//! is bounded in time (`--duration` plus fixed grace periods and a hard cap).
+//! It drives either a server it starts itself — by default a **child process** (the `livebase`
+//! binary's `serve` on `127.0.0.1:0` with a temporary data dir), so the server's memory and
+//! CPU are measured alone; `--in-process` runs it inside the generator instead — or the
+//! server given by `--url` (with `--admin-key`). It only ever talks to loopback addresses,
+//! and every phase is bounded in time (`--duration` plus fixed grace periods and a hard cap).
+//! Realtime frames are built and read with `livebase-protocol`, the definitions the server
+//! and the clients share.
 //!
 //! The generator shares the machine's cores with the server, so it is kept cheap: raw
 //! `hyper` HTTP/1.1 connections with pre-serialized bodies, WebSocket clients with 4 KiB read
@@ -157,9 +160,10 @@ pub struct BenchOptions {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// The executable to start as the server child process (`<exe> serve ...`). The command
-    /// sets it to itself; when `None` a self-started server runs in-process.
-    #[arg(skip)]
+    /// The executable to start as the server child process (`<exe> serve ...`); `livebase
+    /// bench` passes itself. Default: the `livebase` binary next to this one. In the library,
+    /// `None` runs a self-started server in-process.
+    #[arg(long, hide = true)]
     pub server_exe: Option<PathBuf>,
 }
 
@@ -318,7 +322,7 @@ impl CpuMeter {
     }
 }
 
-fn round3(v: f64) -> f64 {
+pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 

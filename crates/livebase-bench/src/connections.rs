@@ -4,6 +4,7 @@
 use super::ws::{self, Connector, Ws};
 use super::{CpuMeter, Ctx};
 use futures_util::{SinkExt, StreamExt};
+use livebase_protocol::client;
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -160,7 +161,7 @@ async fn hold(mut ws: Ws, mut phase: watch::Receiver<Phase>, alive: Arc<AtomicU6
                     Phase::Hold => {}
                     Phase::Ping => {
                         pinged = true;
-                        let ping = Message::text(r#"{"type":"ping","ref":1}"#);
+                        let ping = Message::text(client::ping(1).encode());
                         if ws.send(ping).await.is_err() {
                             closed.fetch_add(1, Ordering::Relaxed);
                             return;

@@ -1,0 +1,51 @@
+//! The `livebase-bench` command, also run as `livebase bench …` (the `livebase` binary execs
+//! this one, found next to itself, passing its own path as `--server-exe`).
+
+use clap::Parser;
+use livebase_bench::{BenchOptions, Scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "livebase bench",
+    bin_name = "livebase bench",
+    version,
+    about = "Measure a server: writes, fanout, connections, catchup or presence (loopback only)"
+)]
+struct Cli {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    #[command(flatten)]
+    opts: BenchOptions,
+}
+
+fn main() -> anyhow::Result<()> {
+    let Cli { scenario, mut opts } = Cli::parse();
+    if opts.url.is_none() && !opts.in_process && opts.server_exe.is_none() {
+        // The server runs as a child process, so its memory and CPU are its own.
+        opts.server_exe = Some(livebase_beside_this_exe()?);
+    }
+    let json = opts.json;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let figures = rt.block_on(livebase_bench::run(scenario, opts))?;
+    let table = livebase_bench::render_table(&figures);
+    if json {
+        eprint!("{table}");
+        println!("{figures}");
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+/// The `livebase` server binary in this executable's directory (where cargo builds both).
+fn livebase_beside_this_exe() -> anyhow::Result<std::path::PathBuf> {
+    let me = std::env::current_exe()?;
+    let exe = me.with_file_name(format!("livebase{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        exe.is_file(),
+        "the server binary {} is missing: build it with `cargo build --release -p livebase-server` \
+         (or pass --in-process, or --url for a running server)",
+        exe.display()
+    );
+    Ok(exe)
+}
