@@ -27,6 +27,13 @@
 //!   `--duration` seconds, then each is checked with a `ping` → `pong`.
 //! - `catchup`: a subscriber notes its `seq`, disconnects, `--missed` changes are written
 //!   (batch endpoint), it resubscribes with `since` and times the catch-up.
+//! - `aggregates`: `--aggregates` distinct live aggregates (count, sum, max over filters that
+//!   all match) with `--subscribers` spread over them, records created at `--rate`; each
+//!   write moves every aggregate. Keys: `aggregates`, `subscribers`, `writes`, `writes_per_s`,
+//!   `expected_updates` (`writes × subscribers`), `updates` (aggregate frames received after
+//!   the first), `lost`, `latency_ms` (send of the newest counted record → receipt),
+//!   `server_cpu_us_per_change` (server CPU per write, all aggregates and frames included),
+//!   `server_cpu_us_per_update`.
 //! - `presence`: `--connections` members (default 200) join one channel; one after the
 //!   other each tracks (meta holds its send time) and later leaves; every other member's
 //!   `presence_diff` receipt is timed.
@@ -76,6 +83,7 @@
 //!   member's `presence_track` send → another member's `presence_diff` receipt),
 //!   `leave_latency_ms` (`leave` send → diff).
 
+mod aggregates;
 mod catchup;
 mod connections;
 mod fanout;
@@ -103,6 +111,7 @@ pub enum Scenario {
     Connections,
     Catchup,
     Presence,
+    Aggregates,
 }
 
 impl Scenario {
@@ -113,6 +122,7 @@ impl Scenario {
             Scenario::Connections => "connections",
             Scenario::Catchup => "catchup",
             Scenario::Presence => "presence",
+            Scenario::Aggregates => "aggregates",
         }
     }
 }
@@ -143,6 +153,9 @@ pub struct BenchOptions {
     /// Connections (`connections`, default 15000) or members (`presence`, default 200).
     #[arg(long)]
     pub connections: Option<usize>,
+    /// Distinct live aggregates the subscribers are spread over (`aggregates`).
+    #[arg(long, default_value_t = 100)]
+    pub aggregates: usize,
     /// Changes written while the subscriber is away (`catchup`).
     #[arg(long, default_value_t = 10_000)]
     pub missed: u64,
@@ -178,6 +191,7 @@ impl Default for BenchOptions {
             rate: 1000,
             connections: None,
             missed: 10_000,
+            aggregates: 100,
             json: false,
             rule: false,
             in_process: false,
@@ -270,6 +284,7 @@ pub async fn run(scenario: Scenario, opts: BenchOptions) -> anyhow::Result<Value
             Scenario::Connections => connections::run(&ctx).await,
             Scenario::Catchup => catchup::run(&ctx).await,
             Scenario::Presence => presence::run(&ctx).await,
+            Scenario::Aggregates => aggregates::run(&ctx).await,
         }
     })
     .await;

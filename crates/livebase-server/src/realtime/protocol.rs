@@ -59,10 +59,6 @@ pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
     wire::decode_client_frame(text).map_err(ProtoError::from)
 }
 
-pub fn encode(v: &Value) -> Utf8Bytes {
-    Utf8Bytes::from(v.to_string())
-}
-
 pub fn ok(reference: &Ref) -> Utf8Bytes {
     Utf8Bytes::from(wire::ok(reference))
 }
