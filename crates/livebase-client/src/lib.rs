@@ -7,7 +7,8 @@
 //!   connections.
 //! - [`realtime`]: [`RealtimeHandle`]: one WebSocket (`/api/realtime`) owned by a background
 //!   task. Commands go in over an mpsc channel; each [`Subscription`], [`LiveQuery`] and
-//!   [`Channel`] gets its own stream. The bookkeeping (request refs, server `sub_id` ↔ local
+//!   [`Channel`] gets its own stream; a [`LiveAggregate`] keeps KPI numbers current. The
+//!   bookkeeping (request refs, server `sub_id` ↔ local
 //!   subscription, last seq per subscription, snapshot assembly, channels to rejoin) lives in
 //!   an I/O-free state machine; the task only moves frames and reconnects.
 //! - [`protocol`]: the wire frames of `docs/protocol.md`, parsed and built.
@@ -68,7 +69,7 @@ pub use backoff::Backoff;
 pub use error::{Error, Result};
 pub use protocol::{Change, Op, PresenceEntry, PresenceMap, SubscribeMode, View};
 pub use realtime::{
-    Channel, ChannelMessage, LiveQuery, Notice, Presence, RealtimeConfig, RealtimeHandle, RowCache, Status,
-    SubEvent, Subscription,
+    AggregateValues, Channel, ChannelMessage, GroupKey, LiveAggregate, LiveQuery, Notice, Presence,
+    RealtimeConfig, RealtimeHandle, RowCache, Status, SubEvent, Subscription,
 };
-pub use rest::{Client, MutationOptions, Page};
+pub use rest::{AggregateResult, Client, MutationOptions, Page};

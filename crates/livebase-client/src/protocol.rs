@@ -3,6 +3,6 @@
 //! [`client`] builders make what the client sends.
 
 pub use livebase_protocol::{
-    client, num_ref, reason, ref_u64, Change, ClientFrame, Op, PresenceEntry, PresenceMap, Ref, ServerFrame,
-    SubscribeMode, View,
+    client, num_ref, reason, ref_u64, AggregateReq, Change, ClientFrame, Op, PresenceEntry, PresenceMap, Ref,
+    ServerFrame, SubscribeMode, View,
 };

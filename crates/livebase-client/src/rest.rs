@@ -5,7 +5,7 @@ use crate::realtime::{RealtimeConfig, RealtimeHandle};
 use reqwest::header::{HeaderMap, HeaderValue, IF_MATCH};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// A Livebase client: REST calls over a pooled HTTP client, and the factory of realtime
 /// connections. Cheap to clone.
@@ -26,6 +26,16 @@ pub struct Page {
     /// Present when the query asked for a count.
     #[serde(default)]
     pub total: Option<u64>,
+}
+
+/// The answer of `GET /api/collections/{c}/aggregate`: the values at `seq`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AggregateResult {
+    /// The change the values are current at.
+    pub seq: u64,
+    /// One object per group: its group fields and one value per function, keyed as written
+    /// (`"sum(weight_kg)"`); sorted by the group fields. Without grouping, exactly one.
+    pub groups: Vec<Map<String, Value>>,
 }
 
 /// Options of a mutation: optimistic concurrency and idempotency.
@@ -203,6 +213,37 @@ impl Client {
         }
         let v = self.request(Method::GET, &path, None, HeaderMap::new()).await?;
         serde_json::from_value(v).map_err(|e| Error::Protocol(format!("list response: {e}")))
+    }
+
+    /// Computes an aggregate once (`GET /api/collections/{c}/aggregate`): `fns` (`count`,
+    /// `sum(f)`, `avg(f)`, `min(f)`, `max(f)`) over the records matching `filter` (the raw
+    /// filter query string of lists, e.g. `"eta=lt.2026-04-01"`, empty for all), grouped by
+    /// `group` (zero, one or two fields). A refused aggregate is [`Error::Api`] with code
+    /// `invalid_aggregate`, its `details.field` naming the field.
+    pub async fn aggregate(
+        &self,
+        collection: &str,
+        filter: &str,
+        group: &[&str],
+        fns: &[&str],
+    ) -> Result<AggregateResult> {
+        let join = |xs: &[&str]| {
+            xs.iter().map(|x| x.split_whitespace().collect::<String>()).collect::<Vec<_>>().join(",")
+        };
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if !group.is_empty() {
+            q.append_pair("group", &join(group));
+        }
+        q.append_pair("fn", &join(fns));
+        let mut path = format!("/api/collections/{}/aggregate?", encode_segment(collection));
+        let filter = filter.trim_start_matches('?');
+        if !filter.is_empty() {
+            path.push_str(filter);
+            path.push('&');
+        }
+        path.push_str(&q.finish());
+        let v = self.request(Method::GET, &path, None, HeaderMap::new()).await?;
+        serde_json::from_value(v).map_err(|e| Error::Protocol(format!("aggregate response: {e}")))
     }
 
     /// Lists every record matching `query`, following `next_cursor` page by page.

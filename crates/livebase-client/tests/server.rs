@@ -1,9 +1,9 @@
 //! The client against a real in-process server: REST helpers, subscriptions, live queries,
-//! resume after dropped sockets and server restarts, presence and broadcast.
+//! resume after dropped sockets and server restarts, presence and broadcast, live aggregates.
 
 use livebase_client::{
-    Backoff, ChannelMessage, Client, Error, LiveQuery, MutationOptions, Op, RealtimeConfig, RealtimeHandle,
-    Status, SubEvent, Subscription, View,
+    Backoff, ChannelMessage, Client, Error, LiveAggregate, LiveQuery, MutationOptions, Op, RealtimeConfig,
+    RealtimeHandle, Status, SubEvent, Subscription, View,
 };
 use livebase_server::{Config, Server};
 use rand::rngs::StdRng;
@@ -594,4 +594,132 @@ async fn resume_of_many_subscriptions_stays_under_the_server_rate_limit() {
     assert!(matches!(*bad.status().borrow(), Status::Connecting | Status::Reconnecting { .. }));
     bad.close().await;
     server.shutdown().await;
+}
+
+/// The live values as owned maps, sorted by group key.
+fn values_of(a: &LiveAggregate) -> Vec<serde_json::Map<String, Value>> {
+    a.groups().into_iter().cloned().collect()
+}
+
+/// Applies aggregate frames until the values are current at the REST aggregate's seq; then
+/// both say the same.
+async fn assert_aggregate_equals_rest(client: &Client, a: &mut LiveAggregate, filter: &str) {
+    let rest =
+        client.aggregate("items", filter, &["status"], &["count", "sum(qty)"]).await.expect("rest aggregate");
+    timeout(WAIT, a.wait_for_seq(rest.seq)).await.expect("live values in time").expect("aggregate open");
+    assert_eq!(a.seq(), rest.seq);
+    assert_eq!(values_of(a), rest.groups);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_aggregate_follows_creates_moves_between_groups_and_deletes_like_rest() {
+    let (_dir, server, client) = setup().await;
+    let rt = client.realtime_with(fast());
+    let mut kpi = rt.aggregate("items", None, &["status"], &["count", "sum(qty)"]).await.expect("aggregate");
+    assert!(kpi.groups().is_empty(), "grouped, no rows: no groups");
+
+    let a = client.create("items", json!({"title": "a", "qty": 2, "status": "late"})).await.expect("create");
+    client.create("items", json!({"title": "b", "qty": 3, "status": "late"})).await.expect("create");
+    client.create("items", json!({"title": "c", "qty": 1, "status": "open"})).await.expect("create");
+    timeout(WAIT, kpi.wait_for_seq(head(&client).await)).await.expect("in time").expect("open");
+    assert_eq!(
+        values_of(&kpi),
+        vec![
+            json!({"status": "late", "count": 2, "sum(qty)": 5}).as_object().unwrap().clone(),
+            json!({"status": "open", "count": 1, "sum(qty)": 1}).as_object().unwrap().clone(),
+        ]
+    );
+
+    // A row moves from late to open: one frame moves both groups.
+    client.update("items", &id_of(&a), json!({"status": "open"}), None).await.expect("move");
+    match timeout(WAIT, kpi.changed()).await.expect("in time").expect("open") {
+        SubEvent::Aggregate { full, groups, .. } => {
+            assert!(!full);
+            assert_eq!(groups.len(), 2, "both sides of the move: {groups:?}");
+        }
+        other => panic!("expected an aggregate, got {other:?}"),
+    }
+    assert_eq!(kpi.group(&[json!("late")]).unwrap()["count"], 1);
+    assert_eq!(kpi.group(&[json!("open")]).unwrap()["sum(qty)"], 3);
+
+    // Deleting the last late row removes its group.
+    let late = client.list("items", "status=eq.late").await.expect("list");
+    client.delete("items", &id_of(&late.items[0]), None).await.expect("delete");
+    match timeout(WAIT, kpi.changed()).await.expect("in time").expect("open") {
+        SubEvent::Aggregate { removed, .. } => {
+            assert_eq!(removed, vec![json!({"status": "late"}).as_object().unwrap().clone()])
+        }
+        other => panic!("expected an aggregate, got {other:?}"),
+    }
+    assert!(kpi.group(&[json!("late")]).is_none());
+    assert_aggregate_equals_rest(&client, &mut kpi, "").await;
+
+    // Without group, one group; the filter applies as for lists.
+    let mut heavy =
+        rt.aggregate("items", Some("qty=gt.1"), &[], &["count", "max(qty)"]).await.expect("aggregate");
+    assert_eq!(heavy.groups(), vec![json!({"count": 1, "max(qty)": 2}).as_object().unwrap()]);
+    client.create("items", json!({"title": "d", "qty": 9, "status": "done"})).await.expect("create");
+    timeout(WAIT, heavy.wait_for_seq(head(&client).await)).await.expect("in time").expect("open");
+    assert_eq!(heavy.group(&[]).unwrap()["max(qty)"], 9);
+    heavy.unsubscribe().await.expect("unsubscribe");
+
+    // Refusals name the field, live and over REST.
+    match rt.aggregate("items", None, &[], &["sum(title)"]).await {
+        Err(e) => assert_eq!(e.code(), Some("invalid_aggregate")),
+        Ok(_) => panic!("sum over a text field is refused"),
+    }
+    match client.aggregate("items", "", &[], &["sum(title)"]).await {
+        Err(Error::Api { status, code, details, .. }) => {
+            assert_eq!((status, code.as_str()), (422, "invalid_aggregate"));
+            assert_eq!(details.unwrap()["field"], "title");
+        }
+        other => panic!("expected a 422, got {other:?}"),
+    }
+    rt.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_aggregate_resubscribes_after_a_server_restart_and_takes_the_fresh_values() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = start_in(dir.path(), |_| {}).await;
+    let client = Client::new(&a.url()).with_token(ADMIN);
+    client.create_collection(items()).await.expect("collection");
+    client.create("items", json!({"title": "x", "qty": 4, "status": "late"})).await.expect("create");
+    let rt = client.realtime_with(fast());
+    let mut kpi = rt.aggregate("items", None, &["status"], &["count", "sum(qty)"]).await.expect("aggregate");
+    assert_eq!(
+        values_of(&kpi),
+        vec![json!({"status": "late", "count": 1, "sum(qty)": 4}).as_object().unwrap().clone()]
+    );
+
+    // Stop A; on B (same data, new port) the late row goes and two open rows come, while the
+    // client is away.
+    a.shutdown().await;
+    let b = start_in(dir.path(), |_| {}).await;
+    let client = Client::new(&b.url()).with_token(ADMIN);
+    let late = client.list("items", "status=eq.late").await.expect("list");
+    client.delete("items", &id_of(&late.items[0]), None).await.expect("delete");
+    client.create("items", json!({"title": "y", "qty": 1, "status": "open"})).await.expect("create");
+    client.create("items", json!({"title": "z", "status": "open"})).await.expect("create");
+    rt.set_url(&b.url());
+    rt.reconnect();
+    // The next full frame replaces the values held.
+    loop {
+        match timeout(WAIT, kpi.changed()).await.expect("fresh values in time").expect("open") {
+            SubEvent::Aggregate { full: true, .. } => break,
+            _ => continue,
+        }
+    }
+    assert_eq!(
+        values_of(&kpi),
+        vec![json!({"status": "open", "count": 2, "sum(qty)": 1}).as_object().unwrap().clone()]
+    );
+    assert_aggregate_equals_rest(&client, &mut kpi, "").await;
+    // And it stays live on the new connection.
+    client.create("items", json!({"title": "w", "qty": 5, "status": "done"})).await.expect("create");
+    assert_aggregate_equals_rest(&client, &mut kpi, "").await;
+    assert_eq!(kpi.group(&[json!("done")]).unwrap()["count"], 1);
+    rt.close().await;
+    b.shutdown().await;
 }

@@ -13,11 +13,13 @@ mod subscription;
 mod task;
 
 pub use channel::{Channel, ChannelMessage, Presence};
-pub use subscription::{LiveQuery, RowCache, SubEvent, Subscription};
+pub use subscription::{
+    AggregateValues, GroupKey, LiveAggregate, LiveQuery, RowCache, SubEvent, Subscription,
+};
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
-use crate::protocol::SubscribeMode;
+use crate::protocol::{AggregateReq, SubscribeMode};
 use serde_json::Value;
 use state::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,6 +245,16 @@ impl RealtimeHandle {
         filter: Option<&str>,
         mode: SubscribeMode,
     ) -> Result<Subscription> {
+        self.subscribe_inner(collection, filter, mode, None).await
+    }
+
+    async fn subscribe_inner(
+        &self,
+        collection: &str,
+        filter: Option<&str>,
+        mode: SubscribeMode,
+        aggregate: Option<AggregateReq>,
+    ) -> Result<Subscription> {
         let local = self.shared.next_local.fetch_add(1, Ordering::Relaxed);
         let (events, rx) = mpsc::unbounded_channel();
         let filter = filter.filter(|f| !f.is_empty()).map(str::to_string);
@@ -251,6 +263,7 @@ impl RealtimeHandle {
             collection: collection.to_string(),
             filter: filter.clone(),
             mode,
+            aggregate: aggregate.clone(),
             events,
             reply,
         })
@@ -263,6 +276,40 @@ impl RealtimeHandle {
     pub async fn live_query(&self, collection: &str, filter: Option<&str>) -> Result<LiveQuery> {
         let sub = self.subscribe_with(collection, filter, SubscribeMode::Snapshot).await?;
         LiveQuery::start(sub).await
+    }
+
+    /// A live aggregate: `fns` (`count`, `sum(f)`, `avg(f)`, `min(f)`, `max(f)`) over the rows
+    /// of `collection` matching `filter` that this connection may see, grouped by `group`
+    /// (zero, one or two fields; without, exactly one group). Resolves once the first values
+    /// are in; re-subscribes after reconnects, and the fresh values replace the old ones.
+    /// Refused aggregates fail with [`Error::Request`] code `invalid_aggregate`.
+    ///
+    /// ```no_run
+    /// # async fn demo(rt: livebase_client::RealtimeHandle) -> livebase_client::Result<()> {
+    /// let mut kpi = rt.aggregate("shipments", None, &["status"], &["count", "sum(weight_kg)"]).await?;
+    /// loop {
+    ///     if let Some(late) = kpi.group(&["late".into()]) {
+    ///         println!("{} late, {} kg", late["count"], late["sum(weight_kg)"]);
+    ///     }
+    ///     if kpi.changed().await.is_none() {
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn aggregate(
+        &self,
+        collection: &str,
+        filter: Option<&str>,
+        group: &[&str],
+        fns: &[&str],
+    ) -> Result<LiveAggregate> {
+        let group: Vec<String> = group.iter().map(|g| g.to_string()).collect();
+        let fns = fns.iter().map(|f| f.split_whitespace().collect::<String>()).collect();
+        let req = AggregateReq { group: group.clone(), fns };
+        let sub = self.subscribe_inner(collection, filter, SubscribeMode::Plain, Some(req)).await?;
+        LiveAggregate::start(sub, group).await
     }
 
     /// Joins a broadcast/presence channel. Resolves once the server confirmed; the channel's

@@ -5,7 +5,7 @@ use super::channel::ChannelMessage;
 use super::subscription::SubEvent;
 use super::Notice;
 use crate::error::{Error, Result};
-use crate::protocol::{client, ref_u64, Change, ClientFrame, Ref, ServerFrame, SubscribeMode};
+use crate::protocol::{client, ref_u64, AggregateReq, Change, ClientFrame, Ref, ServerFrame, SubscribeMode};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -19,6 +19,8 @@ pub(crate) enum Command {
         collection: String,
         filter: Option<String>,
         mode: SubscribeMode,
+        /// A live aggregate over the matching rows instead of the rows.
+        aggregate: Option<AggregateReq>,
         events: mpsc::UnboundedSender<SubEvent>,
         reply: oneshot::Sender<Result<()>>,
     },
@@ -114,6 +116,11 @@ struct Sub {
     filter: Option<String>,
     /// Snapshot mode: (re)starts with a snapshot when there is no seq to resume from.
     live: bool,
+    /// A live aggregate: resumes by value (every `subscribe` is answered with a `full` frame).
+    aggregate: Option<AggregateReq>,
+    /// A live aggregate got its `full` frame on the current connection (deltas before it
+    /// would move values of another time: dropped).
+    fresh: bool,
     /// The highest seq delivered or established (subscribed / snapshot done); the resume point.
     last_seq: Option<u64>,
     /// The server epoch `last_seq` belongs to (from `subscribed`), sent back beside `since`.
@@ -183,8 +190,12 @@ impl State {
     /// Handles a command other than `Reconnect` / `Close`.
     pub fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Subscribe { local, collection, filter, mode, events, reply } => {
-                if self.subs.values().any(|s| s.collection == collection && s.filter == filter) {
+            Command::Subscribe { local, collection, filter, mode, aggregate, events, reply } => {
+                if self
+                    .subs
+                    .values()
+                    .any(|s| s.collection == collection && s.filter == filter && s.aggregate == aggregate)
+                {
                     let _ = reply.send(Err(request_error(
                         "already_subscribed",
                         format!(
@@ -197,7 +208,9 @@ impl State {
                 let sub = Sub {
                     collection,
                     filter,
-                    live: mode == SubscribeMode::Snapshot,
+                    live: mode == SubscribeMode::Snapshot && aggregate.is_none(),
+                    aggregate,
+                    fresh: false,
                     last_seq: match mode {
                         SubscribeMode::Since(n) => Some(n),
                         _ => None,
@@ -341,8 +354,16 @@ impl State {
             None => SubscribeMode::Plain,
         };
         let (collection, filter, epoch) = (sub.collection.clone(), sub.filter.clone(), sub.epoch.clone());
+        let aggregate = sub.aggregate.clone();
+        if let Some(sub) = self.subs.get_mut(&local) {
+            sub.fresh = false;
+        }
         self.request(Pending::Subscribe { local, mode }, |r| {
-            client::subscribe(r, &collection, filter.as_deref(), mode, epoch.as_deref())
+            let mut f = client::subscribe(r, &collection, filter.as_deref(), mode, epoch.as_deref());
+            if let ClientFrame::Subscribe(s) = &mut f {
+                s.aggregate = aggregate;
+            }
+            f
         });
     }
 
@@ -437,6 +458,7 @@ impl State {
         for sub in self.subs.values_mut() {
             sub.server_id = None;
             sub.snapshot = None;
+            sub.fresh = false;
         }
     }
 
@@ -498,8 +520,9 @@ impl State {
             ServerFrame::ResyncRequired { reference, sub_id, reason } => {
                 self.on_resync(&reference, sub_id, reason)
             }
-            // This client does not subscribe to live aggregates yet (the REST form works).
-            ServerFrame::Aggregate { sub_id, .. } => tracing::trace!(sub_id, "aggregate frame ignored"),
+            ServerFrame::Aggregate { sub_id, seq, full, groups, removed } => {
+                self.on_aggregate(sub_id, seq, full, groups, removed)
+            }
             ServerFrame::Unknown => {}
         }
     }
@@ -555,7 +578,8 @@ impl State {
             SubscribeMode::Plain => sub.last_seq = Some(seq),
             SubscribeMode::Since(n) => {
                 // Keep `n`: every change after it is wanted, whatever the reply says.
-                if seq != n {
+                // An aggregate resumes by value: its `seq` is the one of the values that follow.
+                if seq != n && sub.aggregate.is_none() {
                     tracing::warn!(since = n, seq, "`subscribed.seq` differs from `since`");
                 }
             }
@@ -570,6 +594,36 @@ impl State {
                 self.drop_sub(local);
             }
         }
+    }
+
+    /// A live aggregate's values: a `full` frame replaces them (after every subscribe, and
+    /// after an `auth` with a new identity); a delta is passed on only after one, and only
+    /// when it is not older than the values held.
+    fn on_aggregate(
+        &mut self,
+        sub_id: u64,
+        seq: u64,
+        full: bool,
+        groups: Vec<serde_json::Map<String, Value>>,
+        removed: Vec<serde_json::Map<String, Value>>,
+    ) {
+        let Some(&local) = self.by_server.get(&sub_id) else {
+            tracing::trace!(sub_id, "aggregate for an unknown subscription");
+            return;
+        };
+        let Some(sub) = self.subs.get_mut(&local) else {
+            return;
+        };
+        if sub.aggregate.is_none() {
+            return;
+        }
+        if !full && (!sub.fresh || sub.last_seq.is_some_and(|l| seq < l)) {
+            tracing::trace!(sub_id, seq, "dropping an aggregate delta that does not follow the values held");
+            return;
+        }
+        sub.fresh = true;
+        sub.last_seq = Some(seq);
+        self.emit(local, SubEvent::Aggregate { seq, full, groups, removed });
     }
 
     fn on_snapshot(&mut self, sub_id: u64, seq: u64, rows: Vec<Value>, done: bool) {
@@ -724,6 +778,7 @@ mod tests {
             let (events, rx) = mpsc::unbounded_channel();
             let (reply, wait) = oneshot::channel();
             self.state.command(Command::Subscribe {
+                aggregate: None,
                 local,
                 collection: collection.into(),
                 filter: filter.map(str::to_string),
@@ -733,6 +788,136 @@ mod tests {
             });
             (rx, wait)
         }
+
+        fn aggregate(
+            &mut self,
+            local: u64,
+            filter: Option<&str>,
+            group: &[&str],
+            fns: &[&str],
+        ) -> (mpsc::UnboundedReceiver<SubEvent>, oneshot::Receiver<Result<()>>) {
+            let (events, rx) = mpsc::unbounded_channel();
+            let (reply, wait) = oneshot::channel();
+            self.state.command(Command::Subscribe {
+                aggregate: Some(AggregateReq {
+                    group: group.iter().map(|g| g.to_string()).collect(),
+                    fns: fns.iter().map(|f| f.to_string()).collect(),
+                }),
+                local,
+                collection: "shipments".into(),
+                filter: filter.map(str::to_string),
+                mode: SubscribeMode::Plain,
+                events,
+                reply,
+            });
+            (rx, wait)
+        }
+    }
+
+    /// (seq, full, number of groups, number removed) of each aggregate event queued.
+    fn aggregates(rx: &mut mpsc::UnboundedReceiver<SubEvent>) -> Vec<(u64, bool, usize, usize)> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let SubEvent::Aggregate { seq, full, groups, removed } = ev {
+                out.push((seq, full, groups.len(), removed.len()));
+            }
+        }
+        out
+    }
+
+    fn agg(sub_id: u64, seq: u64, full: bool, groups: Value, removed: Value) -> ServerFrame {
+        frame(json!({"type": "aggregate", "sub_id": sub_id, "seq": seq, "full": full,
+            "groups": groups, "removed": removed}))
+    }
+
+    #[test]
+    fn aggregate_subscribe_sends_the_aggregate_and_passes_full_then_deltas() {
+        let mut h = Harness::online();
+        let (mut rx, mut wait) =
+            h.aggregate(1, Some("status=neq.lost"), &["status"], &["count", "sum(weight_kg)"]);
+        let sent = h.sent();
+        let fixture: Value = serde_json::from_str(include_str!(
+            "../../../livebase-protocol/fixtures/client/subscribe_aggregate.json"
+        ))
+        .unwrap();
+        assert_eq!(sent[0]["aggregate"], fixture["aggregate"]);
+        assert_eq!(
+            (&sent[0]["collection"], &sent[0]["filter"]),
+            (&fixture["collection"], &fixture["filter"])
+        );
+        h.state
+            .on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 31, "seq": 10, "epoch": "e1"})));
+        assert!(matches!(wait.try_recv(), Ok(Ok(()))));
+        // A delta before the full frame is not for the values held: dropped.
+        h.state.on_frame(agg(31, 10, false, json!([{"status": "late", "count": 9}]), json!([])));
+        h.state.on_frame(agg(
+            31,
+            10,
+            true,
+            json!([{"status": "late", "count": 2}, {"status": "ok", "count": 1}]),
+            json!([]),
+        ));
+        h.state.on_frame(agg(
+            31,
+            11,
+            false,
+            json!([{"status": "ok", "count": 2}]),
+            json!([{"status": "late"}]),
+        ));
+        h.state.on_frame(agg(31, 9, false, json!([{"status": "ok", "count": 0}]), json!([]))); // older: dropped
+        h.state.on_frame(agg(99, 12, false, json!([]), json!([]))); // not ours
+        assert_eq!(aggregates(&mut rx), vec![(10, true, 2, 0), (11, false, 1, 1)]);
+    }
+
+    #[test]
+    fn aggregate_resubscribes_after_a_reconnect_and_waits_for_the_fresh_full_frame() {
+        let mut h = Harness::online();
+        let (mut rx, _w) = h.aggregate(1, None, &[], &["count"]);
+        h.sent();
+        h.state
+            .on_frame(frame(json!({"type": "subscribed", "ref": 1, "sub_id": 5, "seq": 3, "epoch": "e1"})));
+        h.state.on_frame(agg(5, 3, true, json!([{"count": 3}]), json!([])));
+        h.state.on_frame(agg(5, 4, false, json!([{"count": 4}]), json!([])));
+        h.state.on_disconnect();
+        h.state.on_connected();
+        assert_eq!(
+            h.sent(),
+            vec![json!({"type": "subscribe", "ref": 2, "collection": "shipments", "since": 4, "epoch": "e1",
+                "aggregate": {"fn": ["count"]}})]
+        );
+        h.state
+            .on_frame(frame(json!({"type": "subscribed", "ref": 2, "sub_id": 6, "seq": 8, "epoch": "e1"})));
+        h.state.on_frame(agg(6, 8, false, json!([{"count": 70}]), json!([]))); // before the full frame
+        h.state.on_frame(agg(6, 8, true, json!([{"count": 7}]), json!([])));
+        // A full frame on the running subscription (an `auth` with another identity) passes too.
+        h.state.on_frame(agg(6, 8, true, json!([{"count": 1}]), json!([])));
+        assert_eq!(
+            aggregates(&mut rx),
+            vec![(3, true, 1, 0), (4, false, 1, 0), (8, true, 1, 0), (8, true, 1, 0)]
+        );
+        // The epoch changed while away: ask again without since.
+        h.state.on_disconnect();
+        h.state.on_connected();
+        h.sent();
+        h.state.on_frame(frame(
+            json!({"type": "resync_required", "ref": 3, "sub_id": 0, "reason": "epoch_changed"}),
+        ));
+        assert_eq!(
+            h.sent(),
+            vec![
+                json!({"type": "subscribe", "ref": 4, "collection": "shipments", "aggregate": {"fn": ["count"]}})
+            ]
+        );
+    }
+
+    #[test]
+    fn the_same_filter_as_rows_and_as_an_aggregate_are_two_subscriptions() {
+        let mut h = Harness::online();
+        let (_rx, _w) = h.subscribe(1, "shipments", Some("a=eq.1"), SubscribeMode::Plain);
+        let (_rx2, _w2) = h.aggregate(2, Some("a=eq.1"), &[], &["count"]);
+        let (_rx3, mut w3) = h.aggregate(3, Some("a=eq.1"), &[], &["count"]);
+        assert_eq!(h.state.subscription_count(), 2);
+        assert!(matches!(w3.try_recv(), Ok(Err(e)) if e.code() == Some("already_subscribed")));
     }
 
     fn changes(rx: &mut mpsc::UnboundedReceiver<SubEvent>) -> Vec<u64> {

@@ -3,7 +3,8 @@
 use super::state::Command;
 use crate::error::{Error, Result};
 use crate::protocol::{Change, View};
-use serde_json::Value;
+use serde_json::{Map, Value};
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,6 +21,10 @@ pub enum SubEvent {
     /// (`epoch_changed`). Changes were missed. A live query fetches a fresh snapshot by
     /// itself; a plain subscription continues live from now on (re-read what you need).
     ResyncRequired { reason: String },
+    /// A live aggregate's values at `seq`: every group (`full`: replaces what was held), or
+    /// the groups a change moved (current values) and, in `removed`, the group fields of the
+    /// groups it emptied. [`LiveAggregate`] applies these.
+    Aggregate { seq: u64, full: bool, groups: Vec<Map<String, Value>>, removed: Vec<Map<String, Value>> },
     /// The server refused to resume the subscription after a reconnect (e.g. the collection
     /// was dropped, or the token no longer grants access). The stream ends after this.
     Error { code: String, message: String },
@@ -92,6 +97,12 @@ impl Subscription {
                 self.last_seq = Some(c.seq);
             }
             SubEvent::Snapshot { seq, .. } => self.last_seq = Some(*seq),
+            SubEvent::Aggregate { seq, full, .. } => {
+                if !*full && self.last_seq.is_some_and(|l| *seq < l) {
+                    return false;
+                }
+                self.last_seq = Some(*seq);
+            }
             SubEvent::ResyncRequired { .. } => self.last_seq = None,
             SubEvent::Error { .. } => {}
         }
@@ -168,8 +179,214 @@ impl RowCache {
                 }
                 true
             }
-            SubEvent::ResyncRequired { .. } | SubEvent::Error { .. } => false,
+            SubEvent::ResyncRequired { .. } | SubEvent::Error { .. } | SubEvent::Aggregate { .. } => false,
         }
+    }
+}
+
+/// The identity of an aggregate group: its group-field values, in group order. Ordered
+/// field by field: nulls, then booleans, numbers, text, anything else (by its JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupKey(pub Vec<Value>);
+
+impl GroupKey {
+    /// The key of `group` (a group or a `removed` entry) for the group fields `fields`.
+    pub fn of(fields: &[String], group: &Map<String, Value>) -> GroupKey {
+        GroupKey(fields.iter().map(|f| group.get(f).cloned().unwrap_or(Value::Null)).collect())
+    }
+}
+
+fn rank(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        _ => 4,
+    }
+}
+
+fn compare_values(a: &Value, b: &Value) -> Ordering {
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(p), Some(q)) => p.cmp(&q),
+            _ => x.as_f64().unwrap_or(f64::NAN).total_cmp(&y.as_f64().unwrap_or(f64::NAN)),
+        },
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        _ => rank(a).cmp(&rank(b)).then_with(|| a.to_string().cmp(&b.to_string())),
+    }
+}
+
+impl Eq for GroupKey {}
+
+impl PartialOrd for GroupKey {
+    fn partial_cmp(&self, other: &GroupKey) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for GroupKey {
+    fn cmp(&self, other: &GroupKey) -> Ordering {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .map(|(a, b)| compare_values(a, b))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    }
+}
+
+/// The groups of a live aggregate, kept equal to the server's values by applying its
+/// `aggregate` frames: a `full` frame replaces them, a delta replaces the groups it names
+/// and removes the ones it empties.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AggregateValues {
+    group: Vec<String>,
+    groups: BTreeMap<GroupKey, Map<String, Value>>,
+    seq: u64,
+    ready: bool,
+}
+
+impl AggregateValues {
+    /// Values of an aggregate grouped by `group` (empty: one group).
+    pub fn new(group: Vec<String>) -> AggregateValues {
+        AggregateValues { group, ..AggregateValues::default() }
+    }
+
+    /// Every group, sorted by its group fields.
+    pub fn groups(&self) -> impl Iterator<Item = &Map<String, Value>> {
+        self.groups.values()
+    }
+
+    /// The group whose group fields have these values (in group order).
+    pub fn get(&self, key: &[Value]) -> Option<&Map<String, Value>> {
+        self.groups.get(&GroupKey(key.to_vec()))
+    }
+
+    /// The seq the values are current at.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// A `full` frame has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Applies an event; returns whether it moved the values.
+    pub fn apply(&mut self, ev: &SubEvent) -> bool {
+        let SubEvent::Aggregate { seq, full, groups, removed } = ev else {
+            return false;
+        };
+        if *full {
+            self.groups = groups.iter().map(|g| (GroupKey::of(&self.group, g), g.clone())).collect();
+            self.ready = true;
+        } else {
+            if !self.ready || *seq < self.seq {
+                return false;
+            }
+            for g in removed {
+                self.groups.remove(&GroupKey::of(&self.group, g));
+            }
+            for g in groups {
+                self.groups.insert(GroupKey::of(&self.group, g), g.clone());
+            }
+        }
+        self.seq = *seq;
+        true
+    }
+}
+
+/// A live aggregate: `count`, `sum(f)`, `avg(f)`, `min(f)`, `max(f)` over the rows matching a
+/// filter, grouped by up to two fields, kept current by the server.
+///
+/// Call [`LiveAggregate::changed`] in a loop (or `select!` on it) to apply updates; the
+/// values only change inside that call. After a reconnect the aggregate subscribes again
+/// and the server's fresh values (a `full` frame) replace the ones held: it resumes by value.
+#[derive(Debug)]
+pub struct LiveAggregate {
+    sub: Subscription,
+    values: AggregateValues,
+}
+
+impl LiveAggregate {
+    /// Waits for the first values.
+    pub(crate) async fn start(mut sub: Subscription, group: Vec<String>) -> Result<LiveAggregate> {
+        let mut values = AggregateValues::new(group);
+        loop {
+            match sub.next().await {
+                Some(ev @ SubEvent::Aggregate { full: true, .. }) => {
+                    values.apply(&ev);
+                    return Ok(LiveAggregate { sub, values });
+                }
+                Some(SubEvent::Error { code, message }) => return Err(Error::Request { code, message }),
+                Some(_) => {}
+                None => return Err(Error::Closed),
+            }
+        }
+    }
+
+    /// Every group, sorted by its group fields; each holds its group fields and one value per
+    /// function, keyed as written (`"sum(weight_kg)"`).
+    pub fn groups(&self) -> Vec<&Map<String, Value>> {
+        self.values.groups().collect()
+    }
+
+    /// The group whose group fields have these values, in group order (`&[]` without
+    /// grouping).
+    pub fn group(&self, key: &[Value]) -> Option<&Map<String, Value>> {
+        self.values.get(key)
+    }
+
+    /// The values, for reading without borrowing the subscription.
+    pub fn values(&self) -> &AggregateValues {
+        &self.values
+    }
+
+    /// The seq the values are current at.
+    pub fn seq(&self) -> u64 {
+        self.values.seq()
+    }
+
+    pub fn collection(&self) -> &str {
+        self.sub.collection()
+    }
+
+    pub fn filter(&self) -> Option<&str> {
+        self.sub.filter()
+    }
+
+    /// Waits for the next event, applies it to the values and returns it; `None` once the
+    /// aggregate has ended.
+    pub async fn changed(&mut self) -> Option<SubEvent> {
+        let ev = self.sub.next().await?;
+        self.values.apply(&ev);
+        Some(ev)
+    }
+
+    /// Applies every event already queued without waiting; returns how many.
+    pub fn apply_pending(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(ev) = self.sub.try_next() {
+            self.values.apply(&ev);
+            n += 1;
+        }
+        n
+    }
+
+    /// Applies events until the values are current at `seq` or later (e.g. the seq of a
+    /// write you made, or of a REST aggregate).
+    pub async fn wait_for_seq(&mut self, seq: u64) -> Result<()> {
+        while self.seq() < seq {
+            self.changed().await.ok_or(Error::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes and waits for the server's `ok`.
+    pub async fn unsubscribe(self) -> Result<()> {
+        self.sub.unsubscribe().await
     }
 }
 
@@ -333,6 +550,62 @@ mod tests {
         assert_eq!(sub.seq(), Some(6));
         drop(sub);
         assert!(matches!(cmd_rx.recv().await, Some(Command::Unsubscribe { local: 5, reply: None })));
+    }
+
+    fn agg(seq: u64, full: bool, groups: Value, removed: Value) -> SubEvent {
+        let objs = |v: Value| v.as_array().unwrap().iter().map(|g| g.as_object().unwrap().clone()).collect();
+        SubEvent::Aggregate { seq, full, groups: objs(groups), removed: objs(removed) }
+    }
+
+    #[test]
+    fn aggregate_values_replace_changed_groups_drop_removed_ones_and_sort_by_group_key() {
+        let mut v = AggregateValues::new(vec!["status".into()]);
+        assert!(
+            !v.apply(&agg(1, false, json!([{"status": "x", "count": 1}]), json!([]))),
+            "no delta before full"
+        );
+        v.apply(&agg(
+            4,
+            true,
+            json!([{"status": "ok", "count": 9}, {"status": null, "count": 1}, {"status": "late", "count": 2}]),
+            json!([]),
+        ));
+        let order: Vec<&Value> = v.groups().map(|g| &g["status"]).collect();
+        assert_eq!(order, vec![&json!(null), &json!("late"), &json!("ok")]);
+        assert!(v.apply(&agg(5, false, json!([{"status": "ok", "count": 10}]), json!([{"status": "late"}]))));
+        assert!(!v.apply(&agg(3, false, json!([{"status": "ok", "count": 0}]), json!([]))), "older delta");
+        assert_eq!(v.seq(), 5);
+        assert_eq!(v.get(&[json!("ok")]).unwrap()["count"], 10);
+        assert!(v.get(&[json!("late")]).is_none());
+        // A full frame replaces everything (a resume, an auth with another identity).
+        v.apply(&agg(9, true, json!([{"status": "lost", "count": 1}]), json!([])));
+        assert_eq!(v.groups().count(), 1);
+        // Numbers order by value, field by field.
+        let mut two = AggregateValues::new(vec!["a".into(), "b".into()]);
+        two.apply(&agg(
+            1,
+            true,
+            json!([{"a": 10, "b": "x"}, {"a": 9.5, "b": "z"}, {"a": 10, "b": "a"}]),
+            json!([]),
+        ));
+        let keys: Vec<(f64, &str)> =
+            two.groups().map(|g| (g["a"].as_f64().unwrap(), g["b"].as_str().unwrap())).collect();
+        assert_eq!(keys, vec![(9.5, "z"), (10.0, "a"), (10.0, "x")]);
+    }
+
+    #[tokio::test]
+    async fn live_aggregate_starts_from_the_full_frame_and_follows_deltas() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (cmd, _cmd_rx) = mpsc::unbounded_channel();
+        let sub = Subscription::new(1, "shipments".into(), None, rx, cmd);
+        tx.send(agg(7, true, json!([{"count": 2}]), json!([]))).unwrap();
+        tx.send(agg(8, false, json!([{"count": 3}]), json!([]))).unwrap();
+        let mut a = LiveAggregate::start(sub, vec![]).await.unwrap();
+        assert_eq!((a.seq(), a.groups()[0]["count"].clone()), (7, json!(2)));
+        a.wait_for_seq(8).await.unwrap();
+        assert_eq!(a.group(&[]).unwrap()["count"], 3);
+        drop(tx);
+        assert!(a.changed().await.is_none());
     }
 
     #[tokio::test]

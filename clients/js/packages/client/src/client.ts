@@ -1,4 +1,5 @@
 /** The client: one realtime connection, one write queue, collections and channels on top. */
+import { AggregateHub } from './aggregate.js';
 import type { BackoffOptions } from './backoff.js';
 import { RecordCache } from './cache.js';
 import { Channel } from './channel.js';
@@ -80,6 +81,7 @@ export interface ClientInternals {
   rest: RestClient;
   cache: RecordCache;
   hub: SubscriptionHub;
+  aggregates: AggregateHub;
   queue: MutationQueue;
 }
 
@@ -117,6 +119,7 @@ export class LivebaseClient extends Emitter<ClientEvents> {
     });
     this.lingerMs = options.unsubscribeDelayMs ?? 1000;
     const hub = new SubscriptionHub(this.conn, cache, { lingerMs: this.lingerMs });
+    const aggregates = new AggregateHub(this.conn, this.lingerMs);
     const s = options.storage;
     this.storage =
       s === 'memory' ? memoryStorage() : s === 'indexeddb' ? indexedDBStorage(`livebase-queue:${this.url}`) : (s ?? defaultStorage(`livebase-queue:${this.url}`));
@@ -135,7 +138,7 @@ export class LivebaseClient extends Emitter<ClientEvents> {
         for (const e of hub.entriesOf(collection)) e.invalidateViews(ids);
       },
     });
-    this.internals = { rest, cache, hub, queue };
+    this.internals = { rest, cache, hub, aggregates, queue };
 
     this.conn.on('status', (st) => {
       queue.emitStatus();
@@ -331,6 +334,7 @@ export class LivebaseClient extends Emitter<ClientEvents> {
     this.internals.queue.close();
     this.conn.close();
     this.internals.hub.close();
+    this.internals.aggregates.close();
     await this.internals.queue.flush().catch(() => {});
     await this.storage.close?.();
   }

@@ -1,4 +1,5 @@
 /** One collection: reads, live queries, raw change events and (queued, optimistic) writes. */
+import { LiveAggregate, normalizeFn, type AggregateQuery, type AggregateRow } from './aggregate.js';
 import type { ConflictStrategy } from './conflict.js';
 import type { LivebaseError } from './errors.js';
 import { compileFilter, filterToString, parseOrder, type FilterInput } from './filter.js';
@@ -49,6 +50,13 @@ export type BatchOp<T extends object> =
 export interface BatchResult<T extends object> {
   op: 'create' | 'update' | 'delete';
   record: Row<T>;
+}
+
+/** The answer of a one-shot aggregate (`GET /api/collections/{c}/aggregate`). */
+export interface AggregateResult<R extends object = Record<string, unknown>> {
+  /** The change the values are current at. */
+  seq: number;
+  groups: R[];
 }
 
 export class Collection<T extends object = Record<string, unknown>> {
@@ -104,6 +112,42 @@ export class Collection<T extends object = Record<string, unknown>> {
   live(query: LiveQueryOptions = {}, opts: { lazy?: boolean } = {}): LiveQuery<T> {
     const q = new LiveQuery<T>(this.c.hub, this.c.queue, this.c.cache, this.name, compileFilter(query.filter), parseOrder(query.order));
     return opts.lazy ? q : q.retain();
+  }
+
+  /**
+   * A live aggregate: `fn` (`count`, `sum(f)`, `avg(f)`, `min(f)`, `max(f)`) over the rows
+   * matching `filter` that the caller may see, grouped by `group` (zero, one or two
+   * fields), kept current by the server and re-subscribed after reconnects. Groups are
+   * sorted by their group fields. Subscribed now; call `close()` when done
+   * (`{ lazy: true }`: only while the store has listeners, as the React hook uses it).
+   *
+   * ```ts
+   * const kpi = client.collection('shipments').aggregate({ group: ['status'], fn: ['count', 'sum(weight_kg)'] });
+   * kpi.subscribe(() => console.log(kpi.groups)); // [{ status: 'late', count: 2, 'sum(weight_kg)': 10.5 }, ...]
+   * ```
+   */
+  aggregate<const G extends string = string, const F extends string = string>(
+    query: AggregateQuery<G, F>,
+    opts: { lazy?: boolean } = {},
+  ): LiveAggregate<AggregateRow<T, G, F>> {
+    const a = new LiveAggregate<AggregateRow<T, G, F>>(this.c.aggregates, this.name, compileFilter(query.filter), query.group ?? [], query.fn);
+    return opts.lazy ? a : a.retain();
+  }
+
+  /**
+   * The same numbers once, over REST (`GET /api/collections/{c}/aggregate`): `{ seq, groups }`.
+   * A refused aggregate rejects with code `invalid_aggregate` (`details.field` names the field).
+   */
+  async aggregateOnce<const G extends string = string, const F extends string = string>(
+    query: AggregateQuery<G, F>,
+  ): Promise<AggregateResult<AggregateRow<T, G, F>>> {
+    const parts: string[] = [];
+    const f = filterToString(query.filter);
+    if (f) parts.push(f);
+    if (query.group?.length) parts.push(`group=${query.group.map(encodeURIComponent).join(',')}`);
+    parts.push(`fn=${query.fn.map((x) => encodeURIComponent(normalizeFn(x))).join(',')}`);
+    const res = await this.c.rest.request<AggregateResult<AggregateRow<T, G, F>>>({ method: 'GET', path: `${this.path}/aggregate`, query: parts.join('&') });
+    return res.data;
   }
 
   /**

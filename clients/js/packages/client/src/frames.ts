@@ -18,7 +18,21 @@ export type SubscribeRequest = {
   /** The server epoch `since` belongs to (from the `subscribed` that started the subscription). */
   epoch?: string;
   snapshot?: boolean;
+  /** A live aggregate over the matching rows instead of the rows. */
+  aggregate?: AggregateRequest;
 };
+
+/** What a live aggregate computes: `group` by zero, one or two fields; functions as written. */
+export interface AggregateRequest {
+  group?: string[];
+  fn: string[];
+}
+
+/** Why the client's previous connection (`?resume_of=`) was cut off. */
+export interface CutOff {
+  reason: string;
+  at_seq: number;
+}
 
 export interface WelcomeFrame {
   type: 'welcome';
@@ -28,6 +42,8 @@ export interface WelcomeFrame {
   timeout_ms?: number;
   /** The server's epoch; absent from servers that predate it. */
   epoch?: string;
+  /** Present when the client's previous connection was cut off (e.g. `slow_consumer`). */
+  cut_off?: CutOff;
 }
 
 export interface SubscribedFrame {
@@ -59,6 +75,19 @@ export interface SnapshotFrame {
   seq: number;
   rows: Record<string, unknown>[];
   done: boolean;
+}
+
+/**
+ * A live aggregate's values: every group (`full`), or the groups a change moved (current
+ * values) and, in `removed`, the groups it emptied (their group fields only).
+ */
+export interface AggregateFrame {
+  type: 'aggregate';
+  sub_id: number;
+  seq: number;
+  full: boolean;
+  groups: Record<string, unknown>[];
+  removed: Record<string, unknown>[];
 }
 
 export interface PresenceEntryFrame {
@@ -123,6 +152,7 @@ export type KnownServerFrame =
   | SubscribedFrame
   | ChangeFrame
   | SnapshotFrame
+  | AggregateFrame
   | PresenceStateFrame
   | PresenceDiffFrame
   | BroadcastFrame
@@ -136,6 +166,7 @@ export const SERVER_FRAME_TYPES: readonly KnownServerFrame['type'][] = [
   'subscribed',
   'change',
   'snapshot',
+  'aggregate',
   'presence_state',
   'presence_diff',
   'broadcast',

@@ -7,6 +7,7 @@
  * - `frames`: the realtime frames (shared fixtures with the Rust `livebase-protocol` crate);
  * - `subscriptions`: one server subscription per (collection, filter), resumed by `seq`;
  * - `live`: live queries (external stores) = server rows + optimistic writes;
+ * - `aggregate`: live aggregates (KPI numbers kept current by the server), resumed by value;
  * - `queue`: the write outbox (persisted, ordered, idempotent, conflict-resolving);
  * - `conflict`, `optimistic`, `cache`, `filter`: the pure parts those use;
  * - `channel`: broadcast and presence;
@@ -18,6 +19,9 @@ export { Collection } from './collection.js';
 export type { ListOptions, LiveQueryOptions, WriteOptions, UpdateOptions, BatchOp, BatchResult } from './collection.js';
 export { LiveQuery } from './live.js';
 export type { LiveSnapshot, LiveStatus } from './live.js';
+export { LiveAggregate, groupKey, compareGroups, normalizeFn } from './aggregate.js';
+export type { AggregateSnapshot, AggregateQuery, AggregateGroup, AggregateRow, AggregateValue } from './aggregate.js';
+export type { AggregateResult } from './collection.js';
 export { Channel } from './channel.js';
 export type { PresenceMember, PresenceEvent, BroadcastMessage, SendOptions } from './channel.js';
 export { Connection } from './connection.js';
@@ -36,6 +40,9 @@ export type {
   SubscribedFrame,
   ChangeFrame,
   SnapshotFrame,
+  AggregateFrame,
+  AggregateRequest,
+  CutOff,
   PresenceStateFrame,
   PresenceDiffFrame,
   PresenceEntryFrame,

@@ -73,6 +73,8 @@ export class FakeRealtime {
   private nextSub = 1;
   /** Rows for snapshot subscriptions, by collection. */
   rows = new Map<string, Record<string, unknown>[]>();
+  /** Current groups of live aggregates, by collection (sent as the `full` frame on subscribe). */
+  aggregates = new Map<string, Record<string, unknown>[]>();
   /** Override a subscribe reply (return null to not answer). */
   onSubscribe: ((sock: FakeSocket, f: Frame) => Frame[] | null) | null = null;
 
@@ -120,6 +122,14 @@ export class FakeRealtime {
           break;
         }
         if (custom === null && this.onSubscribe) break;
+        if (f.aggregate) {
+          // Aggregates resume by value: `subscribed`, then every current group.
+          const sub = this.subId(String(f.collection), `${String(f.filter ?? '')}#${JSON.stringify(f.aggregate)}`);
+          const seq = Math.max(this.seq, typeof f.since === 'number' ? f.since : 0);
+          sock.push({ type: 'subscribed', ref, sub_id: sub, seq });
+          sock.push({ type: 'aggregate', sub_id: sub, seq, full: true, groups: this.aggregates.get(String(f.collection)) ?? [], removed: [] });
+          break;
+        }
         const sub = this.subId(String(f.collection), f.filter);
         const seq = typeof f.since === 'number' ? f.since : this.seq;
         sock.push({ type: 'subscribed', ref, sub_id: sub, seq });

@@ -41,6 +41,11 @@ const readFields: Record<string, (f: Frame) => void> = {
     expect(typeof f.conn_id).toBe('string');
     expect(typeof f.timeout_ms).toBe('number');
     expect(f.epoch === undefined || typeof f.epoch === 'string').toBe(true);
+    if (f.cut_off !== undefined) {
+      const c = f.cut_off as { reason: unknown; at_seq: unknown };
+      expect(typeof c.reason).toBe('string');
+      expect(typeof c.at_seq).toBe('number');
+    }
   },
   subscribed: (f) => {
     expect(typeof f.sub_id).toBe('number');
@@ -65,6 +70,15 @@ const readFields: Record<string, (f: Frame) => void> = {
     expect(typeof f.seq).toBe('number');
     expect(Array.isArray(f.rows)).toBe(true);
     expect(typeof f.done).toBe('boolean');
+  },
+  aggregate: (f) => {
+    expect(typeof f.sub_id).toBe('number');
+    expect(typeof f.seq).toBe('number');
+    expect(typeof f.full).toBe('boolean');
+    expect(Array.isArray(f.groups)).toBe(true);
+    for (const g of f.groups as unknown[]) expect(typeof g === 'object' && g !== null && !Array.isArray(g)).toBe(true);
+    expect(Array.isArray(f.removed)).toBe(true);
+    for (const g of f.removed as unknown[]) expect(typeof g === 'object' && g !== null && !Array.isArray(g)).toBe(true);
   },
   presence_state: (f) => {
     expect(typeof f.channel).toBe('string');
@@ -172,6 +186,41 @@ describe('protocol fixtures', () => {
     const resume = rt.last.sentOfType('subscribe')[0]!;
     expect(resume.since).toBe(0);
     expect(resume).not.toHaveProperty('epoch');
+    await c.close();
+  });
+
+  it('drive a live aggregate: the subscribe_aggregate request, then the aggregate fixture as a delta', async () => {
+    const rt = new FakeRealtime();
+    const delta = frame('aggregate');
+    const sub = delta.sub_id as number;
+    rt.onSubscribe = (_s, f) => [
+      { type: 'subscribed', ref: f.ref, sub_id: sub, seq: 4810, epoch: 'e' },
+      {
+        type: 'aggregate',
+        sub_id: sub,
+        seq: 4810,
+        full: true,
+        groups: [
+          { status: 'late', count: 2, 'sum(weight_kg)': 10.5 },
+          { status: 'lost', count: 1, 'sum(weight_kg)': 1.0 },
+          { status: 'ok', count: 9, 'sum(weight_kg)': 31.0 },
+        ],
+        removed: [],
+      },
+    ];
+    const c = fakeClient(rt, fakeFetch(() => json(500, {})));
+    const kpi = c.collection('shipments').aggregate({ filter: 'status=neq.lost', group: ['status'], fn: ['count', 'sum(weight_kg)'] });
+    await kpi.ready();
+    const { ref: _r, ...sent } = rt.last.sentOfType('subscribe')[0]!;
+    const { ref: _f, ...shape } = JSON.parse(client.get('subscribe_aggregate')!) as Frame;
+    expect(sent).toEqual(shape);
+    rt.last.push(delta);
+    await flush();
+    expect(kpi.getSnapshot().seq).toBe(4811);
+    expect(kpi.groups).toEqual([
+      { status: 'late', count: 1, 'sum(weight_kg)': 3.0 },
+      { status: 'ok', count: 9, 'sum(weight_kg)': 31.0 },
+    ]);
     await c.close();
   });
 

@@ -19,6 +19,9 @@ import {
 } from 'react';
 import {
   filterToString,
+  type AggregateQuery,
+  type AggregateRow,
+  type AggregateSnapshot,
   type BatchOp,
   type BatchResult,
   type BroadcastMessage,
@@ -89,6 +92,43 @@ export function useLiveQuery<T extends object = Record<string, unknown>>(
     [client, key, enabled],
   );
   const getEmpty = useCallback(() => EMPTY as LiveSnapshot<T>, []);
+  return useSyncExternalStore(store ? store.subscribe : noSubscribe, store ? store.getSnapshot : getEmpty, store ? store.getSnapshot : getEmpty);
+}
+
+const EMPTY_AGGREGATE: AggregateSnapshot<never> = Object.freeze({
+  groups: Object.freeze([]) as readonly never[],
+  seq: null,
+  status: 'loading' as const,
+  error: null,
+  stale: true,
+});
+
+/**
+ * A live aggregate (KPI numbers): `fn` over the rows matching `filter`, grouped by `group`,
+ * kept current by the server and re-subscribed after reconnects. Returns
+ * `{ groups, seq, status, error, stale }`; re-renders only when they change. Components
+ * asking for the same aggregate share one server subscription.
+ *
+ * ```tsx
+ * const { groups } = useLiveAggregate('shipments', { group: ['status'], fn: ['count', 'sum(weight_kg)'] });
+ * const late = groups.find((g) => g.status === 'late');
+ * ```
+ */
+export function useLiveAggregate<T extends object = Record<string, unknown>, const G extends string = string, const F extends string = string>(
+  collection: string,
+  query: AggregateQuery<G, F>,
+  opts: UseLiveQueryOptions = {},
+): AggregateSnapshot<AggregateRow<T, G, F>> {
+  const client = useLivebase();
+  const enabled = opts.enabled !== false;
+  const key = JSON.stringify([collection, filterToString(query.filter), query.group ?? [], query.fn]);
+  const store = useMemo(
+    () => (enabled ? client.collection<T>(collection).aggregate<G, F>(query, { lazy: true }) : null),
+    // `query` is captured by value through `key`.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+    [client, key, enabled],
+  );
+  const getEmpty = useCallback(() => EMPTY_AGGREGATE as AggregateSnapshot<AggregateRow<T, G, F>>, []);
   return useSyncExternalStore(store ? store.subscribe : noSubscribe, store ? store.getSnapshot : getEmpty, store ? store.getSnapshot : getEmpty);
 }
 
@@ -235,4 +275,4 @@ export function useQueueStatus(): QueueStatus {
   return useSyncExternalStore(client.subscribeQueue, client.getQueueStatus, client.getQueueStatus);
 }
 
-export type { LiveSnapshot, ConnectionStatus, QueueStatus, PresenceMember, BroadcastMessage };
+export type { LiveSnapshot, AggregateSnapshot, ConnectionStatus, QueueStatus, PresenceMember, BroadcastMessage };

@@ -7,6 +7,7 @@ import {
   LivebaseProvider,
   useBroadcast,
   useConnectionStatus,
+  useLiveAggregate,
   useLiveQuery,
   useMutation,
   usePresence,
@@ -192,5 +193,46 @@ describe('react hooks', () => {
     });
     await act(() => until('sent', () => rt.last.sentOfType('broadcast').length === 1));
     expect(rt.last.sentOfType('broadcast')[0]).toMatchObject({ channel: 'room', event: 'cursor', payload: { x: 42 } });
+  });
+
+  it('useLiveAggregate renders KPI tiles from the full frame and follows deltas and a reconnect, one subscription for both tiles', async () => {
+    const { rt, wrap } = setup();
+    rt.aggregates.set('shipments', [
+      { status: 'ok', count: 9, 'sum(weight_kg)': 31 },
+      { status: 'late', count: 2, 'sum(weight_kg)': 10.5 },
+    ]);
+    type Shipment = { status: string; weight_kg: number };
+    function Tile({ testid }: { testid: string }) {
+      const { groups, status, seq } = useLiveAggregate<Shipment>('shipments', { group: ['status'], fn: ['count', 'sum(weight_kg)'] });
+      const late = groups.find((g) => g.status === 'late');
+      return (
+        <div data-testid={testid} data-status={status} data-seq={String(seq)}>
+          {late ? `${late.count} late, ${String(late['sum(weight_kg)'])} kg` : 'none late'}|{groups.map((g) => g.status).join(',')}
+        </div>
+      );
+    }
+    wrap(
+      <StrictMode>
+        <Tile testid="a" />
+        <Tile testid="b" />
+      </StrictMode>,
+    );
+    await act(() => until('ready', () => screen.getByTestId('b').dataset.status === 'ready'));
+    expect(screen.getByTestId('a').textContent).toBe('2 late, 10.5 kg|late,ok');
+    expect(rt.last.sentOfType('subscribe').length).toBe(1);
+    const sub = rt.subId('shipments', `#${JSON.stringify(rt.last.sentOfType('subscribe')[0]!.aggregate)}`);
+    await act(async () => {
+      rt.last.push({ type: 'aggregate', sub_id: sub, seq: 1, full: false, groups: [{ status: 'ok', count: 11, 'sum(weight_kg)': 41.5 }], removed: [{ status: 'late' }] });
+    });
+    expect(screen.getByTestId('a').textContent).toBe('none late|ok');
+    expect(screen.getByTestId('b').dataset.seq).toBe('1');
+    // Reconnect: the fresh full frame replaces what the tiles showed.
+    rt.seq = 5;
+    rt.aggregates.set('shipments', [{ status: 'late', count: 1, 'sum(weight_kg)': 2 }]);
+    await act(async () => rt.last.drop(1006));
+    await act(() => until('fresh values', () => screen.getByTestId('a').dataset.seq === '5'));
+    expect(screen.getByTestId('a').textContent).toBe('1 late, 2 kg|late');
+    expect(screen.getByTestId('b').textContent).toBe('1 late, 2 kg|late');
+    expect(rt.last.sentOfType('subscribe').length).toBe(1);
   });
 });
