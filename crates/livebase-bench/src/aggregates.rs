@@ -125,7 +125,13 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         .timed(
             "aggregates",
             duration,
-            || format!("{} writes, {} updates", s.writes.load(Ordering::Relaxed), s.updates.load(Ordering::Relaxed)),
+            || {
+                format!(
+                    "{} writes, {} updates",
+                    s.writes.load(Ordering::Relaxed),
+                    s.updates.load(Ordering::Relaxed)
+                )
+            },
             || false,
         )
         .await;
@@ -174,15 +180,22 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     figures.insert("latency_ms".into(), stats::latency_json(&latency.merged()));
     if let (Some(cpu_s), true) = (out.get("server_cpu_s").and_then(Value::as_f64), writes > 0) {
         figures.insert("server_cpu_us_per_change".into(), json!(super::round3(cpu_s * 1e6 / writes as f64)));
-        figures
-            .insert("server_cpu_us_per_update".into(), json!(super::round3(cpu_s * 1e6 / updates.max(1) as f64)));
+        figures.insert(
+            "server_cpu_us_per_update".into(),
+            json!(super::round3(cpu_s * 1e6 / updates.max(1) as f64)),
+        );
     }
     figures.extend(out);
     Ok(figures)
 }
 
 /// One subscriber: counts and times every aggregate update until told to stop.
-async fn receive(mut ws: Ws, shared: Arc<Shared>, latency: Arc<stats::PerThread>, mut stop: watch::Receiver<bool>) {
+async fn receive(
+    mut ws: Ws,
+    shared: Arc<Shared>,
+    latency: Arc<stats::PerThread>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             m = ws.next() => match m {
