@@ -164,6 +164,29 @@ async fn presence_diffs_reach_every_other_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_moves_every_live_aggregate_for_every_subscriber() {
+    let v = bench::run(
+        Scenario::Aggregates,
+        opts(|o| {
+            o.subscribers = 6;
+            o.aggregates = 3;
+            o.rate = 20;
+            o.duration = 1.0;
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v["scenario"], "aggregates");
+    assert_eq!(u(&v, "aggregates"), 3);
+    let writes = u(&v, "writes");
+    assert!(writes > 0, "{v:#}");
+    assert_eq!(u(&v, "expected_updates"), writes * 6);
+    assert_eq!(u(&v, "updates"), writes * 6, "{v:#}");
+    assert_eq!(u(&v, "lost"), 0);
+    has_latency(&v, "latency_ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_loopback_servers_are_driven() {
     let err = bench::run(
         Scenario::Writes,
