@@ -5,6 +5,7 @@ import { useSession } from './App';
 import { go, href, type Route } from './router';
 import { RecordEditor } from './Record';
 import { api, type Field } from './api';
+import { KpiTiles } from './Kpi';
 
 /**
  * Cursor pagination over REST, for result sets a live query refuses (over the server's
@@ -121,6 +122,7 @@ export function TableView({ name, route }: { name: string; route: Route }) {
           + New record
         </button>
       </div>
+      <KpiTiles collection={name} fields={def?.fields} filter={filter} />
       <FilterBar fields={def?.fields} filter={filter} onChange={(f) => setParams({ filter: f || undefined })} />
       {snap.error && (
         <p className="error" role="alert" data-testid="filter-error">
