@@ -250,3 +250,38 @@ test('copy screenshots for the README', () => {
     copyFileSync(join(ARTIFACTS, 'conflict.png'), join(ROOT, 'docs', 'img', 'dashboard-conflict.png'));
   }
 });
+
+test('KPI tiles: pin "count by status" on shipments, a REST create moves its number up by one, live', async () => {
+  const { page, context, errors } = await admin('Ada', '#/c/shipments');
+  await page.locator('.grid-row').first().waitFor();
+  await page.getByLabel('KPI tile').selectOption('count:status');
+  await page.getByRole('button', { name: 'Pin tile' }).click();
+  const tile = page.locator('[data-testid="kpi-tile"][data-title="count by status"]');
+  const late = tile.locator('.kpi-value[data-group="late"] [data-testid="kpi-number"]');
+  await late.waitFor();
+  const count = async () => Number(await late.innerText());
+  const before = await eventually(async () => {
+    const n = await count();
+    return Number.isFinite(n) ? { n } : null;
+  }, 'the tile number');
+  // The server's number agrees with the tile.
+  const agg = await rest(server.url, 'GET', '/api/collections/shipments/aggregate?group=status&fn=count');
+  assert.equal(agg.status, 200, JSON.stringify(agg.body));
+  const created = await rest(server.url, 'POST', '/api/collections/shipments/records', { reference: 'SHP-KPI-1', customer: await customer(), status: 'late' });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  await eventually(async () => (await count()) === before.n + 1, `late count ${before.n} -> ${before.n + 1}`);
+  // The tile persists per collection in sessionStorage (never localStorage).
+  const stored = await page.evaluate(() => sessionStorage.getItem('livebase.kpi.shipments'));
+  assert.match(stored ?? '', /"status"/);
+  assert.equal(await page.evaluate(() => localStorage.length), 0);
+  await page.reload();
+  await tile.waitFor();
+  await shot(page, 'kpi');
+  // Remove it.
+  await tile.getByRole('button', { name: 'remove count by status' }).click();
+  await tile.waitFor({ state: 'detached' });
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('livebase.kpi.shipments')), null);
+  assert.deepEqual(errors.filter((e) => !/Failed to load resource/.test(e)), []);
+  await rest(server.url, 'DELETE', `/api/collections/shipments/records/${created.body.id}`);
+  await context.close();
+});
