@@ -152,3 +152,13 @@ fn epoch_changed_fixture_is_a_resync_reason() {
         matches!(frame, ServerFrame::ResyncRequired { reason: Some(r), .. } if r == reason::EPOCH_CHANGED)
     );
 }
+
+#[test]
+fn payload_floats_survive_a_decode_encode_round_trip_exactly() {
+    // A float whose nearest f64 an approximate parser misses by one ulp.
+    let text = r#"{"type":"broadcast","channel":"c","event":"e","payload":{"n":0.5e050,"m":2.2250738585072011e-308,"k":-0.0},"self":false}"#;
+    let frame = decode_client_frame(text).expect("decodes");
+    let again = decode_client_frame(&frame.encode()).expect("encoded frame decodes");
+    assert_eq!(again, frame);
+    assert_eq!(again.encode(), frame.encode());
+}

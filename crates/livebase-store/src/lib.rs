@@ -3,19 +3,23 @@
 //! # Layout
 //! - this file: the [`Store`] trait every backend implements, and the plain-data requests and
 //!   results that cross it. Nothing here names a SQL dialect.
+//! - [`engine`]: the write engine every SQL backend shares: validation, access checks,
+//!   conflicts, relations, cascades, idempotency; a backend supplies the row operations.
 //! - [`feed`]: the [`ChangeFeed`] port the realtime hub reads committed changes from: a head
 //!   and a watch of it, recent events, history; positions are `(epoch, seq)`.
 //! - [`tail`]: [`LogTail`], the in-memory end of the change log that committed events are
 //!   handed to; a store that is its log's only writer builds its feed from it.
 //! - [`sqlite`]: the embedded backend: one writer thread that group-commits, a pool of readers.
-//! - [`sqlite_filter`]: filters and sort orders translated to SQLite SQL.
+//! - [`sql`]: filters, sort orders, cursors and list queries translated to SQL, for the
+//!   SQLite and PostgreSQL dialects.
 //!
 //! Invariant: every committed mutation appends exactly one change event in the same
 //! transaction, with a sequence number one greater than the previous committed event.
 
+pub mod engine;
 pub mod feed;
+pub mod sql;
 pub mod sqlite;
-pub mod sqlite_filter;
 pub mod tail;
 
 use livebase_core::filter::FilterError;

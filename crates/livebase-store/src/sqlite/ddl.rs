@@ -5,7 +5,7 @@
 
 use super::rows::column_type;
 use super::writer::internal;
-use crate::sqlite_filter::quote_ident;
+use crate::sql::{quote_ident, to_sql_value};
 use crate::{SchemaChange, StoreError};
 use livebase_core::schema::{Collection, Field, FieldType, Migration, SchemaError};
 use livebase_core::validate::check_value;
@@ -145,8 +145,7 @@ fn migrate(tx: &Connection, old: &Collection, new: &Collection, m: &Migration) -
             .map_err(internal)?;
         match &f.default {
             Some(d) => {
-                let v =
-                    super::rows::to_sql(f.ty, &check_value(f, d).map_err(|e| schema_error(f, e.message))?);
+                let v = to_sql_value(f.ty, &check_value(f, d).map_err(|e| schema_error(f, e.message))?);
                 tx.execute(&format!("UPDATE {t} SET {col} = ?"), [v]).map_err(internal)?;
             }
             None if f.required && rows > 0 => {

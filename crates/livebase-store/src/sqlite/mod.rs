@@ -14,19 +14,16 @@ pub mod rows;
 mod writer;
 
 use crate::feed::{ChangeFeed, Epoch, TailFeed};
-use crate::sqlite_filter::{order_sql, quote_ident, where_sql};
+use crate::sql::{list_sql, quote_ident, select_columns, Dialect, SqlValue};
 use crate::{
     BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
     WriteRequest, WriteResult,
 };
-use livebase_core::query::{
-    decode_cursor, effective_order, encode_cursor, ListQuery, OrderBy, DEFAULT_LIMIT,
-};
+use livebase_core::query::{encode_cursor, ListQuery};
 use livebase_core::schema::Collection;
 use livebase_core::{ChangeEvent, ChangeOp, Record, Schema};
 use parking_lot::{Mutex, RwLock};
-use rows::{field_type, row_to_record, select_columns, to_sql};
-use rusqlite::types::Value as Sql;
+use rows::row_to_record;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -223,7 +220,11 @@ fn checkpointer(path: &Path, alive: impl Fn() -> bool) {
 }
 
 pub(crate) fn load_record(conn: &Connection, c: &Collection, id: &str) -> Result<Option<Record>, StoreError> {
-    let sql = format!("SELECT {} FROM {} WHERE \"id\" = ?", select_columns(c), quote_ident(&c.name));
+    let sql = format!(
+        "SELECT {} FROM {} WHERE \"id\" = ?",
+        select_columns(c, Dialect::Sqlite),
+        quote_ident(&c.name)
+    );
     let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
     stmt.query_row([id], |r| row_to_record(c, r)).optional().map_err(internal)
 }
@@ -232,87 +233,27 @@ fn coll<'s>(schema: &'s Schema, name: &str) -> Result<&'s Collection, StoreError
     schema.get(name).ok_or_else(|| StoreError::NoCollection(name.to_string()))
 }
 
-/// Rows strictly after the cursor position in the given order (nulls placed as ordered).
-fn cursor_sql(
-    c: &Collection,
-    order: &[OrderBy],
-    vals: &[serde_json::Value],
-    params: &mut Vec<Sql>,
-) -> String {
-    let mut alts = Vec::new();
-    for i in 0..order.len() {
-        let mut parts = Vec::new();
-        for (k, v) in order[..i].iter().zip(vals) {
-            parts.push(format!("{} IS ?", quote_ident(&k.field)));
-            params.push(to_sql(field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text), v));
-        }
-        let (k, v) = (&order[i], &vals[i]);
-        let col = quote_ident(&k.field);
-        let cmp = if k.descending { "<" } else { ">" };
-        let after = match (v.is_null(), k.nulls_first) {
-            (true, true) => format!("{col} IS NOT NULL"),
-            (true, false) => "0".to_string(),
-            (false, true) => {
-                params.push(to_sql(field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text), v));
-                format!("{col} {cmp} ?")
-            }
-            (false, false) => {
-                params.push(to_sql(field_type(c, &k.field).unwrap_or(livebase_core::FieldType::Text), v));
-                format!("({col} {cmp} ? OR {col} IS NULL)")
-            }
-        };
-        parts.push(after);
-        alts.push(format!("({})", parts.join(" AND ")));
-    }
-    format!("({})", alts.join(" OR "))
-}
-
 fn list_in(conn: &Connection, c: &Collection, q: &ListQuery) -> Result<Page, StoreError> {
-    q.check(c)?;
-    let mut params = Vec::new();
-    let mut conds = Vec::new();
-    if let Some(f) = &q.filter {
-        conds.push(where_sql(&f.bind(c)?, &mut params));
-    }
-    let count_sql_where = conds.clone();
-    let count_params = params.clone();
-    let order = effective_order(&q.order);
-    if let Some(cur) = &q.cursor {
-        let vals = decode_cursor(cur, order.len()).map_err(StoreError::BadQuery)?;
-        conds.push(cursor_sql(c, &order, &vals, &mut params));
-    }
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    let mut sql = format!("SELECT {} FROM {}", select_columns(c), quote_ident(&c.name));
-    if !conds.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conds.join(" AND "));
-    }
-    sql.push_str(" ORDER BY ");
-    sql.push_str(&order_sql(&order));
-    sql.push_str(" LIMIT ? OFFSET ?");
-    params.push(Sql::Integer(limit as i64 + 1));
-    params.push(Sql::Integer(q.offset.unwrap_or(0) as i64));
-    let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
-    let rows =
-        stmt.query_map(rusqlite::params_from_iter(params), |r| row_to_record(c, r)).map_err(internal)?;
+    let l = list_sql(c, q, Dialect::Sqlite)?;
+    let mut stmt = conn.prepare_cached(&l.select).map_err(internal)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(l.params.values.iter()), |r| row_to_record(c, r))
+        .map_err(internal)?;
     let mut items: Vec<Record> = rows.collect::<Result<_, _>>().map_err(internal)?;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|r| encode_cursor(&order, r))
+    let next_cursor = if items.len() > l.limit {
+        items.truncate(l.limit);
+        items.last().map(|r| encode_cursor(&l.order, r))
     } else {
         None
     };
-    let total = if q.count {
-        let mut sql = format!("SELECT count(*) FROM {}", quote_ident(&c.name));
-        if !count_sql_where.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&count_sql_where.join(" AND "));
+    let total = match &l.count {
+        Some((sql, params)) => {
+            let n: i64 = conn
+                .query_row(sql, rusqlite::params_from_iter(params.values.iter()), |r| r.get(0))
+                .map_err(internal)?;
+            Some(n as u64)
         }
-        let n: i64 =
-            conn.query_row(&sql, rusqlite::params_from_iter(count_params), |r| r.get(0)).map_err(internal)?;
-        Some(n as u64)
-    } else {
-        None
+        None => None,
     };
     if let Some(sel) = &q.select {
         items = items.iter().map(|r| r.project(sel)).collect();
@@ -348,7 +289,7 @@ fn changes_in(conn: &Connection, q: &ChangeQuery) -> Result<ChangePage, StoreErr
     let mut sql = String::from(
         "SELECT seq, collection, op, record_id, version, actor, committed_at, new, old FROM _lb_changes WHERE seq > ?",
     );
-    let mut params: Vec<Sql> = vec![Sql::Integer(q.since as i64)];
+    let mut params: Vec<SqlValue> = vec![SqlValue::Int(q.since as i64)];
     for (col, v) in [
         ("collection = ?", &q.collection),
         ("record_id = ?", &q.record_id),
@@ -359,11 +300,11 @@ fn changes_in(conn: &Connection, q: &ChangeQuery) -> Result<ChangePage, StoreErr
         if let Some(v) = v {
             sql.push_str(" AND ");
             sql.push_str(col);
-            params.push(Sql::Text(v.clone()));
+            params.push(SqlValue::Text(v.clone()));
         }
     }
     sql.push_str(" ORDER BY seq LIMIT ?");
-    params.push(Sql::Integer(q.limit.clamp(1, 10_000) as i64));
+    params.push(SqlValue::Int(q.limit.clamp(1, 10_000) as i64));
     let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(params), event_from_row).map_err(internal)?;
     let events = rows.collect::<Result<_, _>>().map_err(internal)?;

@@ -1,21 +1,11 @@
 //! Records to rows and back: one table per collection, one column per field.
 
-use crate::sqlite_filter::quote_ident;
+use crate::sql::SqlValue;
 use livebase_core::schema::{Collection, Field, FieldType};
 use livebase_core::Record;
-use rusqlite::types::{Value as Sql, ValueRef};
-use rusqlite::Row;
+use rusqlite::types::{ToSqlOutput, Value as Sql, ValueRef};
+use rusqlite::{Row, ToSql};
 use serde_json::{Map, Value};
-
-/// `"id","version","created_at","updated_at","f1",...` in schema order.
-pub fn select_columns(c: &Collection) -> String {
-    let mut s = String::from("\"id\",\"version\",\"created_at\",\"updated_at\"");
-    for f in &c.fields {
-        s.push(',');
-        s.push_str(&quote_ident(&f.name));
-    }
-    s
-}
 
 /// The SQLite column type a field is stored as.
 pub fn column_type(f: &Field) -> &'static str {
@@ -26,25 +16,15 @@ pub fn column_type(f: &Field) -> &'static str {
     }
 }
 
-pub fn to_sql(ty: FieldType, v: &Value) -> Sql {
-    match (ty, v) {
-        (_, Value::Null) => Sql::Null,
-        (FieldType::Boolean, Value::Bool(b)) => Sql::Integer(*b as i64),
-        (FieldType::Integer, Value::Number(n)) => n.as_i64().map(Sql::Integer).unwrap_or(Sql::Null),
-        (FieldType::Number, Value::Number(n)) => n.as_f64().map(Sql::Real).unwrap_or(Sql::Null),
-        (FieldType::Json, v) => Sql::Text(v.to_string()),
-        (_, Value::String(s)) => Sql::Text(s.clone()),
-        (_, v) => Sql::Text(v.to_string()),
-    }
-}
-
-/// The type of a column, system fields included.
-pub fn field_type(c: &Collection, name: &str) -> Option<FieldType> {
-    match name {
-        "id" => Some(FieldType::Text),
-        "version" => Some(FieldType::Integer),
-        "created_at" | "updated_at" => Some(FieldType::Datetime),
-        _ => c.field(name).map(|f| f.ty),
+impl ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            SqlValue::Null => ToSqlOutput::Owned(Sql::Null),
+            SqlValue::Int(i) => ToSqlOutput::Owned(Sql::Integer(*i)),
+            SqlValue::Real(x) => ToSqlOutput::Owned(Sql::Real(*x)),
+            SqlValue::Bool(b) => ToSqlOutput::Owned(Sql::Integer(i64::from(*b))),
+            SqlValue::Text(t) | SqlValue::Json(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
+        })
     }
 }
 

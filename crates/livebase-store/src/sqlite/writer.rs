@@ -12,20 +12,15 @@
 //! While one batch is being synced, the next one is already being applied.
 
 use super::ddl;
-use super::rows::{field_type, row_to_record, select_columns, to_sql};
-use crate::sqlite_filter::quote_ident;
-use crate::{
-    Idempotency, LogTail, OpError, OpOutcome, OpsResult, Retention, SchemaChange, StoreError, WriteOp,
-    WriteRequest, WriteResult,
-};
-use livebase_core::conflict::{changed_fields, decide, Decision};
-use livebase_core::record::{generate_id, now_timestamp, valid_id};
-use livebase_core::schema::{Collection, FieldType, OnDelete};
-use livebase_core::validate::{validate_create, validate_patch, FieldError};
-use livebase_core::{ChangeEvent, ChangeOp, Record, Schema};
+use super::rows::row_to_record;
+use crate::engine::{self, changed_fields_since, WriteTx};
+use crate::sql::{field_type, quote_ident, select_columns, to_sql_value as to_sql, Dialect, SqlValue};
+use crate::{LogTail, Retention, SchemaChange, StoreError, StoredResponse, WriteRequest, WriteResult};
+use livebase_core::schema::{Collection, FieldType};
+use livebase_core::{ChangeEvent, Record, Schema};
 use parking_lot::RwLock;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,34 +50,6 @@ pub struct Writer {
     pub retention: Retention,
     /// The oldest sequence number still in `_lb_changes`, as far as the writer knows.
     pub log_start: u64,
-}
-
-/// Per-batch state: the time stamped on every record and event, and the events produced.
-struct Batch<'a> {
-    now: String,
-    schema: &'a Schema,
-    events: Vec<ChangeEvent>,
-    actor: Option<String>,
-    authorize: Option<crate::Authorize>,
-}
-
-impl Batch<'_> {
-    fn check(
-        &self,
-        collection: &str,
-        action: crate::Action,
-        record: Option<&Record>,
-        data: Option<&Map<String, Value>>,
-    ) -> Result<(), StoreError> {
-        match &self.authorize {
-            None => Ok(()),
-            Some(f) => f(&crate::AccessCheck { collection, action, record, data }),
-        }
-    }
-}
-
-fn as_map(fields: &[(String, Value)]) -> Map<String, Value> {
-    fields.iter().cloned().collect()
 }
 
 impl Writer {
@@ -134,16 +101,10 @@ impl Writer {
         let mut events = Vec::new();
         let outcome = (|| -> rusqlite::Result<()> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let mut tx = SqliteTx { conn: &self.conn };
             for (req, _) in writes.iter_mut() {
-                let mut batch = Batch {
-                    now: now_timestamp(),
-                    schema: &schema,
-                    events: Vec::new(),
-                    actor: req.actor.clone(),
-                    authorize: req.authorize.clone(),
-                };
-                let r = self.apply_request(&mut batch, req);
-                events.append(&mut batch.events);
+                let (r, mut evs) = engine::apply_request(&mut tx, &schema, &mut self.next_seq, req);
+                events.append(&mut evs);
                 results.push(r);
             }
             self.conn.execute_batch("COMMIT")
@@ -168,381 +129,6 @@ impl Writer {
         // publishes its events and answers, while this thread goes on with the next batch.
         let replies = writes.into_iter().map(|(_, reply)| reply).zip(results).collect();
         let _ = self.synced.send(Committed { events, replies, started });
-    }
-
-    /// One request inside its own savepoint.
-    fn apply_request(
-        &mut self,
-        batch: &mut Batch<'_>,
-        req: &mut WriteRequest,
-    ) -> Result<WriteResult, StoreError> {
-        let idem = req.idempotency.take();
-        if let Some(i) = &idem {
-            if let Some((fp, status, body)) = self
-                .conn
-                .query_row(
-                    "SELECT fingerprint, status, body FROM _lb_idempotency WHERE key = ?",
-                    [&i.key],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?)),
-                )
-                .optional()
-                .map_err(internal)?
-            {
-                if fp != i.fingerprint {
-                    return Err(StoreError::IdempotencyMismatch);
-                }
-                return Ok(WriteResult::Replayed(crate::StoredResponse { status, body }));
-            }
-        }
-        let seq_before = self.next_seq;
-        self.conn.execute_batch("SAVEPOINT req").map_err(internal)?;
-        let mut outcomes = Vec::with_capacity(req.ops.len());
-        let mut failed = None;
-        for (index, op) in std::mem::take(&mut req.ops).into_iter().enumerate() {
-            match self.apply_op(batch, op) {
-                Ok(o) => outcomes.push(o),
-                Err(error) => {
-                    failed = Some(OpError { index, error });
-                    break;
-                }
-            }
-        }
-        let result: OpsResult = match failed {
-            None => {
-                self.conn.execute_batch("RELEASE req").map_err(internal)?;
-                Ok(outcomes)
-            }
-            Some(e) => {
-                self.conn.execute_batch("ROLLBACK TO req; RELEASE req").map_err(internal)?;
-                self.next_seq = seq_before;
-                batch.events.clear();
-                Err(e)
-            }
-        };
-        if let Some(Idempotency { key, fingerprint, render }) = idem {
-            let resp = render(&result);
-            // Server faults are not remembered: a retry should get a real attempt.
-            if resp.status < 500 && resp.status != 429 {
-                self.conn
-                    .execute(
-                        "INSERT INTO _lb_idempotency (key, fingerprint, status, body, created_at) VALUES (?,?,?,?,unixepoch())",
-                        params![key, fingerprint, resp.status, resp.body],
-                    )
-                    .map_err(internal)?;
-            }
-        }
-        Ok(WriteResult::Applied(result))
-    }
-
-    fn apply_op(&mut self, b: &mut Batch<'_>, op: WriteOp) -> Result<OpOutcome, StoreError> {
-        match op {
-            WriteOp::Create { collection, id, data } => self.create(b, &collection, id, &data),
-            WriteOp::Update { collection, id, data, base_version } => {
-                self.update(b, &collection, &id, &data, base_version)
-            }
-            WriteOp::Delete { collection, id, base_version } => {
-                let c = coll(b.schema, &collection)?;
-                let current = self.load(c, &id)?;
-                b.check(&collection, crate::Action::Delete, Some(&current), None)?;
-                match decide(c.conflict, current.version(), base_version, &[], || {
-                    self.changed_since(&collection, &id, base_version.unwrap_or(0))
-                }) {
-                    Decision::Apply => {}
-                    Decision::Stale => return Err(conflict(current, vec![])),
-                    Decision::Overlap(f) => return Err(conflict(current, f)),
-                }
-                let mut visiting = BTreeSet::new();
-                self.delete_record(b, c, current.clone(), &mut visiting)?;
-                Ok(OpOutcome::Deleted(current))
-            }
-        }
-    }
-
-    fn create(
-        &mut self,
-        b: &mut Batch<'_>,
-        collection: &str,
-        id: Option<String>,
-        data: &Map<String, Value>,
-    ) -> Result<OpOutcome, StoreError> {
-        let c = coll(b.schema, collection)?;
-        let id = match id {
-            Some(id) if valid_id(&id) => id,
-            Some(_) => {
-                return Err(StoreError::Validation(vec![FieldError {
-                    field: "id".into(),
-                    code: "invalid_id",
-                    message: "id must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -".into(),
-                }]))
-            }
-            None => generate_id(),
-        };
-        let fields = validate_create(c, data).map_err(StoreError::Validation)?;
-        if b.authorize.is_some() {
-            let mut m = as_map(&fields);
-            m.insert("id".into(), Value::String(id.clone()));
-            b.check(collection, crate::Action::Create, None, Some(&m))?;
-        }
-        self.check_relations(b.schema, c, fields.iter())?;
-        let mut sql =
-            format!("INSERT INTO {} (\"id\",\"version\",\"created_at\",\"updated_at\"", quote_ident(&c.name));
-        for f in &c.fields {
-            sql.push(',');
-            sql.push_str(&quote_ident(&f.name));
-        }
-        sql.push_str(") VALUES (?,1,?,?");
-        sql.push_str(&",?".repeat(c.fields.len()));
-        sql.push(')');
-        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(3 + fields.len());
-        args.push(id.clone().into());
-        args.push(b.now.clone().into());
-        args.push(b.now.clone().into());
-        for (f, (_, v)) in c.fields.iter().zip(&fields) {
-            args.push(to_sql(f.ty, v));
-        }
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(internal)?;
-        if let Err(e) = stmt.execute(rusqlite::params_from_iter(args)) {
-            return Err(constraint_error(c, &id, e));
-        }
-        drop(stmt);
-        let rec = Record::new(&id, 1, &b.now, &b.now, fields);
-        self.log(b, c, ChangeOp::Insert, &id, Some(rec.clone()), None, 1)?;
-        Ok(OpOutcome::Created(rec))
-    }
-
-    fn update(
-        &mut self,
-        b: &mut Batch<'_>,
-        collection: &str,
-        id: &str,
-        data: &Map<String, Value>,
-        base_version: Option<i64>,
-    ) -> Result<OpOutcome, StoreError> {
-        let c = coll(b.schema, collection)?;
-        if let Some(other) = data.get("id").and_then(Value::as_str) {
-            if other != id {
-                return Err(StoreError::Validation(vec![FieldError {
-                    field: "id".into(),
-                    code: "immutable",
-                    message: "id cannot be changed".into(),
-                }]));
-            }
-        }
-        let patch = validate_patch(c, data).map_err(StoreError::Validation)?;
-        let current = self.load(c, id)?;
-        if b.authorize.is_some() {
-            b.check(collection, crate::Action::Update, Some(&current), Some(&as_map(&patch)))?;
-        }
-        let names: Vec<&str> = patch.iter().map(|(k, _)| k.as_str()).collect();
-        match decide(c.conflict, current.version(), base_version, &names, || {
-            self.changed_since(collection, id, base_version.unwrap_or(0))
-        }) {
-            Decision::Apply => {}
-            Decision::Stale => return Err(conflict(current, vec![])),
-            Decision::Overlap(f) => return Err(conflict(current, f)),
-        }
-        if patch.is_empty() {
-            return Ok(OpOutcome::Updated(current));
-        }
-        self.check_relations(b.schema, c, patch.iter())?;
-        self.write_update(b, c, current, patch).map(OpOutcome::Updated)
-    }
-
-    /// Applies validated field values to a stored record: version + 1, one update event.
-    fn write_update(
-        &mut self,
-        b: &mut Batch<'_>,
-        c: &Collection,
-        current: Record,
-        patch: Vec<(String, Value)>,
-    ) -> Result<Record, StoreError> {
-        let id = current.id().to_string();
-        let version = current.version() + 1;
-        let mut sql = format!("UPDATE {} SET \"version\" = ?, \"updated_at\" = ?", quote_ident(&c.name));
-        let mut args: Vec<rusqlite::types::Value> = vec![version.into(), b.now.clone().into()];
-        for (k, v) in &patch {
-            sql.push_str(&format!(", {} = ?", quote_ident(k)));
-            args.push(to_sql(field_type(c, k).unwrap_or(FieldType::Text), v));
-        }
-        sql.push_str(" WHERE \"id\" = ?");
-        args.push(id.clone().into());
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(internal)?;
-        if let Err(e) = stmt.execute(rusqlite::params_from_iter(args)) {
-            return Err(constraint_error(c, &id, e));
-        }
-        drop(stmt);
-        let mut new = current.clone();
-        new.0.insert("version".into(), Value::from(version));
-        new.0.insert("updated_at".into(), Value::String(b.now.clone()));
-        for (k, v) in patch {
-            new.0.insert(k, v);
-        }
-        self.log(b, c, ChangeOp::Update, &id, Some(new.clone()), Some(current), version)?;
-        Ok(new)
-    }
-
-    /// Deletes a record after applying its referrers' `on_delete` rules.
-    fn delete_record(
-        &mut self,
-        b: &mut Batch<'_>,
-        c: &Collection,
-        rec: Record,
-        visiting: &mut BTreeSet<(String, String)>,
-    ) -> Result<(), StoreError> {
-        let id = rec.id().to_string();
-        if !visiting.insert((c.name.clone(), id.clone())) {
-            return Ok(()); // already being deleted higher up a cascade cycle
-        }
-        let schema = b.schema;
-        for (rc, f) in schema.referrers(&c.name) {
-            let sql = format!(
-                "SELECT {} FROM {} WHERE {} = ?",
-                select_columns(rc),
-                quote_ident(&rc.name),
-                quote_ident(&f.name)
-            );
-            let referrers: Vec<Record> = {
-                let mut stmt = self.conn.prepare_cached(&sql).map_err(internal)?;
-                let rows = stmt.query_map([&id], |r| row_to_record(rc, r)).map_err(internal)?;
-                rows.collect::<Result<_, _>>().map_err(internal)?
-            };
-            let referrers: Vec<Record> = referrers
-                .into_iter()
-                .filter(|r| !visiting.contains(&(rc.name.clone(), r.id().to_string())))
-                .collect();
-            if referrers.is_empty() {
-                continue;
-            }
-            match f.on_delete.unwrap_or_default() {
-                OnDelete::Restrict => {
-                    return Err(StoreError::Referenced {
-                        collection: rc.name.clone(),
-                        field: f.name.clone(),
-                        count: referrers.len() as u64,
-                    })
-                }
-                OnDelete::Cascade => {
-                    for r in referrers {
-                        self.delete_record(b, rc, r, visiting)?;
-                    }
-                }
-                OnDelete::SetNull => {
-                    for r in referrers {
-                        self.write_update(b, rc, r, vec![(f.name.clone(), Value::Null)])?;
-                    }
-                }
-            }
-        }
-        let sql = format!("DELETE FROM {} WHERE \"id\" = ?", quote_ident(&c.name));
-        self.conn.prepare_cached(&sql).and_then(|mut s| s.execute([&id])).map_err(internal)?;
-        let version = rec.version();
-        self.log(b, c, ChangeOp::Delete, &id, None, Some(rec), version)
-    }
-
-    fn check_relations<'v>(
-        &self,
-        schema: &Schema,
-        c: &Collection,
-        values: impl Iterator<Item = &'v (String, Value)>,
-    ) -> Result<(), StoreError> {
-        for (k, v) in values {
-            let Some(f) = c.field(k) else { continue };
-            let (FieldType::Relation, Some(target), Some(tid)) = (f.ty, &f.collection, v.as_str()) else {
-                continue;
-            };
-            if schema.get(target).is_none() {
-                return Err(StoreError::NoCollection(target.clone()));
-            }
-            let sql = format!("SELECT 1 FROM {} WHERE \"id\" = ?", quote_ident(target));
-            let found = self.conn.prepare_cached(&sql).and_then(|mut s| s.exists([tid])).map_err(internal)?;
-            if !found {
-                return Err(StoreError::MissingRelation {
-                    field: f.name.clone(),
-                    target: target.clone(),
-                    target_id: tid.to_string(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn load(&self, c: &Collection, id: &str) -> Result<Record, StoreError> {
-        super::load_record(&self.conn, c, id)?
-            .ok_or_else(|| StoreError::NotFound { collection: c.name.clone(), id: id.to_string() })
-    }
-
-    /// Fields changed by versions after `base`, or None when the log no longer covers them.
-    fn changed_since(&self, collection: &str, id: &str, base: i64) -> Option<BTreeSet<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT version, old, new FROM _lb_changes WHERE collection = ? AND record_id = ? AND version > ? ORDER BY seq",
-            )
-            .ok()?;
-        let rows = stmt
-            .query_map(params![collection, id, base], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
-            })
-            .ok()?;
-        let mut out = BTreeSet::new();
-        for (expected, row) in (base + 1..).zip(rows) {
-            let (version, old, new) = row.ok()?;
-            if version != expected {
-                return None;
-            }
-            let parse = |s: Option<String>| -> Option<Record> { serde_json::from_str(&s?).ok() };
-            match (parse(old), parse(new)) {
-                (Some(o), Some(n)) => out.extend(changed_fields(&o, &n)),
-                _ => return None,
-            }
-        }
-        Some(out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &mut self,
-        b: &mut Batch<'_>,
-        c: &Collection,
-        op: ChangeOp,
-        id: &str,
-        new: Option<Record>,
-        old: Option<Record>,
-        version: i64,
-    ) -> Result<(), StoreError> {
-        let seq = self.next_seq;
-        let json = |r: &Option<Record>| r.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
-        self.conn
-            .prepare_cached(
-                "INSERT INTO _lb_changes (seq, collection, op, record_id, version, actor, committed_at, new, old) VALUES (?,?,?,?,?,?,?,?,?)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    seq as i64,
-                    c.name,
-                    op.as_str(),
-                    id,
-                    version,
-                    b.actor,
-                    b.now,
-                    json(&new),
-                    json(&old)
-                ])
-            })
-            .map_err(internal)?;
-        self.next_seq += 1;
-        b.events.push(ChangeEvent {
-            seq,
-            collection: c.name.clone(),
-            op,
-            id: id.to_string(),
-            new,
-            old,
-            version,
-            actor: b.actor.clone(),
-            committed_at: b.now.clone(),
-        });
-        Ok(())
     }
 
     fn change_schema(&mut self, change: SchemaChange) -> Result<Arc<Schema>, StoreError> {
@@ -584,6 +170,159 @@ impl Writer {
         if let Err(e) = r.and(r2) {
             tracing::warn!(error = %e, "trimming the change log failed");
         }
+    }
+}
+
+/// The writer's open transaction, as the write engine sees it.
+struct SqliteTx<'c> {
+    conn: &'c Connection,
+}
+
+impl WriteTx for SqliteTx<'_> {
+    fn stored_response(&mut self, key: &str) -> Result<Option<(String, StoredResponse)>, StoreError> {
+        self.conn
+            .query_row("SELECT fingerprint, status, body FROM _lb_idempotency WHERE key = ?", [key], |r| {
+                Ok((r.get::<_, String>(0)?, StoredResponse { status: r.get(1)?, body: r.get(2)? }))
+            })
+            .optional()
+            .map_err(internal)
+    }
+
+    fn store_response(&mut self, key: &str, fingerprint: &str, r: &StoredResponse) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO _lb_idempotency (key, fingerprint, status, body, created_at) VALUES (?,?,?,?,unixepoch())",
+                params![key, fingerprint, r.status, r.body],
+            )
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("SAVEPOINT req").map_err(internal)
+    }
+
+    fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("RELEASE req").map_err(internal)
+    }
+
+    fn rollback_savepoint(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("ROLLBACK TO req; RELEASE req").map_err(internal)
+    }
+
+    fn begin_request(&mut self, _actor: Option<&str>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn load(&mut self, c: &Collection, id: &str) -> Result<Option<Record>, StoreError> {
+        super::load_record(self.conn, c, id)
+    }
+
+    fn insert(
+        &mut self,
+        c: &Collection,
+        id: &str,
+        now: &str,
+        fields: &[(String, Value)],
+    ) -> Result<(), StoreError> {
+        let mut sql =
+            format!("INSERT INTO {} (\"id\",\"version\",\"created_at\",\"updated_at\"", quote_ident(&c.name));
+        for f in &c.fields {
+            sql.push(',');
+            sql.push_str(&quote_ident(&f.name));
+        }
+        sql.push_str(") VALUES (?,1,?,?");
+        sql.push_str(&",?".repeat(c.fields.len()));
+        sql.push(')');
+        let mut args: Vec<SqlValue> = Vec::with_capacity(3 + fields.len());
+        args.push(SqlValue::Text(id.to_string()));
+        args.push(SqlValue::Text(now.to_string()));
+        args.push(SqlValue::Text(now.to_string()));
+        for (f, (_, v)) in c.fields.iter().zip(fields) {
+            args.push(to_sql(f.ty, v));
+        }
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(internal)?;
+        stmt.execute(rusqlite::params_from_iter(args)).map(|_| ()).map_err(|e| constraint_error(c, id, e))
+    }
+
+    fn update(
+        &mut self,
+        c: &Collection,
+        id: &str,
+        version: i64,
+        now: &str,
+        patch: &[(String, Value)],
+    ) -> Result<(), StoreError> {
+        let mut sql = format!("UPDATE {} SET \"version\" = ?, \"updated_at\" = ?", quote_ident(&c.name));
+        let mut args: Vec<SqlValue> = vec![SqlValue::Int(version), SqlValue::Text(now.to_string())];
+        for (k, v) in patch {
+            sql.push_str(&format!(", {} = ?", quote_ident(k)));
+            args.push(to_sql(field_type(c, k).unwrap_or(FieldType::Text), v));
+        }
+        sql.push_str(" WHERE \"id\" = ?");
+        args.push(SqlValue::Text(id.to_string()));
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(internal)?;
+        stmt.execute(rusqlite::params_from_iter(args)).map(|_| ()).map_err(|e| constraint_error(c, id, e))
+    }
+
+    fn delete(&mut self, c: &Collection, id: &str) -> Result<(), StoreError> {
+        let sql = format!("DELETE FROM {} WHERE \"id\" = ?", quote_ident(&c.name));
+        self.conn.prepare_cached(&sql).and_then(|mut s| s.execute([id])).map(|_| ()).map_err(internal)
+    }
+
+    fn referrers(&mut self, rc: &Collection, field: &str, id: &str) -> Result<Vec<Record>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} = ?",
+            select_columns(rc, Dialect::Sqlite),
+            quote_ident(&rc.name),
+            quote_ident(field)
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(internal)?;
+        let rows = stmt.query_map([id], |r| row_to_record(rc, r)).map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    fn exists(&mut self, collection: &str, id: &str) -> Result<bool, StoreError> {
+        let sql = format!("SELECT 1 FROM {} WHERE \"id\" = ?", quote_ident(collection));
+        self.conn.prepare_cached(&sql).and_then(|mut s| s.exists([id])).map_err(internal)
+    }
+
+    fn changed_since(&mut self, collection: &str, id: &str, base: i64) -> Option<BTreeSet<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT version, old, new FROM _lb_changes WHERE collection = ? AND record_id = ? AND version > ? ORDER BY seq",
+            )
+            .ok()?;
+        let rows = stmt
+            .query_map(params![collection, id, base], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
+            })
+            .ok()?;
+        changed_fields_since(base, rows.map(|r| r.ok()))
+    }
+
+    fn log(&mut self, e: &ChangeEvent) -> Result<(), StoreError> {
+        let json = |r: &Option<Record>| r.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _lb_changes (seq, collection, op, record_id, version, actor, committed_at, new, old) VALUES (?,?,?,?,?,?,?,?,?)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    e.seq as i64,
+                    e.collection,
+                    e.op.as_str(),
+                    e.id,
+                    e.version,
+                    e.actor,
+                    e.committed_at,
+                    json(&e.new),
+                    json(&e.old)
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
     }
 }
 
@@ -653,14 +392,6 @@ pub fn sync_loop(
             }
         }
     }
-}
-
-fn coll<'s>(schema: &'s Schema, name: &str) -> Result<&'s Collection, StoreError> {
-    schema.get(name).ok_or_else(|| StoreError::NoCollection(name.to_string()))
-}
-
-fn conflict(current: Record, fields: Vec<String>) -> StoreError {
-    StoreError::Conflict { current: Box::new(current), fields }
 }
 
 pub fn internal(e: rusqlite::Error) -> StoreError {

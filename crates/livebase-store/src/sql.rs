@@ -1,23 +1,146 @@
-//! Filters and sort orders translated to SQLite SQL.
+//! Filters, sort orders, cursors and list queries translated to SQL, for both SQL backends.
 //!
-//! Table layout: one table per collection, named like it; columns `id`, `version`,
-//! `created_at`, `updated_at`, then one per field named like it. text, select, relation and
-//! datetime (canonical text) are TEXT; integer is INTEGER; number is REAL; boolean is INTEGER
-//! 0/1; json is TEXT; null is NULL.
+//! Table layout (both backends): one table per collection, named like it; columns `id`,
+//! `version`, `created_at`, `updated_at`, then one per field named like it. text, select,
+//! relation and datetime (canonical text, which sorts chronologically) are text columns
+//! compared bytewise (SQLite's BINARY, PostgreSQL's `COLLATE "C"`); integer is a 64-bit
+//! integer; number a double; boolean SQLite INTEGER 0/1 or PostgreSQL boolean; json SQLite
+//! TEXT or PostgreSQL jsonb; null is NULL.
 //!
-//! The generated SQL has exactly the truth of [`BoundFilter::matches`]: SQLite's comparisons
-//! yield NULL on NULL columns and its AND/OR/NOT are Kleene logic, which is what the core
-//! evaluator implements. `like` becomes `GLOB` (case-sensitive, `?` is one character) and
-//! `ilike` becomes `lower(col) GLOB` with an ASCII-lowercased pattern, as `lower()` without
-//! ICU folds ASCII only.
+//! The generated SQL has exactly the truth of [`BoundFilter::matches`]: comparisons yield
+//! NULL on NULL columns and AND/OR/NOT are Kleene logic in both databases, which is what the
+//! core evaluator implements. `like` is SQLite's `GLOB` / PostgreSQL's `LIKE` (case-sensitive,
+//! `_` is one character) and `ilike` compares `lower(col)` with an ASCII-lowercased pattern, as
+//! `lower()` folds ASCII only in both (no ICU; PostgreSQL's "C" collation).
+//!
+//! Values travel as [`SqlValue`]s; each backend hands them to its driver. A dialect differs
+//! only in the spelling of placeholders, booleans and patterns, which [`Params`] and
+//! [`Dialect`] carry.
 
+use livebase_core::filter::FilterError;
 use livebase_core::filter::{BoundFilter, CmpOp, Scalar};
-use livebase_core::query::OrderBy;
-use rusqlite::types::Value;
+use livebase_core::query::{decode_cursor, effective_order, ListQuery, OrderBy, DEFAULT_LIMIT};
+use livebase_core::schema::{Collection, FieldType};
+use serde_json::Value as Json;
 
 /// A double-quoted SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Which SQL the text is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Bool(bool),
+    Text(String),
+    /// JSON text, stored as PostgreSQL jsonb / SQLite TEXT.
+    Json(String),
+}
+
+/// The placeholders' values of one statement, in order.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub dialect: Dialect,
+    pub values: Vec<SqlValue>,
+}
+
+impl Params {
+    pub fn new(dialect: Dialect) -> Params {
+        Params { dialect, values: Vec::new() }
+    }
+
+    /// Appends a value; returns its placeholder (`?`, or `$n` with the type PostgreSQL must
+    /// read it as).
+    pub fn bind(&mut self, v: SqlValue) -> String {
+        let cast = match &v {
+            SqlValue::Int(_) => "::int8",
+            SqlValue::Real(_) => "::float8",
+            SqlValue::Bool(_) => "::bool",
+            SqlValue::Json(_) => "::text::jsonb",
+            SqlValue::Text(_) | SqlValue::Null => "::text",
+        };
+        self.values.push(v);
+        match self.dialect {
+            Dialect::Sqlite => "?".to_string(),
+            Dialect::Postgres => format!("${}{cast}", self.values.len()),
+        }
+    }
+
+    /// A value for a column of type `ty` (NULL typed like the column on PostgreSQL).
+    pub fn bind_typed(&mut self, ty: FieldType, v: SqlValue) -> String {
+        if self.dialect == Dialect::Postgres && v == SqlValue::Null {
+            self.values.push(v);
+            return format!("${}::{}", self.values.len(), pg_type(ty));
+        }
+        self.bind(v)
+    }
+
+    fn lit(&self, b: bool) -> &'static str {
+        match (self.dialect, b) {
+            (Dialect::Sqlite, true) => "1",
+            (Dialect::Sqlite, false) => "0",
+            (Dialect::Postgres, true) => "TRUE",
+            (Dialect::Postgres, false) => "FALSE",
+        }
+    }
+}
+
+/// The PostgreSQL column type a field is stored as (text columns are `COLLATE "C"`).
+pub fn pg_type(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::Integer => "int8",
+        FieldType::Number => "float8",
+        FieldType::Boolean => "bool",
+        FieldType::Json => "jsonb",
+        FieldType::Text | FieldType::Select | FieldType::Relation | FieldType::Datetime => "text",
+    }
+}
+
+/// A field's JSON value as the value its column stores.
+pub fn to_sql_value(ty: FieldType, v: &Json) -> SqlValue {
+    match (ty, v) {
+        (_, Json::Null) => SqlValue::Null,
+        (FieldType::Boolean, Json::Bool(b)) => SqlValue::Bool(*b),
+        (FieldType::Integer, Json::Number(n)) => n.as_i64().map(SqlValue::Int).unwrap_or(SqlValue::Null),
+        (FieldType::Number, Json::Number(n)) => n.as_f64().map(SqlValue::Real).unwrap_or(SqlValue::Null),
+        (FieldType::Json, v) => SqlValue::Json(v.to_string()),
+        (_, Json::String(s)) => SqlValue::Text(s.clone()),
+        (_, v) => SqlValue::Text(v.to_string()),
+    }
+}
+
+/// The type of a column, system fields included.
+pub fn field_type(c: &Collection, name: &str) -> Option<FieldType> {
+    match name {
+        "id" => Some(FieldType::Text),
+        "version" => Some(FieldType::Integer),
+        "created_at" | "updated_at" => Some(FieldType::Datetime),
+        _ => c.field(name).map(|f| f.ty),
+    }
+}
+
+/// `"id","version","created_at","updated_at","f1",...` in schema order (PostgreSQL reads
+/// jsonb columns as text).
+pub fn select_columns(c: &Collection, dialect: Dialect) -> String {
+    let mut s = String::from("\"id\",\"version\",\"created_at\",\"updated_at\"");
+    for f in &c.fields {
+        s.push(',');
+        s.push_str(&quote_ident(&f.name));
+        if dialect == Dialect::Postgres && f.ty == FieldType::Json {
+            s.push_str("::text");
+        }
+    }
+    s
 }
 
 /// A `like` pattern (`*`/`%` any sequence, `_` one character) as a GLOB pattern.
@@ -35,13 +158,27 @@ pub fn glob_pattern(pattern: &str) -> String {
     out
 }
 
-fn param(s: &Scalar) -> Value {
+/// A `like` pattern as a PostgreSQL LIKE pattern with `\` as the escape character.
+pub fn like_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    for c in pattern.chars() {
+        match c {
+            '*' | '%' => out.push('%'),
+            '_' => out.push('_'),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn scalar(s: &Scalar) -> SqlValue {
     match s {
-        Scalar::Null => Value::Null,
-        Scalar::Bool(b) => Value::Integer(i64::from(*b)),
-        Scalar::Int(n) => Value::Integer(*n),
-        Scalar::Num(x) => Value::Real(*x),
-        Scalar::Text(t) => Value::Text(t.clone()),
+        Scalar::Null => SqlValue::Null,
+        Scalar::Bool(b) => SqlValue::Bool(*b),
+        Scalar::Int(n) => SqlValue::Int(*n),
+        Scalar::Num(x) => SqlValue::Real(*x),
+        Scalar::Text(t) => SqlValue::Text(t.clone()),
     }
 }
 
@@ -56,18 +193,17 @@ fn op_sql(op: CmpOp) -> &'static str {
     }
 }
 
-/// The filter as a SQL boolean expression with `?` placeholders; their values are appended
-/// to `params` in order.
-pub fn where_sql(f: &BoundFilter, params: &mut Vec<Value>) -> String {
+/// The filter as a SQL boolean expression; its values are appended to `params` in order.
+pub fn where_sql(f: &BoundFilter, params: &mut Params) -> String {
     let mut out = String::new();
     push_where(f, params, &mut out);
     out
 }
 
-fn push_where(f: &BoundFilter, params: &mut Vec<Value>, out: &mut String) {
+fn push_where(f: &BoundFilter, params: &mut Params, out: &mut String) {
     match f {
         BoundFilter::And(v) | BoundFilter::Or(v) if v.is_empty() => {
-            out.push_str(if matches!(f, BoundFilter::And(_)) { "1" } else { "0" });
+            out.push_str(params.lit(matches!(f, BoundFilter::And(_))));
         }
         BoundFilter::And(v) | BoundFilter::Or(v) => {
             let joiner = if matches!(f, BoundFilter::And(_)) { " AND " } else { " OR " };
@@ -89,36 +225,46 @@ fn push_where(f: &BoundFilter, params: &mut Vec<Value>, out: &mut String) {
             out.push_str(&quote_ident(field));
             out.push(' ');
             out.push_str(op_sql(*op));
-            out.push_str(" ?");
-            params.push(param(value));
+            out.push(' ');
+            out.push_str(&params.bind(scalar(value)));
         }
-        // SQLite: an empty IN list is false even for a NULL left side; the core agrees.
-        BoundFilter::In { values, .. } if values.is_empty() => out.push('0'),
+        // An empty IN list is false even for a NULL left side; the core agrees.
+        BoundFilter::In { values, .. } if values.is_empty() => out.push_str(params.lit(false)),
         BoundFilter::In { field, values } => {
             out.push_str(&quote_ident(field));
             out.push_str(" IN (");
             for (i, v) in values.iter().enumerate() {
-                out.push_str(if i == 0 { "?" } else { ", ?" });
-                params.push(param(v));
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&params.bind(scalar(v)));
             }
             out.push(')');
         }
         BoundFilter::Is { field, value } => {
             out.push_str(&quote_ident(field));
-            out.push_str(match value {
-                Scalar::Bool(true) => " IS 1",
-                Scalar::Bool(false) => " IS 0",
+            out.push_str(match (params.dialect, value) {
+                (Dialect::Sqlite, Scalar::Bool(true)) => " IS 1",
+                (Dialect::Sqlite, Scalar::Bool(false)) => " IS 0",
+                (Dialect::Postgres, Scalar::Bool(true)) => " IS TRUE",
+                (Dialect::Postgres, Scalar::Bool(false)) => " IS FALSE",
                 // Binding only produces null/true/false here.
                 _ => " IS NULL",
             });
         }
         BoundFilter::Like { field, pattern, case_insensitive } => {
-            if *case_insensitive {
-                out.push_str(&format!("lower({}) GLOB ?", quote_ident(field)));
-                params.push(Value::Text(glob_pattern(&pattern.to_ascii_lowercase())));
-            } else {
-                out.push_str(&format!("{} GLOB ?", quote_ident(field)));
-                params.push(Value::Text(glob_pattern(pattern)));
+            let col =
+                if *case_insensitive { format!("lower({})", quote_ident(field)) } else { quote_ident(field) };
+            let pattern = if *case_insensitive { pattern.to_ascii_lowercase() } else { pattern.clone() };
+            match params.dialect {
+                Dialect::Sqlite => {
+                    let p = params.bind(SqlValue::Text(glob_pattern(&pattern)));
+                    out.push_str(&format!("{col} GLOB {p}"));
+                }
+                Dialect::Postgres => {
+                    let p = params.bind(SqlValue::Text(like_pattern(&pattern)));
+                    out.push_str(&format!("{col} LIKE {p} ESCAPE '\\'"));
+                }
             }
         }
     }
@@ -144,6 +290,85 @@ pub fn order_sql(order: &[OrderBy]) -> String {
     parts.join(", ")
 }
 
+/// Rows strictly after the cursor position in the given order (nulls placed as ordered).
+pub fn cursor_sql(c: &Collection, order: &[OrderBy], vals: &[Json], params: &mut Params) -> String {
+    let ty = |f: &str| field_type(c, f).unwrap_or(FieldType::Text);
+    let same = match params.dialect {
+        Dialect::Sqlite => "IS",
+        Dialect::Postgres => "IS NOT DISTINCT FROM",
+    };
+    let mut alts = Vec::new();
+    for i in 0..order.len() {
+        let mut parts = Vec::new();
+        for (k, v) in order[..i].iter().zip(vals) {
+            let p = params.bind_typed(ty(&k.field), to_sql_value(ty(&k.field), v));
+            parts.push(format!("{} {same} {p}", quote_ident(&k.field)));
+        }
+        let (k, v) = (&order[i], &vals[i]);
+        let col = quote_ident(&k.field);
+        let cmp = if k.descending { "<" } else { ">" };
+        let after = match (v.is_null(), k.nulls_first) {
+            (true, true) => format!("{col} IS NOT NULL"),
+            (true, false) => params.lit(false).to_string(),
+            (false, true) => {
+                let p = params.bind(to_sql_value(ty(&k.field), v));
+                format!("{col} {cmp} {p}")
+            }
+            (false, false) => {
+                let p = params.bind(to_sql_value(ty(&k.field), v));
+                format!("({col} {cmp} {p} OR {col} IS NULL)")
+            }
+        };
+        parts.push(after);
+        alts.push(format!("({})", parts.join(" AND ")));
+    }
+    format!("({})", alts.join(" OR "))
+}
+
+/// A list query as SQL: the page's SELECT (one row more than the limit, to tell whether a
+/// next page exists) and, when a total is asked for, the COUNT over the same filter.
+pub struct ListSql {
+    pub select: String,
+    pub params: Params,
+    pub count: Option<(String, Params)>,
+    pub limit: usize,
+    pub order: Vec<OrderBy>,
+}
+
+pub fn list_sql(c: &Collection, q: &ListQuery, dialect: Dialect) -> Result<ListSql, FilterError> {
+    q.check(c)?;
+    let mut params = Params::new(dialect);
+    let mut conds = Vec::new();
+    if let Some(f) = &q.filter {
+        conds.push(where_sql(&f.bind(c)?, &mut params));
+    }
+    let count = q.count.then(|| {
+        let mut sql = format!("SELECT count(*) FROM {}", quote_ident(&c.name));
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        (sql, params.clone())
+    });
+    let order = effective_order(&q.order);
+    if let Some(cur) = &q.cursor {
+        let vals = decode_cursor(cur, order.len())?;
+        conds.push(cursor_sql(c, &order, &vals, &mut params));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    let mut select = format!("SELECT {} FROM {}", select_columns(c, dialect), quote_ident(&c.name));
+    if !conds.is_empty() {
+        select.push_str(" WHERE ");
+        select.push_str(&conds.join(" AND "));
+    }
+    select.push_str(" ORDER BY ");
+    select.push_str(&order_sql(&order));
+    let lim = params.bind(SqlValue::Int(limit as i64 + 1));
+    let off = params.bind(SqlValue::Int(q.offset.unwrap_or(0) as i64));
+    select.push_str(&format!(" LIMIT {lim} OFFSET {off}"));
+    Ok(ListSql { select, params, count, limit, order })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +376,7 @@ mod tests {
     use livebase_core::query::compare_records;
     use livebase_core::{Collection, Record};
     use proptest::prelude::*;
+    use rusqlite::types::Value;
     use rusqlite::Connection;
     use serde_json::{json, Value as Json};
 
@@ -275,8 +501,9 @@ mod tests {
     }
 
     fn sql_ids(conn: &Connection, f: &BoundFilter) -> Vec<String> {
-        let mut params = Vec::new();
+        let mut params = Params::new(Dialect::Sqlite);
         let w = where_sql(f, &mut params);
+        let params = params.values;
         let sql = format!("SELECT \"id\" FROM \"items\" WHERE {w} ORDER BY \"id\"");
         let mut st = conn.prepare(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
         let rows = st.query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(0)).unwrap();
@@ -387,33 +614,43 @@ mod tests {
     fn sql_shapes() {
         let c = items();
         let b = |s: &str| Filter::parse(s).unwrap().unwrap().bind(&c).unwrap();
-        let mut p = Vec::new();
+        let mut p = Params::new(Dialect::Sqlite);
         assert_eq!(
             where_sql(&b("qty=gt.5&or=(title.like.a_*,done.is.true,status.in.(open,late))"), &mut p),
             "(\"qty\" > ? AND (\"title\" GLOB ? OR \"done\" IS 1 OR \"status\" IN (?, ?)))"
         );
         assert_eq!(
-            p,
+            p.values,
             vec![
-                Value::Integer(5),
-                Value::Text("a?*".into()),
-                Value::Text("open".into()),
-                Value::Text("late".into())
+                SqlValue::Int(5),
+                SqlValue::Text("a?*".into()),
+                SqlValue::Text("open".into()),
+                SqlValue::Text("late".into())
             ]
         );
-        let mut p = Vec::new();
+        let mut p = Params::new(Dialect::Sqlite);
         assert_eq!(
             where_sql(&b("title=not.ilike.A[?]*&meta=is.null&price=eq.2&done=neq.false"), &mut p),
             "(NOT (lower(\"title\") GLOB ?) AND \"meta\" IS NULL AND \"price\" = ? AND \"done\" <> ?)"
         );
-        assert_eq!(p, vec![Value::Text("a[[][?]]*".into()), Value::Real(2.0), Value::Integer(0)]);
-        let mut p = Vec::new();
+        assert_eq!(
+            p.values,
+            vec![SqlValue::Text("a[[][?]]*".into()), SqlValue::Real(2.0), SqlValue::Bool(false)]
+        );
+        let mut p = Params::new(Dialect::Sqlite);
         assert_eq!(where_sql(&BoundFilter::And(vec![]), &mut p), "1");
         assert_eq!(where_sql(&BoundFilter::Or(vec![]), &mut p), "0");
         assert_eq!(where_sql(&b("qty=in.()"), &mut p), "0");
-        assert!(p.is_empty());
+        assert!(p.values.is_empty());
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(glob_pattern("*%_?[]x"), "**?[?][[]]x");
+        assert_eq!(like_pattern("*%_?\\x"), "%%_?\\\\x");
+        let mut p = Params::new(Dialect::Postgres);
+        assert_eq!(
+            where_sql(&b("qty=gt.5&or=(title.ilike.A_*,done.is.true,status.in.())"), &mut p),
+            "(\"qty\" > $1::int8 AND (lower(\"title\") LIKE $2::text ESCAPE '\\' OR \"done\" IS TRUE OR FALSE))"
+        );
+        assert_eq!(p.values, vec![SqlValue::Int(5), SqlValue::Text("a_%".into())]);
         assert_eq!(order_sql(&[]), "\"id\" ASC");
         assert_eq!(order_sql(&[OrderBy::desc("qty")]), "\"qty\" DESC NULLS FIRST, \"id\" ASC");
         assert_eq!(
