@@ -108,6 +108,9 @@ pub enum StoreError {
     Trimmed { since: u64, oldest: u64 },
     #[error("{0}")]
     Forbidden(String),
+    /// The database cannot be reached right now (restarting, network); nothing was applied.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("storage failure: {0}")]
     Internal(String),
 }
@@ -260,4 +263,122 @@ pub trait Store: Send + Sync + 'static {
     fn change_schema(&self, c: SchemaChange) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>>;
     /// The change feed of this store's log: committed events in order, by sequence number.
     fn feed(&self) -> Arc<dyn ChangeFeed>;
+}
+
+/// What a [`SchemaChange`] does, decided against the current schema before any SQL runs.
+/// Both SQL backends execute the same plan, so their migration rules cannot drift apart.
+pub enum SchemaPlan {
+    Create(Collection),
+    Update { old: Collection, new: Collection, migration: livebase_core::schema::Migration },
+    Drop { name: String, force: bool },
+}
+
+impl SchemaPlan {
+    /// Checks the change (existence, destructive changes without `force`, references) and
+    /// returns the plan and the schema after it.
+    pub fn decide(current: &Schema, change: SchemaChange) -> Result<(SchemaPlan, Schema), StoreError> {
+        let mut next = current.clone();
+        let plan = match change {
+            SchemaChange::Create(c) => {
+                if current.get(&c.name).is_some() {
+                    return Err(StoreError::CollectionExists(c.name));
+                }
+                next.collections.insert(c.name.clone(), c.clone());
+                next.check()?;
+                SchemaPlan::Create(c)
+            }
+            SchemaChange::Update { collection: c, force } => {
+                let old = current.get(&c.name).ok_or_else(|| StoreError::NoCollection(c.name.clone()))?;
+                let m = livebase_core::schema::Migration::between(old, &c);
+                if m.is_destructive() && !force {
+                    let mut lost: Vec<String> = m.dropped.clone();
+                    lost.extend(m.retyped.iter().map(|f| format!("{f} (type change)")));
+                    return Err(StoreError::Destructive(format!(
+                        "this change drops data in: {}; repeat it with force=true to apply",
+                        lost.join(", ")
+                    )));
+                }
+                next.collections.insert(c.name.clone(), c.clone());
+                next.check()?;
+                SchemaPlan::Update { old: old.clone(), new: c, migration: m }
+            }
+            SchemaChange::Drop { name, force } => {
+                if current.get(&name).is_none() {
+                    return Err(StoreError::NoCollection(name));
+                }
+                next.collections.remove(&name);
+                if let Some((rc, f)) = next.referrers(&name).first() {
+                    return Err(StoreError::Schema(SchemaError {
+                        path: format!("{}.{}", rc.name, f.name),
+                        message: format!(
+                            "{}.{} still relates to '{name}'; change or drop it first",
+                            rc.name, f.name
+                        ),
+                    }));
+                }
+                SchemaPlan::Drop { name, force }
+            }
+        };
+        Ok((plan, next))
+    }
+
+    /// Refuses to drop a collection that still holds records unless forced.
+    pub fn check_drop(name: &str, rows: i64, force: bool) -> Result<(), StoreError> {
+        if rows > 0 && !force {
+            return Err(StoreError::Destructive(format!(
+                "'{name}' still holds {rows} record(s); repeat with force=true to drop them"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A field added without a default cannot be required while records exist.
+    pub fn check_added(f: &livebase_core::schema::Field, rows: i64) -> Result<(), StoreError> {
+        if f.default.is_none() && f.required && rows > 0 {
+            return Err(field_error(
+                f,
+                format!(
+                    "{} is required but {rows} existing record(s) have no value; give it a default",
+                    f.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts stored values that the field's new definition no longer accepts.
+    pub fn check_tightened(
+        f: &livebase_core::schema::Field,
+        values: impl Iterator<Item = Value>,
+    ) -> Result<(), StoreError> {
+        let bad = values
+            .filter(|v| {
+                if v.is_null() {
+                    f.required
+                } else {
+                    f.ty != livebase_core::FieldType::Json && livebase_core::validate::check_value(f, v).is_err()
+                }
+            })
+            .count();
+        if bad > 0 {
+            return Err(field_error(
+                f,
+                format!("{bad} existing record(s) do not satisfy the new definition of {}", f.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A field's default, checked against the field.
+    pub fn default_value(f: &livebase_core::schema::Field) -> Result<Option<Value>, StoreError> {
+        f.default
+            .as_ref()
+            .map(|d| livebase_core::validate::check_value(f, d).map_err(|e| field_error(f, e.message)))
+            .transpose()
+    }
+}
+
+/// A schema error about one field.
+pub fn field_error(f: &livebase_core::schema::Field, message: String) -> StoreError {
+    StoreError::Schema(SchemaError { path: f.name.clone(), message })
 }

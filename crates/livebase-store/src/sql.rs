@@ -369,6 +369,31 @@ pub fn list_sql(c: &Collection, q: &ListQuery, dialect: Dialect) -> Result<ListS
     Ok(ListSql { select, params, count, limit, order })
 }
 
+/// The change-log read of a [`crate::ChangeQuery`]: columns `seq, collection, op, record_id,
+/// version, actor, committed_at, new, old` of `_lb_changes`, in sequence order.
+pub fn changes_sql(q: &crate::ChangeQuery, dialect: Dialect) -> (String, Params) {
+    let mut params = Params::new(dialect);
+    let mut sql = format!(
+        "SELECT seq, collection, op, record_id, version, actor, committed_at, new, old FROM _lb_changes WHERE seq > {}",
+        params.bind(SqlValue::Int(q.since as i64))
+    );
+    for (col, op, v) in [
+        ("collection", "=", &q.collection),
+        ("record_id", "=", &q.record_id),
+        ("actor", "=", &q.actor),
+        ("committed_at", ">=", &q.from),
+        ("committed_at", "<=", &q.to),
+    ] {
+        if let Some(v) = v {
+            let p = params.bind(SqlValue::Text(v.clone()));
+            sql.push_str(&format!(" AND {col} {op} {p}"));
+        }
+    }
+    let lim = params.bind(SqlValue::Int(q.limit.clamp(1, 10_000) as i64));
+    sql.push_str(&format!(" ORDER BY seq LIMIT {lim}"));
+    (sql, params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,22 +6,16 @@
 use super::rows::column_type;
 use super::writer::internal;
 use crate::sql::{quote_ident, to_sql_value};
-use crate::{SchemaChange, StoreError};
+use crate::{SchemaChange, SchemaPlan, StoreError};
 use livebase_core::schema::{Collection, Field, FieldType, Migration, SchemaError};
-use livebase_core::validate::check_value;
 use livebase_core::Schema;
 use rusqlite::Connection;
 
 pub fn apply(conn: &mut Connection, current: &Schema, change: SchemaChange) -> Result<Schema, StoreError> {
-    let mut next = current.clone();
+    let (plan, next) = SchemaPlan::decide(current, change)?;
     let tx = conn.transaction().map_err(internal)?;
-    match change {
-        SchemaChange::Create(c) => {
-            if current.get(&c.name).is_some() {
-                return Err(StoreError::CollectionExists(c.name));
-            }
-            next.collections.insert(c.name.clone(), c.clone());
-            next.check()?;
+    match plan {
+        SchemaPlan::Create(c) => {
             create_table(&tx, &c)?;
             tx.execute(
                 "INSERT INTO _lb_collections (name, definition) VALUES (?, ?)",
@@ -29,48 +23,19 @@ pub fn apply(conn: &mut Connection, current: &Schema, change: SchemaChange) -> R
             )
             .map_err(internal)?;
         }
-        SchemaChange::Update { collection: c, force } => {
-            let old = current.get(&c.name).ok_or_else(|| StoreError::NoCollection(c.name.clone()))?;
-            let m = Migration::between(old, &c);
-            if m.is_destructive() && !force {
-                let mut lost: Vec<String> = m.dropped.clone();
-                lost.extend(m.retyped.iter().map(|f| format!("{f} (type change)")));
-                return Err(StoreError::Destructive(format!(
-                    "this change drops data in: {}; repeat it with force=true to apply",
-                    lost.join(", ")
-                )));
-            }
-            next.collections.insert(c.name.clone(), c.clone());
-            next.check()?;
-            migrate(&tx, old, &c, &m)?;
+        SchemaPlan::Update { old, new: c, migration } => {
+            migrate(&tx, &old, &c, &migration)?;
             tx.execute(
                 "UPDATE _lb_collections SET definition = ? WHERE name = ?",
                 rusqlite::params![definition(&c), c.name],
             )
             .map_err(internal)?;
         }
-        SchemaChange::Drop { name, force } => {
-            if current.get(&name).is_none() {
-                return Err(StoreError::NoCollection(name));
-            }
-            next.collections.remove(&name);
-            if let Some((rc, f)) = next.referrers(&name).first() {
-                return Err(StoreError::Schema(SchemaError {
-                    path: format!("{}.{}", rc.name, f.name),
-                    message: format!(
-                        "{}.{} still relates to '{name}'; change or drop it first",
-                        rc.name, f.name
-                    ),
-                }));
-            }
+        SchemaPlan::Drop { name, force } => {
             let t = quote_ident(&name);
             let rows: i64 =
                 tx.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0)).map_err(internal)?;
-            if rows > 0 && !force {
-                return Err(StoreError::Destructive(format!(
-                    "'{name}' still holds {rows} record(s); repeat with force=true to drop them"
-                )));
-            }
+            SchemaPlan::check_drop(&name, rows, force)?;
             tx.execute_batch(&format!("DROP TABLE {t}")).map_err(internal)?;
             tx.execute("DELETE FROM _lb_collections WHERE name = ?", [&name]).map_err(internal)?;
         }
@@ -143,21 +108,9 @@ fn migrate(tx: &Connection, old: &Collection, new: &Collection, m: &Migration) -
         let col = quote_ident(&f.name);
         tx.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN {col} {}", column_type(f)))
             .map_err(internal)?;
-        match &f.default {
-            Some(d) => {
-                let v = to_sql_value(f.ty, &check_value(f, d).map_err(|e| schema_error(f, e.message))?);
-                tx.execute(&format!("UPDATE {t} SET {col} = ?"), [v]).map_err(internal)?;
-            }
-            None if f.required && rows > 0 => {
-                return Err(schema_error(
-                    f,
-                    format!(
-                        "{} is required but {rows} existing record(s) have no value; give it a default",
-                        f.name
-                    ),
-                ));
-            }
-            None => {}
+        SchemaPlan::check_added(f, rows)?;
+        if let Some(d) = SchemaPlan::default_value(f)? {
+            tx.execute(&format!("UPDATE {t} SET {col} = ?"), [to_sql_value(f.ty, &d)]).map_err(internal)?;
         }
         create_indexes(tx, new, f)?;
     }
@@ -188,25 +141,8 @@ fn migrate(tx: &Connection, old: &Collection, new: &Collection, m: &Migration) -
                 })
             })
             .map_err(internal)?;
-        let mut bad = 0u64;
-        for v in values {
-            let v = v.map_err(internal)?;
-            let ok =
-                if v.is_null() { !f.required } else { ty == FieldType::Json || check_value(f, &v).is_ok() };
-            if !ok {
-                bad += 1;
-            }
-        }
-        if bad > 0 {
-            return Err(schema_error(
-                f,
-                format!("{bad} existing record(s) do not satisfy the new definition of {}", f.name),
-            ));
-        }
+        let values: Vec<serde_json::Value> = values.collect::<Result<_, _>>().map_err(internal)?;
+        SchemaPlan::check_tightened(f, values.into_iter())?;
     }
     Ok(())
-}
-
-fn schema_error(f: &Field, message: String) -> StoreError {
-    StoreError::Schema(SchemaError { path: f.name.clone(), message })
 }

@@ -14,7 +14,7 @@ pub mod rows;
 mod writer;
 
 use crate::feed::{ChangeFeed, Epoch, TailFeed};
-use crate::sql::{list_sql, quote_ident, select_columns, Dialect, SqlValue};
+use crate::sql::{changes_sql, list_sql, quote_ident, select_columns, Dialect};
 use crate::{
     BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
     WriteRequest, WriteResult,
@@ -286,27 +286,9 @@ fn changes_in(conn: &Connection, q: &ChangeQuery) -> Result<ChangePage, StoreErr
     if q.since < head && q.since + 1 < oldest {
         return Err(StoreError::Trimmed { since: q.since, oldest });
     }
-    let mut sql = String::from(
-        "SELECT seq, collection, op, record_id, version, actor, committed_at, new, old FROM _lb_changes WHERE seq > ?",
-    );
-    let mut params: Vec<SqlValue> = vec![SqlValue::Int(q.since as i64)];
-    for (col, v) in [
-        ("collection = ?", &q.collection),
-        ("record_id = ?", &q.record_id),
-        ("actor = ?", &q.actor),
-        ("committed_at >= ?", &q.from),
-        ("committed_at <= ?", &q.to),
-    ] {
-        if let Some(v) = v {
-            sql.push_str(" AND ");
-            sql.push_str(col);
-            params.push(SqlValue::Text(v.clone()));
-        }
-    }
-    sql.push_str(" ORDER BY seq LIMIT ?");
-    params.push(SqlValue::Int(q.limit.clamp(1, 10_000) as i64));
+    let (sql, params) = changes_sql(q, Dialect::Sqlite);
     let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), event_from_row).map_err(internal)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params.values.iter()), event_from_row).map_err(internal)?;
     let events = rows.collect::<Result<_, _>>().map_err(internal)?;
     Ok(ChangePage { events, head })
 }
