@@ -9,11 +9,14 @@
 //!   handed to; a store that is its log's only writer builds its feed from it.
 //! - [`sqlite`]: the embedded backend: one writer thread that group-commits, a pool of readers.
 //! - [`sqlite_filter`]: filters and sort orders translated to SQLite SQL.
+//! - [`postgres`]: the PostgreSQL backend; so far its WAL stream (logical replication).
 //!
 //! Invariant: every committed mutation appends exactly one change event in the same
 //! transaction, with a sequence number one greater than the previous committed event.
 
 pub mod feed;
+/// The PostgreSQL backend: its logical-replication WAL stream.
+pub mod postgres;
 pub mod sqlite;
 pub mod sqlite_filter;
 pub mod tail;
