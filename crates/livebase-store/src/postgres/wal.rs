@@ -24,12 +24,20 @@
 //!
 //! # Acknowledgements and resending
 //! [`WalStream::ack`] returns once a standby status update carrying the position was written
-//! to the server. The slot then resends nothing before it on the next connection — as long as
-//! the server did not crash: after an immediate shutdown or crash, PostgreSQL can restart a
-//! slot from its last checkpointed position, so a consumer must still skip transactions whose
-//! `end_lsn` is at or below the position it made durable itself.
+//! to the server. While the server keeps running, the slot then resends nothing before it on
+//! a new connection. Across a server restart it may: PostgreSQL before 17 does not write a
+//! slot whose only change is its confirmed position at the shutdown checkpoint (seen here on
+//! 15, even with a fast shutdown), and after a crash a slot restarts from its last saved
+//! state. So a consumer must still skip transactions whose `end_lsn` is at or below the
+//! position it made durable itself.
 //!
-//! A connection that drops makes [`WalStream::next`] fail; reconnecting (with backoff) is the
+//! When every transaction handed out has been acknowledged, the stream also confirms the
+//! positions of server keepalives by itself (everything committed before them was sent):
+//! an idle slot does not hold WAL back, and a server shutting down is not kept waiting for
+//! its walsender. Non-transactional messages need no acknowledgement.
+//!
+//! Dropping a [`WalStream`] ends its session in the background (CopyDone), so the slot is
+//! free again shortly after. A connection that drops makes [`WalStream::next`] fail; reconnecting (with backoff) is the
 //! caller's job. Right after a connection drops, the server may still consider the slot active
 //! for a moment ("replication slot ... is active for PID ..."): that is one more reason to
 //! retry [`WalStream::start`].
@@ -159,6 +167,10 @@ pub struct WalStream {
     decoder: Decoder,
     /// Woken after each status update that advanced the acknowledged position.
     fed_back: Arc<Notify>,
+    /// The highest position acknowledged (by [`WalStream::ack`] or an idle confirmation).
+    acked: u64,
+    /// The `end_lsn` of the last transaction handed out.
+    delivered_end: u64,
 }
 
 /// Turns the transport's events into [`WalEvent`]s: relation metadata, the open transaction.
@@ -207,7 +219,7 @@ impl WalStream {
         .with_feedback_observer(observer);
         let mut client = ReplicationClient::connect(config).await?;
         client.wait_started().await?;
-        Ok(WalStream { client, decoder: Decoder::new(), fed_back })
+        Ok(WalStream { client, decoder: Decoder::new(), fed_back, acked: 0, delivered_end: 0 })
     }
 
     /// The next event; answers server keepalives itself (reporting the last acked position).
@@ -220,7 +232,13 @@ impl WalStream {
                 Ok(None) => return Err(WalError::Closed("the replication session ended".into())),
                 Err(e) => return Err(e.into()),
             };
+            if let ReplicationEvent::KeepAlive { wal_end, .. } = &event {
+                self.confirm_idle(wal_end.as_u64());
+            }
             if let Some(out) = self.decoder.handle(event)? {
+                if let WalEvent::Txn(txn) = &out {
+                    self.delivered_end = self.delivered_end.max(txn.end_lsn);
+                }
                 return Ok(out);
             }
         }
@@ -233,6 +251,7 @@ impl WalStream {
     /// server; that takes at most a few milliseconds.
     pub async fn ack(&mut self, lsn: u64) -> Result<(), WalError> {
         self.client.update_applied_lsn(Lsn::from_u64(lsn));
+        self.acked = self.acked.max(lsn);
         let metrics = self.client.metrics();
         let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
         loop {
@@ -250,6 +269,18 @@ impl WalStream {
                 return Err(WalError::Connection(format!("acknowledging {} timed out", format_lsn(lsn))));
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
+    /// When every transaction handed out was acknowledged and none is half received, a
+    /// keepalive's position can be confirmed too: the server sent everything that committed
+    /// before it. Without this the slot would lag on an idle stream, and a server shutting
+    /// down (which waits for its walsenders to be confirmed up to the end) would stall until
+    /// `wal_sender_timeout`.
+    fn confirm_idle(&mut self, wal_end: u64) {
+        if self.decoder.txn.is_none() && self.acked >= self.delivered_end && wal_end > self.acked {
+            self.client.update_applied_lsn(Lsn::from_u64(wal_end));
+            self.acked = wal_end;
         }
     }
 
@@ -585,6 +616,13 @@ fn percent_decode(s: &str) -> Result<String, WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_can_move_between_tasks() {
+        fn assert_send<T: Send + 'static>() {}
+        assert_send::<WalStream>();
+        assert_send::<WalError>();
+    }
 
     #[test]
     fn lsn_round_trips() {
