@@ -17,6 +17,8 @@
 //! - [`Cluster::shared`]: one cluster per test process, started on first use.
 //! - [`Cluster::create_database`]: a fresh, uniquely named database; returns its URL
 //!   `postgres://postgres@127.0.0.1:<port>/<db>`. [`Cluster::url`], [`Cluster::port`].
+//!   Databases are per test; replication slots are cluster-wide, so name them after the
+//!   database.
 //! - [`Cluster::psql`]: runs SQL through `psql` and returns its unaligned, tuples-only output.
 //! - [`Cluster::stop`] (fast shutdown), [`Cluster::start_again`] (same port and data
 //!   directory), [`Cluster::restart`] (both): for "PostgreSQL restarts while Livebase runs".

@@ -147,3 +147,40 @@ fn watchdog_stops_postgres_when_owner_dies() {
     });
     assert!(gone, "postgres (pid {postmaster}, port {port}) or {} survived its owner", dir.display());
 }
+
+const REQUIRE_ENV: &str = "LIVEBASE_PGTEST_REQUIRE_CHILD";
+
+/// Run by `require_skips_outside_ci_and_fails_in_ci` with PostgreSQL hidden.
+#[test]
+#[ignore = "helper process for require_skips_outside_ci_and_fails_in_ci"]
+fn require_child() {
+    if std::env::var_os(REQUIRE_ENV).is_none() {
+        return;
+    }
+    assert!(!livebase_pgtest::available());
+    assert!(livebase_pgtest::require().is_none());
+}
+
+#[test]
+fn require_skips_outside_ci_and_fails_in_ci() {
+    let exe = std::env::current_exe().expect("test binary");
+    let run = |ci: Option<&str>| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--exact", "require_child", "--ignored", "--nocapture"])
+            .env(REQUIRE_ENV, "1")
+            .env("LIVEBASE_PG_BIN", "/nonexistent/livebase-pgtest")
+            .env_remove("CI");
+        if let Some(ci) = ci {
+            cmd.env("CI", ci);
+        }
+        cmd.output().expect("run child")
+    };
+    let skipped = run(None);
+    assert!(skipped.status.success(), "{skipped:?}");
+    assert!(String::from_utf8_lossy(&skipped.stderr).contains("skipping"));
+    let failed = run(Some("true"));
+    assert!(!failed.status.success(), "CI=true must fail: {failed:?}");
+    let output =
+        format!("{}{}", String::from_utf8_lossy(&failed.stdout), String::from_utf8_lossy(&failed.stderr));
+    assert!(output.contains("CI=true"), "{output}");
+}
