@@ -12,12 +12,15 @@
 //! - [`sqlite`]: the embedded backend: one writer thread that group-commits, a pool of readers.
 //! - [`sql`]: filters, sort orders, cursors and list queries translated to SQL, for the
 //!   SQLite and PostgreSQL dialects.
+//! - [`postgres`]: the PostgreSQL backend: real tables, the shared write engine, and every
+//!   writer's changes captured from the WAL (logical replication, pgoutput) into the log.
 //!
 //! Invariant: every committed mutation appends exactly one change event in the same
 //! transaction, with a sequence number one greater than the previous committed event.
 
 pub mod engine;
 pub mod feed;
+pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 pub mod tail;
