@@ -12,6 +12,11 @@ pub struct Config {
     /// Data directory (SQLite database, admin key).
     #[arg(long, env = "LIVEBASE_DATA", default_value = "./livebase_data")]
     pub data: PathBuf,
+    /// A PostgreSQL database to keep everything in instead of the embedded SQLite file:
+    /// `postgres://user[:password]@host[:port]/db`. It needs `wal_level = logical` and a role
+    /// with the REPLICATION attribute (changes by any writer are captured from the WAL).
+    #[arg(long = "database", env = "LIVEBASE_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
     /// Load the example logistics schema and generated records (only into empty collections).
     #[arg(long)]
     pub demo: bool,
@@ -95,6 +100,7 @@ impl Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data,
+            database: None,
             demo: false,
             schema: None,
             admin_key: None,

@@ -108,6 +108,10 @@ impl From<StoreError> for ApiError {
             StoreError::Trimmed { since, oldest } => ApiError::new(S::GONE, "log_trimmed", msg)
                 .with_details(json!({"since": since, "oldest": oldest})),
             StoreError::Forbidden(_) => ApiError::new(S::FORBIDDEN, "forbidden", msg),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "database unavailable");
+                ApiError::new(S::SERVICE_UNAVAILABLE, "database_unavailable", msg)
+            }
             StoreError::Internal(m) => {
                 tracing::error!(error = %m, "storage failure");
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "storage failure")

@@ -31,12 +31,30 @@ enum Command {
         #[arg(long, env = "LIVEBASE_JWT_SECRET", hide_env_values = true)]
         secret: String,
     },
+    /// PostgreSQL backend maintenance.
+    Postgres {
+        #[command(subcommand)]
+        cmd: PostgresCommand,
+    },
     /// Measure a server: writes, fanout, connections, catchup or presence (loopback only).
     /// Runs the `livebase-bench` binary found next to this one (`livebase bench --help`).
     #[command(disable_help_flag = true)]
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PostgresCommand {
+    /// Drop Livebase's replication slot and publication (decommissioning). A slot nobody
+    /// reads makes PostgreSQL keep WAL for it forever; run this when a deployment is retired.
+    DropSlot {
+        #[arg(long = "database", env = "LIVEBASE_DATABASE_URL", hide_env_values = true)]
+        database: String,
+        /// The slot's name, if it was not the default (`livebase_<database>`).
+        #[arg(long)]
+        slot: Option<String>,
     },
 }
 
@@ -56,6 +74,17 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { args } => run_bench(args),
+        Command::Postgres { cmd: PostgresCommand::DropSlot { database, slot } } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let dropped = rt.block_on(livebase_store::postgres::drop_slot(&database, slot.as_deref()))?;
+            if dropped.is_empty() {
+                println!("nothing to drop: no Livebase slot or publication in this database");
+            }
+            for d in dropped {
+                println!("dropped {d}");
+            }
+            Ok(())
+        }
         Command::Serve(config) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

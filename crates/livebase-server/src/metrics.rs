@@ -57,6 +57,10 @@ pub struct Metrics {
     presence_members: Gauge,
     queue_depth: Gauge,
     log_head: Gauge,
+    pg_capture_connected: Gauge,
+    pg_replication_lag_bytes: Gauge,
+    pg_slot_retained_bytes: Gauge,
+    pg_captured_changes: Gauge,
 }
 
 impl Default for Metrics {
@@ -86,6 +90,10 @@ impl Metrics {
             presence_members: Gauge::default(),
             queue_depth: Gauge::default(),
             log_head: Gauge::default(),
+            pg_capture_connected: Gauge::default(),
+            pg_replication_lag_bytes: Gauge::default(),
+            pg_slot_retained_bytes: Gauge::default(),
+            pg_captured_changes: Gauge::default(),
         };
         // The registry holds handles to the same atomics as the fields. Counter names get
         // their `_total` suffix from the encoder.
@@ -156,6 +164,26 @@ impl Metrics {
             "livebase_log_head_seq",
             "Sequence number of the newest committed change event",
             m.log_head.clone(),
+        );
+        r.register(
+            "livebase_pg_capture_connected",
+            "PostgreSQL backend: 1 while the WAL capture is streaming from the slot (sampled)",
+            m.pg_capture_connected.clone(),
+        );
+        r.register(
+            "livebase_pg_replication_lag_bytes",
+            "PostgreSQL backend: bytes of WAL the server has written past the newest logged change (sampled)",
+            m.pg_replication_lag_bytes.clone(),
+        );
+        r.register(
+            "livebase_pg_slot_retained_bytes",
+            "PostgreSQL backend: bytes of WAL the server keeps for Livebase's replication slot (sampled)",
+            m.pg_slot_retained_bytes.clone(),
+        );
+        r.register(
+            "livebase_pg_captured_changes",
+            "PostgreSQL backend: change events captured from the WAL since start (sampled)",
+            m.pg_captured_changes.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -230,6 +258,16 @@ impl Metrics {
 
     pub fn set_queue_depth(&self, n: i64) {
         self.queue_depth.set(n);
+    }
+
+    /// The PostgreSQL capture's gauges (see `PgStore::capture_status`).
+    pub fn set_pg_capture(&self, connected: bool, lag_bytes: u64, captured: u64, retained: Option<i64>) {
+        self.pg_capture_connected.set(i64::from(connected));
+        self.pg_replication_lag_bytes.set(lag_bytes as i64);
+        self.pg_captured_changes.set(captured as i64);
+        if let Some(r) = retained {
+            self.pg_slot_retained_bytes.set(r);
+        }
     }
 
     pub fn set_log_head(&self, seq: u64) {

@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use livebase_store::postgres::{redact, PgOptions, PgStore};
 use livebase_store::sqlite::{SqliteOptions, SqliteStore};
 use livebase_store::{Retention, Store};
 use serde_json::json;
@@ -48,6 +49,7 @@ impl Server {
             let _ = s.send(());
         }
         let _ = self.task.await;
+        self.app.store.close().await;
     }
 
     /// Runs until the task ends (Ctrl-C handling is the caller's).
@@ -190,20 +192,33 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let admin_key = admin_key(&config)?;
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
-    let opts = SqliteOptions {
-        on_batch: Some(Arc::new(move |n, took| observer.commit_batch(n, took.as_secs_f64()))),
-        retention: Retention {
-            max_events: (config.retain_events > 0).then_some(config.retain_events),
-            max_age_secs: (config.retain_secs > 0).then_some(config.retain_secs),
-            idempotency_secs: config.idempotency_secs,
-        },
-        ..Default::default()
+    let on_batch: livebase_store::sqlite::BatchObserver =
+        Arc::new(move |n, took| observer.commit_batch(n, took.as_secs_f64()));
+    let retention = Retention {
+        max_events: (config.retain_events > 0).then_some(config.retain_events),
+        max_age_secs: (config.retain_secs > 0).then_some(config.retain_secs),
+        idempotency_secs: config.idempotency_secs,
     };
-    let dir = config.data.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, opts))
-        .await?
-        .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let (store, postgres): (Arc<dyn Store>, Option<Arc<PgStore>>) = match &config.database {
+        Some(url) => {
+            let mut opts = PgOptions::new(url.clone());
+            opts.retention = retention;
+            opts.on_batch = Some(on_batch);
+            let pg = Arc::new(PgStore::open(opts).await.map_err(|e| match e {
+                livebase_store::StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
+                e => anyhow::anyhow!("cannot open PostgreSQL at {}: {e}", redact(url)),
+            })?);
+            (pg.clone(), Some(pg))
+        }
+        None => {
+            let opts = SqliteOptions { on_batch: Some(on_batch), retention, ..Default::default() };
+            let dir = config.data.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, opts))
+                .await?
+                .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
+            (Arc::new(store), None)
+        }
+    };
     let mut channels = Vec::new();
     if let Some(path) = &config.schema {
         channels = schema_file::apply(store.as_ref(), path).await?;
@@ -254,6 +269,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             loop {
                 tick.tick().await;
                 metrics.set_queue_depth(hub.queue_depth());
+                if let Some(pg) = &postgres {
+                    let (connected, lag, captured) = pg.capture_status();
+                    metrics.set_pg_capture(connected, lag, captured, pg.slot_retained_bytes().await.ok());
+                }
             }
         })
     };

@@ -4,97 +4,20 @@
 mod common;
 
 use common::items_collection;
+use common::process::{http_client, spawn_server, ADMIN_KEY};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
-const ADMIN_KEY: &str = "k";
 const WRITERS: usize = 8;
 const OPS_PER_WRITER: usize = 60;
 /// The server is killed once this many writes have been acknowledged (of 480 planned).
 const KILL_AFTER_ACKS: usize = 150;
-
-/// A `livebase serve` child process, killed (SIGKILL) and reaped when dropped, so a failing
-/// test never leaves a server behind.
-struct ServerProcess {
-    child: Child,
-    url: String,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
-    /// `kill -9`: `Child::kill` sends SIGKILL on Unix.
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        self.child.wait().expect("reap the server");
-    }
-}
-
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client")
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// Starts the binary on `data` and waits (at most 10 s) until `GET /health` answers.
-async fn spawn_server(data: &Path, log: &Path) -> ServerProcess {
-    let port = free_port();
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("server log file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_livebase"));
-    // Settings from the environment (retention, schema file, ...) must not leak in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LIVEBASE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data)
-        .args(["--admin-key", ADMIN_KEY, "--log", "warn"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    let child = cmd.spawn().expect("spawn livebase");
-    let mut p = ServerProcess { child, url: format!("http://127.0.0.1:{port}") };
-    let http = http_client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = p.child.try_wait().expect("poll child") {
-            panic!(
-                "livebase exited during startup ({status}); log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if let Ok(r) = http.get(format!("{}/health", p.url)).send().await {
-            if r.status() == StatusCode::OK {
-                return p;
-            }
-        }
-        if Instant::now() > deadline {
-            p.kill_9();
-            panic!(
-                "livebase not healthy within 10 s; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        // Polling process startup: there is no event to await.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A record's state as its writer knows it: (version, qty), or None once deleted.
 type State = Option<(i64, i64)>;
@@ -266,7 +189,7 @@ async fn kill_9_scenario() {
     let log = logs.path().join("server.log");
     let http = http_client();
 
-    let mut server = spawn_server(data.path(), &log).await;
+    let mut server = spawn_server(data.path(), &log, &[]).await;
     let r = http
         .post(format!("{}/api/collections", server.url))
         .bearer_auth(ADMIN_KEY)
@@ -302,7 +225,7 @@ async fn kill_9_scenario() {
     assert!(cut_off > 0, "some writer had an op in flight at the kill");
 
     // Restart on the same data dir (new port).
-    let server = spawn_server(data.path(), &log).await;
+    let server = spawn_server(data.path(), &log, &[]).await;
     let stored = all_records(&http, &server.url).await;
     let (events, head) = all_changes(&http, &server.url).await;
 

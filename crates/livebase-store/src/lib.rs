@@ -266,6 +266,11 @@ pub trait Store: Send + Sync + 'static {
     fn change_schema(&self, c: SchemaChange) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>>;
     /// The change feed of this store's log: committed events in order, by sequence number.
     fn feed(&self) -> Arc<dyn ChangeFeed>;
+    /// Stops background work that holds shared resources (a replication slot) so another
+    /// instance can take over; reads and writes after it may fail.
+    fn close(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// What a [`SchemaChange`] does, decided against the current schema before any SQL runs.
@@ -359,7 +364,8 @@ impl SchemaPlan {
                 if v.is_null() {
                     f.required
                 } else {
-                    f.ty != livebase_core::FieldType::Json && livebase_core::validate::check_value(f, v).is_err()
+                    f.ty != livebase_core::FieldType::Json
+                        && livebase_core::validate::check_value(f, v).is_err()
                 }
             })
             .count();

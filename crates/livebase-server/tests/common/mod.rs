@@ -1,6 +1,7 @@
 //! Test harness: real servers on free ports with temp data dirs, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod ws;
 
 use livebase_server::{Config, Server};
@@ -14,6 +15,23 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub url: String,
     pub admin_key: String,
+    /// The PostgreSQL database this server keeps its data in, when the suite runs on that
+    /// backend.
+    pub database: Option<String>,
+}
+
+/// The backend the spec suites run against: embedded SQLite, or PostgreSQL when
+/// `LIVEBASE_TEST_BACKEND=postgres` (each server gets a fresh database of a throwaway
+/// cluster the tests start themselves).
+pub fn test_database() -> Option<String> {
+    match std::env::var("LIVEBASE_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Some(
+            livebase_pgtest::require()
+                .expect("LIVEBASE_TEST_BACKEND=postgres needs the PostgreSQL server binaries")
+                .create_database(),
+        ),
+        _ => None,
+    }
 }
 
 pub fn config(dir: PathBuf) -> Config {
@@ -30,7 +48,9 @@ impl TestServer {
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut c = config(dir.path().to_path_buf());
+        c.database = test_database();
         f(&mut c);
+        let database = c.database.clone();
         let server = livebase_server::start(c).await.expect("server starts");
         TestServer {
             url: server.url(),
@@ -38,6 +58,7 @@ impl TestServer {
             server: Some(server),
             dir,
             http: reqwest::Client::new(),
+            database,
         }
     }
 
@@ -46,7 +67,9 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
-        let server = livebase_server::start(config(self.dir.path().to_path_buf())).await.expect("restart");
+        let mut c = config(self.dir.path().to_path_buf());
+        c.database = self.database.clone();
+        let server = livebase_server::start(c).await.expect("restart");
         self.url = server.url();
         self.server = Some(server);
     }

@@ -78,8 +78,11 @@ pub fn apply(
         }
         SchemaPlan::Update { old, new: c, migration } => {
             migrate(tx, &next, &old, &c, &migration)?;
-            tx.execute("UPDATE _lb_collections SET definition = $1 WHERE name = $2", &[&definition(&c), &c.name])
-                .map_err(pg_error)?;
+            tx.execute(
+                "UPDATE _lb_collections SET definition = $1 WHERE name = $2",
+                &[&definition(&c), &c.name],
+            )
+            .map_err(pg_error)?;
         }
         SchemaPlan::Drop { name, force } => {
             let rows = count(tx, &name)?;
@@ -150,20 +153,31 @@ fn constraint_name(c: &str, f: &str, kind: &str) -> String {
 }
 
 /// Unique index, relation index and foreign key of one field.
-fn create_constraints(tx: &mut Transaction<'_>, schema: &Schema, c: &Collection, f: &Field) -> Result<(), StoreError> {
+fn create_constraints(
+    tx: &mut Transaction<'_>,
+    schema: &Schema,
+    c: &Collection,
+    f: &Field,
+) -> Result<(), StoreError> {
     let (t, col) = (quote_ident(&c.name), quote_ident(&f.name));
     if f.unique {
-        tx.batch_execute(&format!("CREATE UNIQUE INDEX {} ON {t} ({col})", constraint_name(&c.name, &f.name, "unique")))
-            .map_err(|e| {
-                StoreError::Schema(SchemaError {
-                    path: f.name.clone(),
-                    message: format!("cannot make {} unique: existing records share values ({e})", f.name),
-                })
-            })?;
+        tx.batch_execute(&format!(
+            "CREATE UNIQUE INDEX {} ON {t} ({col})",
+            constraint_name(&c.name, &f.name, "unique")
+        ))
+        .map_err(|e| {
+            StoreError::Schema(SchemaError {
+                path: f.name.clone(),
+                message: format!("cannot make {} unique: existing records share values ({e})", f.name),
+            })
+        })?;
     }
     if f.ty == FieldType::Relation {
-        tx.batch_execute(&format!("CREATE INDEX {} ON {t} ({col})", constraint_name(&c.name, &f.name, "rel")))
-            .map_err(pg_error)?;
+        tx.batch_execute(&format!(
+            "CREATE INDEX {} ON {t} ({col})",
+            constraint_name(&c.name, &f.name, "rel")
+        ))
+        .map_err(pg_error)?;
         if let Some(target) = f.collection.as_deref().filter(|t| schema.get(t).is_some()) {
             let action = match f.on_delete.unwrap_or_default() {
                 OnDelete::Restrict => "RESTRICT",
@@ -215,8 +229,11 @@ fn migrate(
             // Filling a new field's default is a migration, not a change: the trigger leaves the
             // system columns alone and the capture skips transactions marked as migrations.
             tx.batch_execute(MIGRATION_MARK).map_err(pg_error)?;
-            tx.execute(&format!("UPDATE {t} SET {} = {ph}", quote_ident(&f.name)), &super::rows::params(&p.values))
-                .map_err(pg_error)?;
+            tx.execute(
+                &format!("UPDATE {t} SET {} = {ph}", quote_ident(&f.name)),
+                &super::rows::params(&p.values),
+            )
+            .map_err(pg_error)?;
         }
         create_constraints(tx, schema, new, f)?;
     }

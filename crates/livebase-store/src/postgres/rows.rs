@@ -68,21 +68,27 @@ pub fn row_to_record(c: &Collection, row: &Row) -> Result<Record, tokio_postgres
 pub fn from_text(ty: FieldType, s: &str) -> Value {
     match ty {
         FieldType::Integer => s.parse::<i64>().map(Value::from).unwrap_or(Value::Null),
-        FieldType::Number => s.parse::<f64>().ok().filter(|x| x.is_finite()).map(json_number).unwrap_or(Value::Null),
+        FieldType::Number => {
+            s.parse::<f64>().ok().filter(|x| x.is_finite()).map(json_number).unwrap_or(Value::Null)
+        }
         FieldType::Boolean => match s {
             "t" | "true" => Value::Bool(true),
             "f" | "false" => Value::Bool(false),
             _ => Value::Null,
         },
         FieldType::Json => serde_json::from_str(s).unwrap_or(Value::Null),
-        FieldType::Text | FieldType::Select | FieldType::Relation | FieldType::Datetime => Value::String(s.into()),
+        FieldType::Text | FieldType::Select | FieldType::Relation | FieldType::Datetime => {
+            Value::String(s.into())
+        }
     }
 }
 
 /// A captured tuple (column names and text values) as a record of `c`; None when it lacks
 /// the system columns (not a Livebase table's row).
 pub fn tuple_to_record(c: &Collection, columns: &[String], values: &[Option<String>]) -> Option<Record> {
-    let get = |name: &str| columns.iter().position(|n| n == name).and_then(|i| values.get(i)).and_then(|v| v.as_deref());
+    let get = |name: &str| {
+        columns.iter().position(|n| n == name).and_then(|i| values.get(i)).and_then(|v| v.as_deref())
+    };
     let mut m = Map::with_capacity(4 + c.fields.len());
     m.insert("id".into(), Value::String(get("id")?.to_string()));
     m.insert("version".into(), Value::from(get("version")?.parse::<i64>().ok()?));

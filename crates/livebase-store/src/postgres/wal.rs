@@ -173,6 +173,16 @@ pub struct WalStream {
     delivered_end: u64,
 }
 
+/// A dropped stream closes its connection at once. A graceful stop (CopyDone) would leave the
+/// walsender waiting to be confirmed up to the end of WAL, which nobody does any more: a
+/// server shutting down would then stall for `wal_sender_timeout`. Nothing is lost by the hard
+/// close; the slot resends everything after the last acknowledged position.
+impl Drop for WalStream {
+    fn drop(&mut self) {
+        self.client.abort();
+    }
+}
+
 /// Turns the transport's events into [`WalEvent`]s: relation metadata, the open transaction.
 struct Decoder {
     parser: LogicalReplicationParser,
@@ -242,6 +252,13 @@ impl WalStream {
                 return Ok(out);
             }
         }
+    }
+
+    /// Like [`WalStream::ack`] without waiting: the position goes out with the next status
+    /// update (every few milliseconds), so a consumer need not stall its stream on it.
+    pub fn confirm(&mut self, lsn: u64) {
+        self.client.update_applied_lsn(Lsn::from_u64(lsn));
+        self.acked = self.acked.max(lsn);
     }
 
     /// Confirms everything up to `lsn` as flushed: the slot may release WAL before it and will

@@ -78,11 +78,14 @@ impl Pending {
     fn expire(&self) {
         let old: Vec<Waiting> = {
             let mut map = self.waiting.lock();
-            let stale: Vec<u32> = map.iter().filter(|(_, w)| w.since.elapsed() > CAPTURE_WAIT).map(|(x, _)| *x).collect();
+            let stale: Vec<u32> =
+                map.iter().filter(|(_, w)| w.since.elapsed() > CAPTURE_WAIT).map(|(x, _)| *x).collect();
             stale.into_iter().filter_map(|x| map.remove(&x)).collect()
         };
         for w in old {
-            tracing::warn!("the change capture is behind: answering a committed write before its events are logged");
+            tracing::warn!(
+                "the change capture is behind: answering a committed write before its events are logged"
+            );
             w.answer();
         }
     }
@@ -101,8 +104,10 @@ pub struct Writer {
 
 /// A PostgreSQL error as a store error: a lost connection is `Unavailable`.
 pub fn pg_error(e: postgres::Error) -> StoreError {
-    if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
-        return StoreError::Unavailable(e.to_string());
+    // Class 08: connection exceptions; class 57: the server shutting down or starting up.
+    let gone = e.code().is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"));
+    if gone || e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
+        return StoreError::Unavailable(super::describe(&e));
     }
     match e.as_db_error() {
         Some(db) => StoreError::Internal(format!("{}: {}", db.code().code(), db.message())),
@@ -146,10 +151,15 @@ impl Writer {
         }
     }
 
+    /// Forgets the connection and the statements prepared on it.
+    fn disconnect(&mut self) {
+        self.client = None;
+        self.statements.clear();
+    }
+
     fn connect(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
-            self.client = None;
-            self.statements.clear();
+            self.disconnect();
         }
         if self.client.is_none() {
             let c = Client::connect(&self.url, postgres::NoTls)
@@ -176,7 +186,10 @@ impl Writer {
                 (None, _) => return Err(StoreError::Unavailable("no connection".into())),
             };
             client.batch_execute("BEGIN; SET LOCAL livebase.writer = 'on'").map_err(pg_error)?;
-            let xid: i64 = client.query_one("SELECT txid_current()", &[]).and_then(|r| r.try_get(0)).map_err(pg_error)?;
+            let xid: i64 = client
+                .query_one("SELECT txid_current()", &[])
+                .and_then(|r| r.try_get(0))
+                .map_err(pg_error)?;
             let mut tx = PgTx { client, statements };
             let mut seq = 0u64;
             for (req, _) in writes.iter_mut() {
@@ -195,7 +208,7 @@ impl Writer {
                 tracing::error!(error = %e, "write batch failed; {} request(s) refused", writes.len());
                 if let Some(c) = self.client.as_mut() {
                     if c.batch_execute("ROLLBACK").is_err() {
-                        self.client = None;
+                        self.disconnect();
                     }
                 }
                 for (_, reply) in writes {
@@ -206,19 +219,28 @@ impl Writer {
         };
         let replies: Vec<_> = writes.into_iter().map(|(_, reply)| reply).zip(results).collect();
         let waiting = Waiting { replies, since: Instant::now(), started, on_batch };
-        if events > 0 {
+        let waiting = if events > 0 {
             // Registered before COMMIT: the capture cannot log the transaction any earlier.
             pending.waiting.lock().insert(xid, waiting);
-        }
-        let committed = self.client.as_mut().map(|c| c.batch_execute("COMMIT").map_err(pg_error));
+            None
+        } else {
+            Some(waiting)
+        };
+        let committed = match self.client.as_mut() {
+            Some(c) => c.batch_execute("COMMIT").map_err(pg_error),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
         match committed {
-            Some(Ok(())) if events == 0 => waiting_or_none(&pending, xid, None).map_or((), |w| w.answer()),
-            Some(Ok(())) => {}
-            Some(Err(e)) | None.map(Err).unwrap_or(None) => {
-                let e = e;
+            Ok(()) => {
+                if let Some(w) = waiting {
+                    w.answer();
+                }
+            }
+            Err(e) => {
                 tracing::error!(error = %e, "commit failed");
-                self.client = None;
-                if let Some(w) = pending.waiting.lock().remove(&xid) {
+                self.disconnect();
+                // Whoever takes the entry answers: the capture (it did commit) or this.
+                if let Some(w) = waiting.or_else(|| pending.waiting.lock().remove(&xid)) {
                     for (reply, _) in w.replies {
                         let _ = reply.send(Err(e.clone()));
                     }
@@ -240,18 +262,13 @@ impl Writer {
         Ok(next)
     }
 
-    /// Drops change events and idempotency records past their retention; the newest event is
-    /// always kept so the sequence survives a restart.
+    /// Drops change events older than their retention and expired idempotency records; the
+    /// newest event is always kept so the sequence survives a restart.
     fn trim(&mut self) {
         let retention = self.retention.clone();
         let Ok(client) = self.connect() else { return };
+        // Count-based retention is the capture's (it writes the log); age-based is here.
         let mut r = Ok(0);
-        if let Some(max) = retention.max_events {
-            r = client.execute(
-                "DELETE FROM _lb_changes WHERE seq <= (SELECT coalesce(max(seq), 0) FROM _lb_changes) - $1",
-                &[&(max.max(1) as i64)],
-            );
-        }
         if let (Ok(_), Some(age)) = (&r, retention.max_age_secs) {
             let cutoff = livebase_core::record::format_timestamp(
                 time::OffsetDateTime::now_utc() - time::Duration::seconds(age as i64),
@@ -269,10 +286,6 @@ impl Writer {
             tracing::warn!(error = %e, "trimming the change log failed");
         }
     }
-}
-
-fn waiting_or_none(pending: &Pending, xid: u32, _: Option<()>) -> Option<Waiting> {
-    pending.waiting.lock().remove(&xid)
 }
 
 /// The writer's open transaction, as the write engine sees it.
@@ -381,7 +394,13 @@ impl WriteTx for PgTx<'_> {
         rows.first().map(|r| row_to_record(c, r)).transpose().map_err(pg_error)
     }
 
-    fn insert(&mut self, c: &Collection, id: &str, now: &str, fields: &[(String, Value)]) -> Result<(), StoreError> {
+    fn insert(
+        &mut self,
+        c: &Collection,
+        id: &str,
+        now: &str,
+        fields: &[(String, Value)],
+    ) -> Result<(), StoreError> {
         let mut p = pg();
         let mut cols = String::from("\"id\",\"version\",\"created_at\",\"updated_at\"");
         let mut vals = format!(
@@ -417,7 +436,11 @@ impl WriteTx for PgTx<'_> {
         );
         for (k, v) in patch {
             let ty = field_type(c, k).unwrap_or(FieldType::Text);
-            sql.push_str(&format!(", {} = {}", quote_ident(k), p.bind_typed(ty, crate::sql::to_sql_value(ty, v))));
+            sql.push_str(&format!(
+                ", {} = {}",
+                quote_ident(k),
+                p.bind_typed(ty, crate::sql::to_sql_value(ty, v))
+            ));
         }
         sql.push_str(&format!(" WHERE \"id\" = {}", p.bind(crate::sql::SqlValue::Text(id.into()))));
         self.execute(&sql, &p).map(|_| ()).map_err(|e| constraint_error(c, id, e))

@@ -288,7 +288,8 @@ fn changes_in(conn: &Connection, q: &ChangeQuery) -> Result<ChangePage, StoreErr
     }
     let (sql, params) = changes_sql(q, Dialect::Sqlite);
     let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params.values.iter()), event_from_row).map_err(internal)?;
+    let rows =
+        stmt.query_map(rusqlite::params_from_iter(params.values.iter()), event_from_row).map_err(internal)?;
     let events = rows.collect::<Result<_, _>>().map_err(internal)?;
     Ok(ChangePage { events, head })
 }

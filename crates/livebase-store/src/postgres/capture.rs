@@ -1,0 +1,289 @@
+//! The capture: every writer's committed changes, read from PostgreSQL's WAL, become the
+//! change log.
+//!
+//! One task reads Livebase's logical replication slot (pgoutput, through [`super::wal`]). For
+//! each committed transaction, in commit order, it turns the changes to collection tables into
+//! [`ChangeEvent`]s with the next sequence numbers, writes them to `_lb_changes` in one
+//! transaction (with the transaction's xid and end LSN), pushes them to the [`LogTail`], answers
+//! the Livebase writes waiting for that transaction, and only then confirms the position to
+//! the slot. So a crash at any moment either loses nothing (the slot resends what was not
+//! confirmed) or finds the transaction already logged (its end LSN is at or below the newest
+//! logged one, and it is skipped): every change is logged exactly once, in order, and one
+//! transaction's events are contiguous.
+//!
+//! Who made a change: Livebase's writer leaves a transactional `livebase` message naming the
+//! actor before each request's changes; changes without one are external (`actor: null`).
+//! Transactions marked `livebase-migration` (filling a new field's default) are not changes.
+//! A `livebase-fence` message, committed in a transaction of its own (a commit flushes the
+//! WAL, so the walsender sends it at once; a non-transactional message would wait for the WAL
+//! writer), lets a snapshot wait until everything that committed before it has been logged
+//! (see `PgStore::snapshot`).
+
+use super::rows::tuple_to_record;
+use super::wal::{WalConfig, WalEvent, WalItem, WalOp, WalStream, WalTxn};
+use super::writer::Pending;
+use crate::LogTail;
+use livebase_core::{ChangeEvent, ChangeOp, Schema};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub const FENCE_PREFIX: &str = "livebase-fence";
+
+/// What the store, the writer and the metrics share with the capture task.
+pub struct CaptureState {
+    /// Set by `PgStore::close`: the task lets go of the slot and ends (then sets `stopped`).
+    pub stop: tokio::sync::watch::Sender<bool>,
+    pub stopped: tokio::sync::watch::Sender<bool>,
+    pub pending: Arc<Pending>,
+    fences: Mutex<HashMap<String, oneshot::Sender<u64>>>,
+    pub connected: AtomicBool,
+    /// Newest server WAL position seen, and the newest position logged and confirmed.
+    pub server_lsn: AtomicU64,
+    pub logged_lsn: AtomicU64,
+    pub captured: AtomicU64,
+}
+
+impl Default for CaptureState {
+    fn default() -> Self {
+        CaptureState {
+            stop: tokio::sync::watch::channel(false).0,
+            stopped: tokio::sync::watch::channel(false).0,
+            pending: Default::default(),
+            fences: Default::default(),
+            connected: Default::default(),
+            server_lsn: Default::default(),
+            logged_lsn: Default::default(),
+            captured: Default::default(),
+        }
+    }
+}
+
+impl CaptureState {
+    /// Asks the task to end and waits until it has (at most 5 s).
+    pub async fn close(&self) {
+        self.stop.send_replace(true);
+        let mut done = self.stopped.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
+    }
+
+    /// Waits for a fence: the receiver gets the log head once the capture reached it.
+    pub fn fence(&self, token: String) -> oneshot::Receiver<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.fences.lock().insert(token, tx);
+        rx
+    }
+
+    pub fn drop_fence(&self, token: &str) {
+        self.fences.lock().remove(token);
+    }
+}
+
+pub struct Capture {
+    pub wal: WalConfig,
+    pub url: String,
+    pub schema: Arc<RwLock<Arc<Schema>>>,
+    pub tail: Arc<LogTail>,
+    pub state: Arc<CaptureState>,
+    pub head: u64,
+    pub logged_lsn: u64,
+    /// Keep at most this many events (trimmed as the log grows, as on SQLite).
+    pub max_events: Option<u64>,
+    /// The oldest sequence number still in the log, as far as the capture knows.
+    pub log_start: u64,
+    /// Dropped with the store: the task ends.
+    pub alive: std::sync::Weak<()>,
+}
+
+impl Capture {
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        let mut stop = self.state.stop.subscribe();
+        while self.alive.strong_count() > 0 && !*stop.borrow() {
+            let r = tokio::select! {
+                r = self.session() => r,
+                _ = stop.wait_for(|s| *s) => Ok(()),
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) => {
+                    self.state.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "change capture interrupted; reconnecting");
+                    let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(jitter)) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.state.connected.store(false, Ordering::Relaxed);
+        self.state.stopped.send_replace(true);
+    }
+
+    /// One replication session: until the connection fails (an error) or the store is
+    /// dropped.
+    async fn session(&mut self) -> Result<(), String> {
+        let (db, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("log connection: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut stream = WalStream::start(&self.wal).await.map_err(|e| e.to_string())?;
+        self.state.connected.store(true, Ordering::Relaxed);
+        tracing::info!(slot = %self.wal.slot, "change capture streaming");
+        loop {
+            if self.alive.strong_count() == 0 {
+                return Ok(());
+            }
+            let ev = match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                Err(_) => continue,
+                Ok(r) => r.map_err(|e| e.to_string())?,
+            };
+            self.state.server_lsn.fetch_max(stream.server_wal_end(), Ordering::Relaxed);
+            match ev {
+                WalEvent::Txn(t) => {
+                    let end = t.end_lsn;
+                    self.transaction(&db, t).await?;
+                    stream.confirm(end);
+                }
+                WalEvent::Message { prefix, content, .. } if prefix == FENCE_PREFIX => {
+                    self.fence_reached(&content)
+                }
+                WalEvent::Message { .. } => {}
+            }
+        }
+    }
+
+    async fn transaction(&mut self, db: &tokio_postgres::Client, t: WalTxn) -> Result<(), String> {
+        if t.end_lsn <= self.logged_lsn {
+            // Logged before a crash or reconnect, resent by the slot: never twice.
+            self.state.pending.complete(t.xid);
+            return Ok(());
+        }
+        let events = self.events(&t);
+        if !events.is_empty() {
+            persist(db, &events, t.xid, t.end_lsn).await?;
+            self.head += events.len() as u64;
+            self.state.captured.fetch_add(events.len() as u64, Ordering::Relaxed);
+            self.tail.push(events.into_iter().map(Arc::new).collect());
+            self.logged_lsn = t.end_lsn;
+            self.trim(db).await;
+        }
+        self.state.logged_lsn.fetch_max(t.end_lsn, Ordering::Relaxed);
+        self.state.pending.complete(t.xid);
+        for item in &t.items {
+            if let WalItem::Message { prefix, content } = item {
+                if prefix == FENCE_PREFIX {
+                    self.fence_reached(content);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fence_reached(&self, token: &[u8]) {
+        let token = String::from_utf8_lossy(token).into_owned();
+        let waiter = self.state.fences.lock().remove(&token);
+        if let Some(w) = waiter {
+            let _ = w.send(self.head);
+        }
+    }
+
+    /// Count-based retention: once the log exceeds its limit by 1% (at least one event), the
+    /// oldest events go; the newest `max_events` stay.
+    async fn trim(&mut self, db: &tokio_postgres::Client) {
+        let Some(max) = self.max_events else { return };
+        let len = (self.head + 1).saturating_sub(self.log_start);
+        if len <= max + (max / 100).max(1) {
+            return;
+        }
+        let cut = self.head.saturating_sub(max.max(1));
+        match db.execute("DELETE FROM _lb_changes WHERE seq <= $1", &[&(cut as i64)]).await {
+            Ok(_) => self.log_start = self.log_start.max(cut + 1),
+            Err(e) => tracing::warn!(error = %e, "trimming the change log failed"),
+        }
+    }
+
+    fn events(&self, t: &WalTxn) -> Vec<ChangeEvent> {
+        let schema = self.schema.read().clone();
+        let committed_at = commit_time(t.commit_time_unix_us);
+        let mut actor: Option<String> = None;
+        let mut out = Vec::new();
+        for item in &t.items {
+            let ch = match item {
+                WalItem::Message { prefix, .. } if prefix == "livebase-migration" => return Vec::new(),
+                WalItem::Message { prefix, .. } if prefix == FENCE_PREFIX => continue,
+                WalItem::Message { prefix, content } if prefix == "livebase" => {
+                    actor = serde_json::from_slice::<serde_json::Value>(content)
+                        .ok()
+                        .and_then(|v| v.get("actor").and_then(|a| a.as_str()).map(str::to_string));
+                    continue;
+                }
+                WalItem::Message { .. } => continue,
+                WalItem::Change(ch) => ch,
+            };
+            let Some(c) = schema.get(&ch.table).filter(|_| ch.schema == "public") else { continue };
+            let new = ch.new.as_ref().and_then(|v| tuple_to_record(c, &ch.columns, v));
+            let old = ch.old.as_ref().and_then(|v| tuple_to_record(c, &ch.columns, v));
+            let (op, rec) = match ch.op {
+                WalOp::Insert => (ChangeOp::Insert, new.clone()),
+                WalOp::Update => (ChangeOp::Update, new.clone()),
+                WalOp::Delete => (ChangeOp::Delete, old.clone()),
+            };
+            let Some(rec) = rec else { continue };
+            out.push(ChangeEvent {
+                seq: self.head + 1 + out.len() as u64,
+                collection: c.name.clone(),
+                op,
+                id: rec.id().to_string(),
+                version: rec.version(),
+                new: if op == ChangeOp::Delete { None } else { new },
+                old: if op == ChangeOp::Insert { None } else { old },
+                actor: actor.clone(),
+                committed_at: committed_at.clone(),
+            });
+        }
+        out
+    }
+}
+
+fn commit_time(unix_us: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(unix_us as i128 * 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    livebase_core::record::format_timestamp(t)
+}
+
+/// Writes one transaction's events to the durable log in one statement.
+async fn persist(
+    db: &tokio_postgres::Client,
+    events: &[ChangeEvent],
+    xid: u32,
+    lsn: u64,
+) -> Result<(), String> {
+    let json =
+        |r: &Option<livebase_core::Record>| r.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
+    let seq: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
+    let collection: Vec<&str> = events.iter().map(|e| e.collection.as_str()).collect();
+    let op: Vec<&str> = events.iter().map(|e| e.op.as_str()).collect();
+    let id: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let version: Vec<i64> = events.iter().map(|e| e.version).collect();
+    let actor: Vec<Option<&str>> = events.iter().map(|e| e.actor.as_deref()).collect();
+    let at: Vec<&str> = events.iter().map(|e| e.committed_at.as_str()).collect();
+    let new: Vec<Option<String>> = events.iter().map(|e| json(&e.new)).collect();
+    let old: Vec<Option<String>> = events.iter().map(|e| json(&e.old)).collect();
+    db.execute(
+        "INSERT INTO _lb_changes (seq, collection, op, record_id, version, actor, committed_at, new, old, xid, lsn) \
+         SELECT s, c, o, i, v, a, t, n, d, $10, $11 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], \
+         $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[]) AS u(s, c, o, i, v, a, t, n, d)",
+        &[&seq, &collection, &op, &id, &version, &actor, &at, &new, &old, &(xid as i64), &(lsn as i64)],
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("writing the change log: {e}"))
+}
