@@ -13,6 +13,8 @@
 //! `LIVEBASE_SOAK_SECS=600 LIVEBASE_SOAK_SEED=7 cargo test -p livebase-server --test convergence -- --nocapture`.
 //! A failure prints the seed.
 
+mod common;
+
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -73,6 +75,8 @@ struct ServerProcess {
     port: u16,
     data: PathBuf,
     log: PathBuf,
+    /// PostgreSQL when the suite runs on that backend (`LIVEBASE_TEST_BACKEND=postgres`).
+    database: Option<String>,
 }
 
 impl Drop for ServerProcess {
@@ -110,6 +114,7 @@ impl ServerProcess {
             cmd.args(["serve", "--addr", &format!("127.0.0.1:{}", self.port), "--data"])
                 .arg(&self.data)
                 .args(["--admin-key", ADMIN_KEY, "--log", "warn", "--ws-queue", WS_QUEUE])
+                .args(self.database.iter().flat_map(|d| ["--database", d.as_str()]))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(stderr);
@@ -585,6 +590,7 @@ async fn scenario(seed: u64, soak_secs: Option<u64>) -> Result<Report, String> {
         port,
         data: dir.path().join("data"),
         log: dir.path().join("server.log"),
+        database: common::test_database(),
     };
     let http =
         reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
