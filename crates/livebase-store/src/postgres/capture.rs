@@ -134,6 +134,8 @@ impl Capture {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        // The log must be durable before the slot is confirmed past it.
+        db.batch_execute("SET synchronous_commit = on").await.map_err(|e| format!("log connection: {e}"))?;
         let mut stream = WalStream::start(&self.wal).await.map_err(|e| e.to_string())?;
         self.state.connected.store(true, Ordering::Relaxed);
         tracing::info!(slot = %self.wal.slot, "change capture streaming");

@@ -563,8 +563,14 @@ impl SnapshotCtx {
     async fn fence(&self, c: &Client) -> Result<u64, StoreError> {
         let token = format!("{:032x}", rand::random::<u128>());
         let rx = self.capture.fence(token.clone());
-        let r =
-            c.execute("SELECT pg_logical_emit_message(true, $1, $2::text)", &[&FENCE_PREFIX, &token]).await;
+        // Its own transaction, flushed at commit so the walsender sends it at once (the token
+        // is hex, safe to inline).
+        let r = c
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL synchronous_commit = on; \
+                 SELECT pg_logical_emit_message(true, '{FENCE_PREFIX}', '{token}'); COMMIT;"
+            ))
+            .await;
         if let Err(e) = r {
             self.capture.drop_fence(&token);
             return Err(pg_error(e));

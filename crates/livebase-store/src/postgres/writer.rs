@@ -162,8 +162,11 @@ impl Writer {
             self.disconnect();
         }
         if self.client.is_none() {
-            let c = Client::connect(&self.url, postgres::NoTls)
-                .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
+            let mut c = Client::connect(&self.url, postgres::NoTls)
+                .map_err(|e| StoreError::Unavailable(format!("cannot connect: {}", super::describe(&e))))?;
+            // An answered write must be durable whatever the server's default; a flushed
+            // commit also reaches the walsender (and so the capture) at once.
+            c.batch_execute("SET synchronous_commit = on").map_err(pg_error)?;
             self.client = Some(c);
         }
         self.client.as_mut().ok_or_else(|| StoreError::Unavailable("no connection".into()))
