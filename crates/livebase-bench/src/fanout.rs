@@ -43,6 +43,9 @@ struct Shared {
     disconnects: AtomicU64,
     /// Per-delivery latency.
     latency: stats::PerThread,
+    /// Latency counts from `sent_ns` (an outside client's COMMIT returning), not the record's
+    /// `t` (the writer's send).
+    from_commit: bool,
 }
 
 impl Shared {
@@ -92,7 +95,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         unknown: AtomicU64::new(0),
         disconnects: AtomicU64::new(0),
         latency: stats::PerThread::new(3),
+        from_commit: opts.sql_writer,
     });
+    anyhow::ensure!(!opts.sql_writer || opts.database.is_some(), "--sql-writer needs --database");
 
     // Subscribers: open and subscribe them all before the first write.
     ctx.progress.phase("subscribing", opts.subscribers as u64);
@@ -147,20 +152,35 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     let first_send_ns = now_ns();
     let mut writer_tasks = Vec::with_capacity(writers);
     for _ in 0..writers {
-        let mut conn = HttpConn::connect(addr, &key).await?;
         let shared = shared.clone();
-        let uri = uri.clone();
         let rate = opts.rate as f64;
-        writer_tasks.push(tokio::spawn(async move {
-            // Event n is due at start + n / rate; a writer that falls behind sends at once.
-            let hard_end = start + duration + Duration::from_secs(1);
-            loop {
-                let n = shared.next.fetch_add(1, Ordering::Relaxed);
-                if n >= total || Instant::now() > hard_end {
-                    break;
+        let schedule = Schedule { start, hard_end: start + duration + Duration::from_secs(1), rate, total };
+        if let (true, Some(url)) = (opts.sql_writer, &opts.database) {
+            let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let insert = db.prepare(&format!("INSERT INTO \"{collection}\" (n, t) VALUES ($1, $2)")).await?;
+            writer_tasks.push(tokio::spawn(async move {
+                while let Some((n, slot)) = schedule.next(&shared).await {
+                    let t = now_ns();
+                    // Autocommit: one single-row transaction; latency counts from its return.
+                    match db.execute(&insert, &[&(n as i64), &(t as i64)]).await {
+                        Ok(_) => {
+                            slot.sent_ns.store(now_ns(), Ordering::Relaxed);
+                            slot.ok.store(true, Ordering::Relaxed);
+                            shared.writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
-                tokio::time::sleep_until((start + Duration::from_secs_f64(n as f64 / rate)).into()).await;
-                let slot = &shared.events[n as usize];
+            }));
+            continue;
+        }
+        let mut conn = HttpConn::connect(addr, &key).await?;
+        let uri = uri.clone();
+        writer_tasks.push(tokio::spawn(async move {
+            while let Some((n, slot)) = schedule.next(&shared).await {
                 let t = now_ns();
                 slot.sent_ns.store(t, Ordering::Relaxed);
                 match conn.send(Method::POST, &uri, record_body(n, t)).await {
@@ -250,11 +270,36 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     figures.insert("duplicates".into(), json!(duplicates));
     figures.insert("unknown_deliveries".into(), json!(shared.unknown.load(Ordering::Relaxed)));
     figures.insert("disconnects".into(), json!(shared.disconnects.load(Ordering::Relaxed)));
-    figures.insert("latency_from".into(), json!("writer_send"));
+    figures.insert(
+        "latency_from".into(),
+        json!(if opts.sql_writer { "external_commit" } else { "writer_send" }),
+    );
     figures.insert("latency_ms".into(), stats::latency_json(&hist));
     figures.insert("last_subscriber_latency_ms".into(), stats::latency_json(&last_hist));
     figures.extend(out);
     Ok(figures)
+}
+
+/// When each event is due: event n at start + n / rate (a writer that falls behind sends at
+/// once), none after `hard_end`.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    hard_end: Instant,
+    rate: f64,
+    total: u64,
+}
+
+impl Schedule {
+    /// The next event to write and its slot, after waiting until it is due.
+    async fn next<'s>(&self, shared: &'s Shared) -> Option<(u64, &'s EventSlot)> {
+        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+        if n >= self.total || Instant::now() > self.hard_end {
+            return None;
+        }
+        tokio::time::sleep_until((self.start + Duration::from_secs_f64(n as f64 / self.rate)).into()).await;
+        Some((n, &shared.events[n as usize]))
+    }
 }
 
 /// One subscriber: counts and times every change frame until told to stop.
@@ -278,7 +323,9 @@ async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool
                         shared.unknown.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    shared.latency.record_ns(now.saturating_sub(t));
+                    let from = if shared.from_commit { slot.sent_ns.load(Ordering::Relaxed) } else { t };
+                    // A frame may beat its COMMIT's answer to the client: that counts as 0.
+                    shared.latency.record_ns(if from == 0 { 0 } else { now.saturating_sub(from) });
                     slot.received.fetch_add(1, Ordering::Relaxed);
                     slot.last_ns.fetch_max(now, Ordering::Relaxed);
                 }

@@ -22,7 +22,10 @@
 //!   collection, while records are created at `--rate` writes/s for `--duration` seconds.
 //!   Each record carries its send time (`t`, nanoseconds since the generator's start), so
 //!   latency is **from the writer's send to the subscriber's receipt** (it includes the
-//!   HTTP request and the commit).
+//!   HTTP request and the commit). With `--sql-writer` (PostgreSQL, `--database`) the writes
+//!   are single-row INSERT transactions of an outside client, and latency is **from its
+//!   COMMIT returning to the receipt** of the change the server captured from the WAL
+//!   (`latency_from`: `"external_commit"`).
 //! - `connections`: `--connections` idle WebSocket connections (default 15,000), held for
 //!   `--duration` seconds, then each is checked with a `ping` → `pong`.
 //! - `catchup`: a subscriber notes its `seq`, disconnects, `--missed` changes are written
@@ -173,6 +176,15 @@ pub struct BenchOptions {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// A PostgreSQL database for the server the bench starts (`--database` of `livebase
+    /// serve`); it needs `wal_level = logical`. Each run creates its own collection there.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// fanout: write through SQL instead of the API. An external PostgreSQL client (needs
+    /// `--database`) commits single-row INSERT transactions at `--rate`; latency is timed from
+    /// its COMMIT returning to each subscriber's receipt of the captured change.
+    #[arg(long)]
+    pub sql_writer: bool,
     /// The executable to start as the server child process (`<exe> serve ...`); `livebase
     /// bench` passes itself. Default: the `livebase` binary next to this one. In the library,
     /// `None` runs a self-started server in-process.
@@ -196,6 +208,8 @@ impl Default for BenchOptions {
             rule: false,
             in_process: false,
             quiet: false,
+            database: None,
+            sql_writer: false,
             server_exe: None,
         }
     }

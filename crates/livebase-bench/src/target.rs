@@ -51,6 +51,7 @@ impl Target {
                 .arg("0")
                 .arg("--log")
                 .arg("warn")
+                .args(opts.database.iter().flat_map(|d| ["--database", d.as_str()]))
                 .env_remove("LIVEBASE_SCHEMA")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -85,6 +86,7 @@ impl Target {
         config.jwt_secret = Some(JWT_SECRET.into());
         config.rate_limit = 0.0;
         config.ws_rate_limit = 0.0;
+        config.database = opts.database.clone();
         let server = livebase_server::start(config).await?;
         Ok(Target { addr: server.addr, admin_key, kind: Kind::InProcess { server, _dir: dir } })
     }

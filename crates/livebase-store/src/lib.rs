@@ -5,6 +5,7 @@
 //!   results that cross it. Nothing here names a SQL dialect.
 //! - [`engine`]: the write engine every SQL backend shares: validation, access checks,
 //!   conflicts, relations, cascades, idempotency; a backend supplies the row operations.
+//! - [`queue`]: the write queue both SQL writers drain (group commit, schema changes alone).
 //! - [`feed`]: the [`ChangeFeed`] port the realtime hub reads committed changes from: a head
 //!   and a watch of it, recent events, history; positions are `(epoch, seq)`.
 //! - [`tail`]: [`LogTail`], the in-memory end of the change log that committed events are
@@ -21,6 +22,7 @@
 pub mod engine;
 pub mod feed;
 pub mod postgres;
+pub mod queue;
 pub mod sql;
 pub mod sqlite;
 pub mod tail;

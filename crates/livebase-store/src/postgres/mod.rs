@@ -21,6 +21,7 @@ pub mod wal;
 pub mod writer;
 
 use crate::feed::{ChangeFeed, Epoch, TailFeed};
+use crate::queue::Job;
 use crate::sql::{changes_sql, list_sql, quote_ident, select_columns, Dialect};
 use crate::sqlite::BatchObserver;
 use crate::{
@@ -36,7 +37,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{Client, GenericClient, NoTls};
-use writer::{Job, Writer};
+use writer::Writer;
 
 pub struct PgOptions {
     /// `postgres://user[:password]@host[:port]/database`.
@@ -274,6 +275,7 @@ impl PgStore {
             publication: slot.clone(),
             retention: opts.retention,
             on_batch: opts.on_batch,
+            last_trim: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name("livebase-pg-writer".into())
@@ -418,13 +420,7 @@ impl Store for PgStore {
     }
 
     fn write(&self, req: WriteRequest) -> BoxFuture<'static, Result<WriteResult, StoreError>> {
-        let jobs = self.jobs.clone();
-        Box::pin(async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            jobs.send(Job::Write(req, tx))
-                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
-            rx.await.map_err(|_| StoreError::Internal("the writer has stopped".into()))?
-        })
+        crate::queue::write(&self.jobs, req)
     }
 
     fn get(&self, collection: &str, id: &str) -> BoxFuture<'static, Result<Record, StoreError>> {
@@ -535,13 +531,7 @@ impl Store for PgStore {
     }
 
     fn change_schema(&self, c: SchemaChange) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>> {
-        let jobs = self.jobs.clone();
-        Box::pin(async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            jobs.send(Job::Schema(c, tx))
-                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
-            rx.await.map_err(|_| StoreError::Internal("the writer has stopped".into()))?
-        })
+        crate::queue::change_schema(&self.jobs, c)
     }
 
     fn feed(&self) -> Arc<dyn ChangeFeed> {

@@ -13,6 +13,7 @@
 
 use super::rows::{params, row_to_record};
 use crate::engine::{self, changed_fields_since, WriteTx};
+use crate::queue::{self, Drain, Job, Reply};
 use crate::sql::{field_type, quote_ident, select_columns, Dialect, Params};
 use crate::sqlite::BatchObserver;
 use crate::{Retention, SchemaChange, StoreError, StoredResponse, WriteRequest, WriteResult};
@@ -25,17 +26,6 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-
-/// Most requests sharing one transaction.
-pub const MAX_BATCH: usize = 512;
-
-pub type Reply = oneshot::Sender<Result<WriteResult, StoreError>>;
-
-pub enum Job {
-    Write(WriteRequest, Reply),
-    Schema(SchemaChange, oneshot::Sender<Result<Arc<Schema>, StoreError>>),
-}
 
 /// How long a committed batch waits for the capture before its callers are answered anyway
 /// (their writes are committed; the events follow when the capture is back).
@@ -100,6 +90,7 @@ pub struct Writer {
     pub publication: String,
     pub retention: Retention,
     pub on_batch: Option<BatchObserver>,
+    pub last_trim: Instant,
 }
 
 /// A PostgreSQL error as a store error: a lost connection is `Unavailable`.
@@ -117,38 +108,7 @@ pub fn pg_error(e: postgres::Error) -> StoreError {
 
 impl Writer {
     pub fn run(mut self, rx: crossbeam_channel::Receiver<Job>) {
-        let mut last_trim = Instant::now();
-        loop {
-            let first = match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(job) => job,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    self.pending.expire();
-                    if last_trim.elapsed() > Duration::from_secs(30) {
-                        self.trim();
-                        last_trim = Instant::now();
-                    }
-                    continue;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            };
-            let mut writes = Vec::new();
-            let mut pending = Some(first);
-            while let Some(job) = pending.take() {
-                match job {
-                    Job::Write(req, reply) => writes.push((req, reply)),
-                    Job::Schema(change, reply) => {
-                        self.commit_writes(std::mem::take(&mut writes));
-                        let r = self.change_schema(change);
-                        let _ = reply.send(r);
-                    }
-                }
-                if writes.len() < MAX_BATCH {
-                    pending = rx.try_recv().ok();
-                }
-            }
-            self.commit_writes(writes);
-            self.pending.expire();
-        }
+        queue::run(rx, &mut self, Duration::from_secs(1));
     }
 
     /// Forgets the connection and the statements prepared on it.
@@ -172,7 +132,7 @@ impl Writer {
         self.client.as_mut().ok_or_else(|| StoreError::Unavailable("no connection".into()))
     }
 
-    fn commit_writes(&mut self, mut writes: Vec<(WriteRequest, Reply)>) {
+    fn apply_batch(&mut self, mut writes: Vec<(WriteRequest, Reply)>) {
         if writes.is_empty() {
             return;
         }
@@ -252,7 +212,7 @@ impl Writer {
         }
     }
 
-    fn change_schema(&mut self, change: SchemaChange) -> Result<Arc<Schema>, StoreError> {
+    fn apply_schema(&mut self, change: SchemaChange) -> Result<Arc<Schema>, StoreError> {
         let current = self.schema.read().clone();
         let publication = self.publication.clone();
         let client = self.connect()?;
@@ -287,6 +247,24 @@ impl Writer {
         );
         if let Err(e) = r.and(r2) {
             tracing::warn!(error = %e, "trimming the change log failed");
+        }
+    }
+}
+
+impl Drain for Writer {
+    fn commit_writes(&mut self, writes: Vec<(WriteRequest, Reply)>) {
+        self.apply_batch(writes);
+    }
+
+    fn change_schema(&mut self, change: SchemaChange) -> Result<Arc<Schema>, StoreError> {
+        self.apply_schema(change)
+    }
+
+    fn tick(&mut self, _idle: bool) {
+        self.pending.expire();
+        if self.last_trim.elapsed() > Duration::from_secs(30) {
+            self.trim();
+            self.last_trim = Instant::now();
         }
     }
 }

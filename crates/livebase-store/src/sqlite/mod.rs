@@ -14,6 +14,7 @@ pub mod rows;
 mod writer;
 
 use crate::feed::{ChangeFeed, Epoch, TailFeed};
+use crate::queue::Job;
 use crate::sql::{changes_sql, list_sql, quote_ident, select_columns, Dialect};
 use crate::{
     BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
@@ -27,9 +28,10 @@ use rows::row_to_record;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use writer::{internal, Job, Writer};
+use writer::{internal, Writer};
 
-pub use writer::{BatchObserver, MAX_BATCH};
+pub use crate::queue::MAX_BATCH;
+pub use writer::BatchObserver;
 
 pub struct SqliteOptions {
     pub retention: Retention,
@@ -161,6 +163,7 @@ impl SqliteStore {
             next_seq: head + 1,
             retention: opts.retention,
             log_start: start as u64,
+            last_trim: std::time::Instant::now(),
         };
         let ckpt_path = path.clone();
         std::thread::Builder::new()
@@ -300,13 +303,7 @@ impl Store for SqliteStore {
     }
 
     fn write(&self, req: WriteRequest) -> BoxFuture<'static, Result<WriteResult, StoreError>> {
-        let jobs = self.jobs.clone();
-        Box::pin(async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            jobs.send(Job::Write(req, tx))
-                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
-            rx.await.map_err(|_| StoreError::Internal("the writer has stopped".into()))?
-        })
+        crate::queue::write(&self.jobs, req)
     }
 
     fn get(&self, collection: &str, id: &str) -> BoxFuture<'static, Result<Record, StoreError>> {
@@ -346,13 +343,7 @@ impl Store for SqliteStore {
     }
 
     fn change_schema(&self, c: SchemaChange) -> BoxFuture<'static, Result<Arc<Schema>, StoreError>> {
-        let jobs = self.jobs.clone();
-        Box::pin(async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            jobs.send(Job::Schema(c, tx))
-                .map_err(|_| StoreError::Internal("the writer has stopped".into()))?;
-            rx.await.map_err(|_| StoreError::Internal("the writer has stopped".into()))?
-        })
+        crate::queue::change_schema(&self.jobs, c)
     }
 
     fn feed(&self) -> Arc<dyn ChangeFeed> {

@@ -14,6 +14,7 @@
 use super::ddl;
 use super::rows::row_to_record;
 use crate::engine::{self, changed_fields_since, WriteTx};
+use crate::queue::{self, Drain, Job, Reply};
 use crate::sql::{field_type, quote_ident, select_columns, to_sql_value as to_sql, Dialect, SqlValue};
 use crate::{LogTail, Retention, SchemaChange, StoreError, StoredResponse, WriteRequest, WriteResult};
 use livebase_core::schema::{Collection, FieldType};
@@ -24,18 +25,6 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-
-/// Most requests sharing one transaction.
-pub const MAX_BATCH: usize = 512;
-
-/// Where a write request's answer goes.
-pub type Reply = oneshot::Sender<Result<WriteResult, StoreError>>;
-
-pub enum Job {
-    Write(WriteRequest, Reply),
-    Schema(SchemaChange, oneshot::Sender<Result<Arc<Schema>, StoreError>>),
-}
 
 /// Observed by metrics: how many requests each commit carried.
 pub type BatchObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
@@ -50,43 +39,25 @@ pub struct Writer {
     pub retention: Retention,
     /// The oldest sequence number still in `_lb_changes`, as far as the writer knows.
     pub log_start: u64,
+    pub last_trim: Instant,
 }
 
 impl Writer {
     pub fn run(mut self, rx: crossbeam_channel::Receiver<Job>) {
-        let mut last_trim = Instant::now();
-        loop {
-            let first = match rx.recv_timeout(Duration::from_secs(5)) {
-                Ok(job) => job,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    self.trim();
-                    last_trim = Instant::now();
-                    continue;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            };
-            let mut writes = Vec::new();
-            let mut pending = Some(first);
-            while let Some(job) = pending.take() {
-                match job {
-                    Job::Write(req, reply) => writes.push((req, reply)),
-                    Job::Schema(change, reply) => {
-                        // Schema changes run alone, after the writes queued before them.
-                        self.commit_writes(std::mem::take(&mut writes));
-                        let r = self.change_schema(change);
-                        let _ = reply.send(r);
-                    }
-                }
-                if writes.len() < MAX_BATCH {
-                    pending = rx.try_recv().ok();
-                }
-            }
-            self.commit_writes(writes);
-            if last_trim.elapsed() > Duration::from_secs(30) {
-                self.trim();
-                last_trim = Instant::now();
-            }
+        queue::run(rx, &mut self, Duration::from_secs(5));
+    }
+}
+
+impl Drain for Writer {
+    fn tick(&mut self, idle: bool) {
+        if idle || self.last_trim.elapsed() > Duration::from_secs(30) {
+            self.trim();
+            self.last_trim = Instant::now();
         }
+    }
+
+    fn change_schema(&mut self, change: SchemaChange) -> Result<Arc<Schema>, StoreError> {
+        Writer::change_schema(self, change)
     }
 
     fn commit_writes(&mut self, mut writes: Vec<(WriteRequest, Reply)>) {
@@ -130,7 +101,9 @@ impl Writer {
         let replies = writes.into_iter().map(|(_, reply)| reply).zip(results).collect();
         let _ = self.synced.send(Committed { events, replies, started });
     }
+}
 
+impl Writer {
     fn change_schema(&mut self, change: SchemaChange) -> Result<Arc<Schema>, StoreError> {
         let current = self.schema.read().clone();
         let next = ddl::apply(&mut self.conn, &current, change)?;
