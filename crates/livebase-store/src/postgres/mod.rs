@@ -343,10 +343,9 @@ impl Snapshot {
 
     /// Whether a committed transaction (its 32-bit xid, as the WAL carries it) is visible.
     fn sees(&self, xid32: u32) -> bool {
-        let mut full = (self.xmax & !0xffff_ffff) | xid32 as u64;
-        if full >= self.xmax {
-            full = full.wrapping_sub(1 << 32);
-        }
+        // The full xid nearest to xmax with these low 32 bits (events checked are recent).
+        let delta = xid32.wrapping_sub(self.xmax as u32) as i32;
+        let full = (self.xmax as i64 + delta as i64) as u64;
         full < self.xmin || (full < self.xmax && !self.xip.contains(&full))
     }
 }
