@@ -23,6 +23,7 @@ use super::rows::tuple_to_record;
 use super::wal::{WalConfig, WalEvent, WalItem, WalOp, WalStream, WalTxn};
 use super::writer::Pending;
 use crate::LogTail;
+use futures_util::FutureExt;
 use livebase_core::{ChangeEvent, ChangeOp, Schema};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -32,6 +33,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub const FENCE_PREFIX: &str = "livebase-fence";
+
+/// Most captured transactions logged in one write.
+const MAX_TXNS_PER_WRITE: usize = 1000;
 
 /// What the store, the writer and the metrics share with the capture task.
 pub struct CaptureState {
@@ -150,9 +154,30 @@ impl Capture {
             self.state.server_lsn.fetch_max(stream.server_wal_end(), Ordering::Relaxed);
             match ev {
                 WalEvent::Txn(t) => {
-                    let end = t.end_lsn;
-                    self.transaction(&db, t).await?;
+                    // Every transaction already received goes into one log write: one commit
+                    // (and fsync) for many captured transactions under load.
+                    let mut batch = vec![t];
+                    let mut next = None;
+                    while batch.len() < MAX_TXNS_PER_WRITE {
+                        match stream.next().now_or_never() {
+                            Some(Ok(WalEvent::Txn(t))) => batch.push(t),
+                            Some(Ok(other)) => {
+                                next = Some(other);
+                                break;
+                            }
+                            // Not logged, not confirmed: the slot sends them again.
+                            Some(Err(e)) => return Err(e.to_string()),
+                            None => break,
+                        }
+                    }
+                    let end = batch.last().map_or(0, |t| t.end_lsn);
+                    self.transactions(&db, batch).await?;
                     stream.confirm(end);
+                    if let Some(WalEvent::Message { prefix, content, .. }) = next {
+                        if prefix == FENCE_PREFIX {
+                            self.fence_reached(&content);
+                        }
+                    }
                 }
                 WalEvent::Message { prefix, content, .. } if prefix == FENCE_PREFIX => {
                     self.fence_reached(&content)
@@ -162,27 +187,40 @@ impl Capture {
         }
     }
 
-    async fn transaction(&mut self, db: &tokio_postgres::Client, t: WalTxn) -> Result<(), String> {
-        if t.end_lsn <= self.logged_lsn {
-            // Logged before a crash or reconnect, resent by the slot: never twice.
-            self.state.pending.complete(t.xid);
-            return Ok(());
+    /// Logs consecutive committed transactions in one write, then publishes them and
+    /// answers their writers, in order.
+    async fn transactions(&mut self, db: &tokio_postgres::Client, batch: Vec<WalTxn>) -> Result<(), String> {
+        let mut events = Vec::new();
+        let mut origin = Vec::new();
+        let mut logged_end = None;
+        for t in &batch {
+            if t.end_lsn <= self.logged_lsn {
+                // Logged before a crash or reconnect, resent by the slot: never twice.
+                continue;
+            }
+            let evs = self.events(t, self.head + 1 + events.len() as u64);
+            if !evs.is_empty() {
+                origin.extend(std::iter::repeat_n((t.xid, t.end_lsn), evs.len()));
+                events.extend(evs);
+                logged_end = Some(t.end_lsn);
+            }
         }
-        let events = self.events(&t);
-        if !events.is_empty() {
-            persist(db, &events, t.xid, t.end_lsn).await?;
+        if let Some(end) = logged_end {
+            persist(db, &events, &origin).await?;
             self.head += events.len() as u64;
             self.state.captured.fetch_add(events.len() as u64, Ordering::Relaxed);
             self.tail.push(events.into_iter().map(Arc::new).collect());
-            self.logged_lsn = t.end_lsn;
+            self.logged_lsn = end;
             self.trim(db).await;
         }
-        self.state.logged_lsn.fetch_max(t.end_lsn, Ordering::Relaxed);
-        self.state.pending.complete(t.xid);
-        for item in &t.items {
-            if let WalItem::Message { prefix, content } = item {
-                if prefix == FENCE_PREFIX {
-                    self.fence_reached(content);
+        for t in &batch {
+            self.state.logged_lsn.fetch_max(t.end_lsn, Ordering::Relaxed);
+            self.state.pending.complete(t.xid);
+            for item in &t.items {
+                if let WalItem::Message { prefix, content } = item {
+                    if prefix == FENCE_PREFIX {
+                        self.fence_reached(content);
+                    }
                 }
             }
         }
@@ -212,7 +250,8 @@ impl Capture {
         }
     }
 
-    fn events(&self, t: &WalTxn) -> Vec<ChangeEvent> {
+    /// One transaction's changes to collection tables as events numbered from `first_seq`.
+    fn events(&self, t: &WalTxn, first_seq: u64) -> Vec<ChangeEvent> {
         let schema = self.schema.read().clone();
         let committed_at = commit_time(t.commit_time_unix_us);
         let mut actor: Option<String> = None;
@@ -240,7 +279,7 @@ impl Capture {
             };
             let Some(rec) = rec else { continue };
             out.push(ChangeEvent {
-                seq: self.head + 1 + out.len() as u64,
+                seq: first_seq + out.len() as u64,
                 collection: c.name.clone(),
                 op,
                 id: rec.id().to_string(),
@@ -261,12 +300,12 @@ fn commit_time(unix_us: i64) -> String {
     livebase_core::record::format_timestamp(t)
 }
 
-/// Writes one transaction's events to the durable log in one statement.
+/// Writes captured events to the durable log in one statement; `origin` is each event's
+/// transaction (xid, end LSN).
 async fn persist(
     db: &tokio_postgres::Client,
     events: &[ChangeEvent],
-    xid: u32,
-    lsn: u64,
+    origin: &[(u32, u64)],
 ) -> Result<(), String> {
     let json =
         |r: &Option<livebase_core::Record>| r.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
@@ -279,11 +318,13 @@ async fn persist(
     let at: Vec<&str> = events.iter().map(|e| e.committed_at.as_str()).collect();
     let new: Vec<Option<String>> = events.iter().map(|e| json(&e.new)).collect();
     let old: Vec<Option<String>> = events.iter().map(|e| json(&e.old)).collect();
+    let xid: Vec<i64> = origin.iter().map(|o| o.0 as i64).collect();
+    let lsn: Vec<i64> = origin.iter().map(|o| o.1 as i64).collect();
     db.execute(
         "INSERT INTO _lb_changes (seq, collection, op, record_id, version, actor, committed_at, new, old, xid, lsn) \
-         SELECT s, c, o, i, v, a, t, n, d, $10, $11 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], \
-         $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[]) AS u(s, c, o, i, v, a, t, n, d)",
-        &[&seq, &collection, &op, &id, &version, &actor, &at, &new, &old, &(xid as i64), &(lsn as i64)],
+         SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[])",
+        &[&seq, &collection, &op, &id, &version, &actor, &at, &new, &old, &xid, &lsn],
     )
     .await
     .map(|_| ())
