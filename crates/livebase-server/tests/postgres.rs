@@ -231,3 +231,41 @@ async fn kill_9_while_external_writes_continue_loses_and_repeats_nothing() {
     let b: Value = r.json().await.expect("body");
     assert_eq!(b["head"], EXTERNAL_WRITES, "the durable log holds each change once: {b}");
 }
+
+#[tokio::test]
+async fn metrics_show_capture_lag_and_slot_retention_and_drop_slot_decommissions() {
+    let Some(cluster) = livebase_pgtest::require() else { return };
+    let url = cluster.create_database();
+    let mut t = pg_server(url.clone()).await;
+    t.create_collection(items_collection()).await;
+    t.create("items", json!({"title": "x"})).await;
+    // The gauges are sampled once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text =
+            t.http.get(format!("{}/metrics", t.url)).bearer_auth(&t.admin_key).send().await.expect("metrics");
+        let text = text.text().await.expect("body");
+        if text.contains("livebase_pg_capture_connected 1") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "capture gauges never sampled:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.contains("livebase_pg_replication_lag_bytes "), "{text}");
+    assert!(text.contains("livebase_pg_slot_retained_bytes "), "{text}");
+
+    let db = sql(&url).await;
+    let count = "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()) \
+                 + (SELECT count(*) FROM pg_publication)";
+    let n: i64 = db.query_one(count, &[]).await.expect("count").get(0);
+    assert_eq!(n, 2, "one slot and one publication while Livebase is deployed");
+    let refused = livebase_store::postgres::drop_slot(&url, None).await;
+    assert!(refused.is_err(), "a slot in use is not dropped: {refused:?}");
+    if let Some(s) = t.server.take() {
+        s.shutdown().await;
+    }
+    let dropped = livebase_store::postgres::drop_slot(&url, None).await.expect("drop");
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    let n: i64 = db.query_one(count, &[]).await.expect("count").get(0);
+    assert_eq!(n, 0, "nothing left to retain WAL");
+}

@@ -580,12 +580,21 @@ pub async fn drop_slot(url: &str, slot: Option<&str>) -> Result<Vec<String>, Sto
     let slot = slot.map(str::to_string).unwrap_or_else(|| default_slot(url));
     let db = connect(url).await?;
     let mut dropped = Vec::new();
-    let active: Vec<tokio_postgres::Row> = db
-        .query("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .map_err(pg_error)?;
-    if let Some(r) = active.first() {
-        if r.try_get::<_, bool>(0).unwrap_or(false) {
+    // A Livebase that just stopped may hold the slot for a moment while its connection closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let state = loop {
+        let rows = db
+            .query("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .map_err(pg_error)?;
+        let active = rows.first().map(|r| r.try_get::<_, bool>(0).unwrap_or(false));
+        if active != Some(true) || std::time::Instant::now() > deadline {
+            break active;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Some(active) = state {
+        if active {
             return Err(StoreError::Forbidden(format!(
                 "slot {slot} is in use by a running Livebase; stop it first"
             )));
