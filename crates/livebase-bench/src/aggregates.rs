@@ -20,7 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const GRACE: Duration = Duration::from_secs(5);
 const MAX_EVENTS: u64 = 5_000_000;
-const CONNECT_CONCURRENCY: usize = 64;
 
 #[derive(Default)]
 struct Shared {
@@ -62,33 +61,14 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
 
     ctx.progress.phase("subscribing", opts.subscribers as u64);
     let connector = Connector::new(addr, &key);
-    let mut opened: Vec<Ws> = Vec::with_capacity(opts.subscribers);
-    let mut attempts = futures_util::stream::iter(0..opts.subscribers)
-        .map(|i| {
-            let connector = connector.clone();
-            let frame = subscribe_frame(&collection, i % aggregates);
-            async move {
-                let mut ws = connector.connect(i).await?;
-                ws::request(&mut ws, &frame).await?;
-                anyhow::Ok(ws)
-            }
-        })
-        .buffer_unordered(CONNECT_CONCURRENCY);
-    let mut subscribe_errors = 0u64;
-    let mut first_error = None;
-    while let Some(r) = attempts.next().await {
-        match r {
-            Ok(ws) => opened.push(ws),
-            Err(e) => {
-                subscribe_errors += 1;
-                first_error.get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
-        ctx.progress.inc();
-    }
-    drop(attempts);
+    let ws::Subscribed { sockets: opened, errors: subscribe_errors, first_error } = ws::subscribe_all(
+        &connector,
+        opts.subscribers,
+        |i| subscribe_frame(&collection, i % aggregates),
+        &ctx.progress,
+    )
+    .await?;
     let subscribers = opened.len() as u64;
-    anyhow::ensure!(subscribers > 0, "no subscriber could subscribe: {}", first_error.unwrap_or_default());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let receivers: Vec<_> = opened

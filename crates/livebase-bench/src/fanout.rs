@@ -18,8 +18,6 @@ use tokio_tungstenite::tungstenite::Message;
 const GRACE: Duration = Duration::from_secs(5);
 /// At most this many events per run (rate × duration), to bound the generator's memory.
 const MAX_EVENTS: u64 = 5_000_000;
-/// Connections opened at once.
-const CONNECT_CONCURRENCY: usize = 64;
 
 /// What the bench knows about event `n` (the record's `n` field).
 #[derive(Default)]
@@ -111,33 +109,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         Connector::new(addr, &key)
     };
     let subscribe = client::subscribe(1, &collection, None, SubscribeMode::Plain, None);
-    let mut opened: Vec<Ws> = Vec::with_capacity(opts.subscribers);
-    let mut subscribe_errors = 0u64;
-    let mut first_error = None;
-    let mut attempts = futures_util::stream::iter(0..opts.subscribers)
-        .map(|i| {
-            let connector = connector.clone();
-            let subscribe = subscribe.clone();
-            async move {
-                let mut ws = connector.connect(i).await?;
-                ws::request(&mut ws, &subscribe).await?;
-                anyhow::Ok(ws)
-            }
-        })
-        .buffer_unordered(CONNECT_CONCURRENCY);
-    while let Some(r) = attempts.next().await {
-        match r {
-            Ok(ws) => opened.push(ws),
-            Err(e) => {
-                subscribe_errors += 1;
-                first_error.get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
-        ctx.progress.inc();
-    }
-    drop(attempts);
+    let ws::Subscribed { sockets: opened, errors: subscribe_errors, first_error } =
+        ws::subscribe_all(&connector, opts.subscribers, |_| subscribe.clone(), &ctx.progress).await?;
     let subscribers = opened.len() as u64;
-    anyhow::ensure!(subscribers > 0, "no subscriber could subscribe: {}", first_error.unwrap_or_default());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let receivers: Vec<_> =

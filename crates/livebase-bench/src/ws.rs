@@ -76,6 +76,53 @@ pub(crate) async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
 
 /// Sends a request frame and waits for the reply with the same `ref` (other frames are
 /// skipped). Returns the reply; an `error` reply is an error.
+/// The subscribers a scenario opened: the sockets, how many could not subscribe, the first
+/// error.
+pub(crate) struct Subscribed {
+    pub sockets: Vec<Ws>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// Opens `n` connections, 64 at a time, each sending the frame `frame(i)` and waiting for its
+/// reply; ticks `progress` once per connection. Fails only when none subscribed.
+pub(crate) async fn subscribe_all(
+    connector: &Connector,
+    n: usize,
+    frame: impl Fn(usize) -> ClientFrame,
+    progress: &crate::progress::Progress,
+) -> anyhow::Result<Subscribed> {
+    let mut out = Subscribed { sockets: Vec::with_capacity(n), errors: 0, first_error: None };
+    let mut attempts = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let connector = connector.clone();
+            let frame = frame(i);
+            async move {
+                let mut ws = connector.connect(i).await?;
+                request(&mut ws, &frame).await?;
+                anyhow::Ok(ws)
+            }
+        })
+        .buffer_unordered(64);
+    while let Some(r) = attempts.next().await {
+        match r {
+            Ok(ws) => out.sockets.push(ws),
+            Err(e) => {
+                out.errors += 1;
+                out.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+        progress.inc();
+    }
+    drop(attempts);
+    anyhow::ensure!(
+        !out.sockets.is_empty(),
+        "no subscriber could subscribe: {}",
+        out.first_error.clone().unwrap_or_default()
+    );
+    Ok(out)
+}
+
 pub(crate) async fn request(ws: &mut Ws, frame: &ClientFrame) -> anyhow::Result<ServerFrame> {
     let text = frame.encode();
     ws.send(Message::text(text.as_str())).await?;

@@ -69,7 +69,7 @@ pub use backoff::Backoff;
 pub use error::{Error, Result};
 pub use protocol::{Change, Op, PresenceEntry, PresenceMap, SubscribeMode, View};
 pub use realtime::{
-    AggregateValues, Channel, ChannelMessage, GroupKey, LiveAggregate, LiveQuery, Notice, Presence,
-    RealtimeConfig, RealtimeHandle, RowCache, Status, SubEvent, Subscription,
+    AggregateValues, Channel, ChannelMessage, GroupKey, Kept, Live, LiveAggregate, LiveQuery, Notice,
+    Presence, RealtimeConfig, RealtimeHandle, RowCache, Status, SubEvent, Subscription,
 };
 pub use rest::{AggregateResult, Client, MutationOptions, Page};

@@ -14,7 +14,7 @@ mod task;
 
 pub use channel::{Channel, ChannelMessage, Presence};
 pub use subscription::{
-    AggregateValues, GroupKey, LiveAggregate, LiveQuery, RowCache, SubEvent, Subscription,
+    AggregateValues, GroupKey, Kept, Live, LiveAggregate, LiveQuery, RowCache, SubEvent, Subscription,
 };
 
 use crate::backoff::Backoff;

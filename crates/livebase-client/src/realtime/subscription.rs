@@ -298,27 +298,69 @@ impl AggregateValues {
     }
 }
 
-/// A live aggregate: `count`, `sum(f)`, `avg(f)`, `min(f)`, `max(f)` over the rows matching a
-/// filter, grouped by up to two fields, kept current by the server.
-///
-/// Call [`LiveAggregate::changed`] in a loop (or `select!` on it) to apply updates; the
-/// values only change inside that call. After a reconnect the aggregate subscribes again
-/// and the server's fresh values (a `full` frame) replace the ones held: it resumes by value.
-#[derive(Debug)]
-pub struct LiveAggregate {
-    sub: Subscription,
-    values: AggregateValues,
+/// What a [`Live`] subscription keeps current: the rows of a query or the values of an
+/// aggregate.
+pub trait Kept {
+    /// Applies one event; whether the state changed.
+    fn apply(&mut self, ev: &SubEvent) -> bool;
+    /// The seq the state is current at.
+    fn seq(&self) -> u64;
 }
 
-impl LiveAggregate {
-    /// Waits for the first values.
-    pub(crate) async fn start(mut sub: Subscription, group: Vec<String>) -> Result<LiveAggregate> {
-        let mut values = AggregateValues::new(group);
+impl Kept for RowCache {
+    fn apply(&mut self, ev: &SubEvent) -> bool {
+        RowCache::apply(self, ev)
+    }
+
+    fn seq(&self) -> u64 {
+        RowCache::seq(self)
+    }
+}
+
+impl Kept for AggregateValues {
+    fn apply(&mut self, ev: &SubEvent) -> bool {
+        AggregateValues::apply(self, ev)
+    }
+
+    fn seq(&self) -> u64 {
+        AggregateValues::seq(self)
+    }
+}
+
+/// A subscription whose result the client keeps equal to the server's: [`LiveQuery`] (rows)
+/// or [`LiveAggregate`] (KPI values).
+///
+/// Call [`Live::changed`] in a loop (or `select!` on it) to apply updates; the state only
+/// changes inside that call.
+#[derive(Debug)]
+pub struct Live<S> {
+    sub: Subscription,
+    state: S,
+}
+
+/// A live query: the rows matching a filter, kept equal to the server's query result. After a
+/// reconnect the query resumes from its seq; when the server cannot resume it a fresh
+/// snapshot replaces the rows.
+pub type LiveQuery = Live<RowCache>;
+
+/// A live aggregate: `count`, `sum(f)`, `avg(f)`, `min(f)`, `max(f)` over the rows matching a
+/// filter, grouped by up to two fields, kept current by the server. After a reconnect the
+/// aggregate subscribes again and the server's fresh values (a `full` frame) replace the ones
+/// held: it resumes by value.
+pub type LiveAggregate = Live<AggregateValues>;
+
+impl<S: Kept> Live<S> {
+    /// Waits for the first event `first` accepts (the snapshot, the first full values).
+    async fn begin(
+        mut sub: Subscription,
+        mut state: S,
+        first: impl Fn(&SubEvent) -> bool,
+    ) -> Result<Live<S>> {
         loop {
             match sub.next().await {
-                Some(ev @ SubEvent::Aggregate { full: true, .. }) => {
-                    values.apply(&ev);
-                    return Ok(LiveAggregate { sub, values });
+                Some(ev) if first(&ev) => {
+                    state.apply(&ev);
+                    return Ok(Live { sub, state });
                 }
                 Some(SubEvent::Error { code, message }) => return Err(Error::Request { code, message }),
                 Some(_) => {}
@@ -327,26 +369,9 @@ impl LiveAggregate {
         }
     }
 
-    /// Every group, sorted by its group fields; each holds its group fields and one value per
-    /// function, keyed as written (`"sum(weight_kg)"`).
-    pub fn groups(&self) -> Vec<&Map<String, Value>> {
-        self.values.groups().collect()
-    }
-
-    /// The group whose group fields have these values, in group order (`&[]` without
-    /// grouping).
-    pub fn group(&self, key: &[Value]) -> Option<&Map<String, Value>> {
-        self.values.get(key)
-    }
-
-    /// The values, for reading without borrowing the subscription.
-    pub fn values(&self) -> &AggregateValues {
-        &self.values
-    }
-
-    /// The seq the values are current at.
+    /// The seq the state is current at.
     pub fn seq(&self) -> u64 {
-        self.values.seq()
+        self.state.seq()
     }
 
     pub fn collection(&self) -> &str {
@@ -357,11 +382,11 @@ impl LiveAggregate {
         self.sub.filter()
     }
 
-    /// Waits for the next event, applies it to the values and returns it; `None` once the
-    /// aggregate has ended.
+    /// Waits for the next event, applies it and returns it; `None` once the subscription has
+    /// ended.
     pub async fn changed(&mut self) -> Option<SubEvent> {
         let ev = self.sub.next().await?;
-        self.values.apply(&ev);
+        self.state.apply(&ev);
         Some(ev)
     }
 
@@ -369,14 +394,14 @@ impl LiveAggregate {
     pub fn apply_pending(&mut self) -> usize {
         let mut n = 0;
         while let Some(ev) = self.sub.try_next() {
-            self.values.apply(&ev);
+            self.state.apply(&ev);
             n += 1;
         }
         n
     }
 
-    /// Applies events until the values are current at `seq` or later (e.g. the seq of a
-    /// write you made, or of a REST aggregate).
+    /// Applies events until the state is current at `seq` or later (e.g. the seq of a write
+    /// you made, or of a REST aggregate).
     pub async fn wait_for_seq(&mut self, seq: u64) -> Result<()> {
         while self.seq() < seq {
             self.changed().await.ok_or(Error::Closed)?;
@@ -390,76 +415,42 @@ impl LiveAggregate {
     }
 }
 
-/// A live query: the rows matching a filter, kept equal to the server's query result.
-///
-/// Call [`LiveQuery::changed`] in a loop (or `select!` on it) to apply updates; the rows
-/// only change inside that call. After a reconnect the query resumes from its seq; when the
-/// server cannot resume it a fresh snapshot replaces the rows.
-#[derive(Debug)]
-pub struct LiveQuery {
-    sub: Subscription,
-    cache: RowCache,
-}
-
-impl LiveQuery {
+impl Live<RowCache> {
     /// Waits for the initial snapshot.
-    pub(crate) async fn start(mut sub: Subscription) -> Result<LiveQuery> {
-        let mut cache = RowCache::new();
-        loop {
-            match sub.next().await {
-                Some(ev @ SubEvent::Snapshot { .. }) => {
-                    cache.apply(&ev);
-                    return Ok(LiveQuery { sub, cache });
-                }
-                Some(SubEvent::Error { code, message }) => return Err(Error::Request { code, message }),
-                Some(_) => {}
-                None => return Err(Error::Closed),
-            }
-        }
+    pub(crate) async fn start(sub: Subscription) -> Result<LiveQuery> {
+        Live::begin(sub, RowCache::new(), |ev| matches!(ev, SubEvent::Snapshot { .. })).await
     }
 
     /// The rows by id.
     pub fn rows(&self) -> &BTreeMap<String, Value> {
-        self.cache.rows()
+        self.state.rows()
+    }
+}
+
+impl Live<AggregateValues> {
+    /// Waits for the first values.
+    pub(crate) async fn start(sub: Subscription, group: Vec<String>) -> Result<LiveAggregate> {
+        Live::begin(sub, AggregateValues::new(group), |ev| {
+            matches!(ev, SubEvent::Aggregate { full: true, .. })
+        })
+        .await
     }
 
-    /// The seq the rows are at.
-    pub fn seq(&self) -> u64 {
-        self.cache.seq()
+    /// Every group, sorted by its group fields; each holds its group fields and one value per
+    /// function, keyed as written (`"sum(weight_kg)"`).
+    pub fn groups(&self) -> Vec<&Map<String, Value>> {
+        self.state.groups().collect()
     }
 
-    pub fn collection(&self) -> &str {
-        self.sub.collection()
+    /// The group whose group fields have these values, in group order (`&[]` without
+    /// grouping).
+    pub fn group(&self, key: &[Value]) -> Option<&Map<String, Value>> {
+        self.state.get(key)
     }
 
-    pub fn filter(&self) -> Option<&str> {
-        self.sub.filter()
-    }
-
-    /// Waits for the next event, applies it to the rows and returns it; `None` once the
-    /// query has ended.
-    pub async fn changed(&mut self) -> Option<SubEvent> {
-        let ev = self.sub.next().await?;
-        self.cache.apply(&ev);
-        Some(ev)
-    }
-
-    /// Applies every event already queued without waiting; returns how many.
-    pub fn apply_pending(&mut self) -> usize {
-        let mut n = 0;
-        while let Some(ev) = self.sub.try_next() {
-            self.cache.apply(&ev);
-            n += 1;
-        }
-        n
-    }
-
-    /// Applies events until the rows reach at least `seq` (e.g. the seq of a write you made).
-    pub async fn wait_for_seq(&mut self, seq: u64) -> Result<()> {
-        while self.seq() < seq {
-            self.changed().await.ok_or(Error::Closed)?;
-        }
-        Ok(())
+    /// The values, for reading without borrowing the subscription.
+    pub fn values(&self) -> &AggregateValues {
+        &self.state
     }
 }
 
