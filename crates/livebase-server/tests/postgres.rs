@@ -269,3 +269,27 @@ async fn metrics_show_capture_lag_and_slot_retention_and_drop_slot_decommissions
     let n: i64 = db.query_one(count, &[]).await.expect("count").get(0);
     assert_eq!(n, 0, "nothing left to retain WAL");
 }
+
+#[tokio::test]
+async fn a_second_livebase_on_the_same_database_is_refused_naming_the_slot() {
+    let Some(cluster) = livebase_pgtest::require() else { return };
+    let url = cluster.create_database();
+    let _first = pg_server(url.clone()).await;
+    // Until the first one's capture holds the slot.
+    let db = sql(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !db
+        .query_one("SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE database = current_database()", &[])
+        .await
+        .expect("slots")
+        .get::<_, bool>(0)
+    {
+        assert!(Instant::now() < deadline, "the first Livebase never started capturing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = config(dir.path().to_path_buf());
+    c.database = Some(url);
+    let err = livebase_server::start(c).await.err().expect("refused").to_string();
+    assert!(err.contains("replication slot livebase_") && err.contains("in use"), "{err}");
+}

@@ -205,12 +205,15 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         }
-        let has_slot = !db
-            .query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await
-            .map_err(pg_error)?
-            .is_empty();
-        if !has_slot {
+        let state = slot_state(&db, &slot).await?;
+        if state == Some(true) {
+            return Err(StoreError::Internal(format!(
+                "the replication slot {slot} on {} is in use by another process (a second Livebase on this \
+                 database?); one Livebase captures a database: stop the other one first",
+                redact(&url)
+            )));
+        }
+        if state.is_none() {
             db.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await.map_err(|e| {
                 StoreError::Internal(format!(
                     "cannot create the replication slot {slot} on {}: {e} (the role needs the REPLICATION attribute)",
@@ -574,25 +577,31 @@ impl SnapshotCtx {
     }
 }
 
-/// Drops Livebase's replication slot and publication from the database (decommissioning:
-/// a slot nobody reads makes PostgreSQL keep WAL forever). Returns what was dropped.
-pub async fn drop_slot(url: &str, slot: Option<&str>) -> Result<Vec<String>, StoreError> {
-    let slot = slot.map(str::to_string).unwrap_or_else(|| default_slot(url));
-    let db = connect(url).await?;
-    let mut dropped = Vec::new();
-    // A Livebase that just stopped may hold the slot for a moment while its connection closes.
+/// Whether the slot exists (None: it does not) and is in use. A Livebase that just stopped
+/// may hold it for a moment while its connection closes: an active slot is asked again for
+/// up to 3 s.
+async fn slot_state(db: &Client, slot: &str) -> Result<Option<bool>, StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let state = loop {
+    loop {
         let rows = db
             .query("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
             .await
             .map_err(pg_error)?;
         let active = rows.first().map(|r| r.try_get::<_, bool>(0).unwrap_or(false));
         if active != Some(true) || std::time::Instant::now() > deadline {
-            break active;
+            return Ok(active);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+/// Drops Livebase's replication slot and publication from the database (decommissioning:
+/// a slot nobody reads makes PostgreSQL keep WAL forever). Returns what was dropped.
+pub async fn drop_slot(url: &str, slot: Option<&str>) -> Result<Vec<String>, StoreError> {
+    let slot = slot.map(str::to_string).unwrap_or_else(|| default_slot(url));
+    let db = connect(url).await?;
+    let mut dropped = Vec::new();
+    let state = slot_state(&db, &slot).await?;
     if let Some(active) = state {
         if active {
             return Err(StoreError::Forbidden(format!(
