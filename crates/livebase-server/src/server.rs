@@ -192,7 +192,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let admin_key = admin_key(&config)?;
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
-    let on_batch: livebase_store::sqlite::BatchObserver =
+    let on_batch: livebase_store::queue::BatchObserver =
         Arc::new(move |n, took| observer.commit_batch(n, took.as_secs_f64()));
     let retention = Retention {
         max_events: (config.retain_events > 0).then_some(config.retain_events),

@@ -16,8 +16,10 @@
 //! - [`postgres`]: the PostgreSQL backend: real tables, the shared write engine, and every
 //!   writer's changes captured from the WAL (logical replication, pgoutput) into the log.
 //!
-//! Invariant: every committed mutation appends exactly one change event in the same
-//! transaction, with a sequence number one greater than the previous committed event.
+//! Invariant: every committed mutation becomes exactly one change event in the log, with a
+//! sequence number one greater than the previous event, in commit order. SQLite appends it in
+//! the write's own transaction; PostgreSQL's capture logs it from the WAL, for every writer,
+//! before the write is answered.
 
 pub mod engine;
 pub mod feed;
@@ -252,9 +254,9 @@ impl Default for Retention {
     }
 }
 
-/// A storage backend. Implementations apply each [`WriteRequest`] in one transaction that
-/// also appends its change events (and idempotency record); the committed events reach
-/// readers through the backend's [`ChangeFeed`].
+/// A storage backend. Implementations apply each [`WriteRequest`] in one transaction (with
+/// its idempotency record) and answer it once its change events are in the log; the events
+/// reach readers through the backend's [`ChangeFeed`].
 pub trait Store: Send + Sync + 'static {
     fn schema(&self) -> Arc<Schema>;
     fn write(&self, req: WriteRequest) -> BoxFuture<'static, Result<WriteResult, StoreError>>;

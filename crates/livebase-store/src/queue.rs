@@ -11,6 +11,9 @@ use tokio::sync::oneshot;
 /// Most requests sharing one transaction.
 pub const MAX_BATCH: usize = 512;
 
+/// Observed by metrics: how many requests each commit carried, and how long it took.
+pub type BatchObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
+
 /// Where a write request's answer goes.
 pub type Reply = oneshot::Sender<Result<WriteResult, StoreError>>;
 

@@ -21,9 +21,9 @@ pub mod wal;
 pub mod writer;
 
 use crate::feed::{ChangeFeed, Epoch, TailFeed};
+use crate::queue::BatchObserver;
 use crate::queue::Job;
 use crate::sql::{changes_sql, list_sql, quote_ident, select_columns, Dialect};
-use crate::sqlite::BatchObserver;
 use crate::{
     BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
     WriteRequest, WriteResult,
@@ -160,9 +160,7 @@ pub fn describe(e: &dyn std::error::Error) -> String {
     s
 }
 
-pub fn pg_error(e: tokio_postgres::Error) -> StoreError {
-    writer::pg_error(e)
-}
+pub use writer::pg_error;
 
 pub struct PgStore {
     jobs: crossbeam_channel::Sender<Job>,

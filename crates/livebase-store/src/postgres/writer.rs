@@ -13,9 +13,8 @@
 
 use super::rows::{params, row_to_record};
 use crate::engine::{self, changed_fields_since, WriteTx};
-use crate::queue::{self, Drain, Job, Reply};
+use crate::queue::{self, BatchObserver, Drain, Job, Reply};
 use crate::sql::{field_type, quote_ident, select_columns, Dialect, Params};
-use crate::sqlite::BatchObserver;
 use crate::{Retention, SchemaChange, StoreError, StoredResponse, WriteRequest, WriteResult};
 use livebase_core::schema::{Collection, FieldType};
 use livebase_core::{ChangeEvent, Record, Schema};

@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use writer::{internal, Writer};
 
+pub use crate::queue::BatchObserver;
 pub use crate::queue::MAX_BATCH;
-pub use writer::BatchObserver;
 
 pub struct SqliteOptions {
     pub retention: Retention,

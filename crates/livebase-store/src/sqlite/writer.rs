@@ -14,7 +14,7 @@
 use super::ddl;
 use super::rows::row_to_record;
 use crate::engine::{self, changed_fields_since, WriteTx};
-use crate::queue::{self, Drain, Job, Reply};
+use crate::queue::{self, BatchObserver, Drain, Job, Reply};
 use crate::sql::{field_type, quote_ident, select_columns, to_sql_value as to_sql, Dialect, SqlValue};
 use crate::{LogTail, Retention, SchemaChange, StoreError, StoredResponse, WriteRequest, WriteResult};
 use livebase_core::schema::{Collection, FieldType};
@@ -25,9 +25,6 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Observed by metrics: how many requests each commit carried.
-pub type BatchObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 
 pub struct Writer {
     pub conn: Connection,
