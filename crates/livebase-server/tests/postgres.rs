@@ -109,6 +109,43 @@ async fn unreachable_postgres_is_refused_naming_the_url_and_the_cause() {
 }
 
 /// Repeats a request until it succeeds (PostgreSQL coming back); bounded.
+/// PostgreSQL decodes a commit from the WAL a moment before the committed rows are visible to
+/// other sessions; a write is answered only once both hold, so any read that follows sees it.
+#[tokio::test]
+async fn an_answered_write_is_seen_by_every_read_that_follows() {
+    let Some(cluster) = livebase_pgtest::require() else { return };
+    let t = std::sync::Arc::new(pg_server(cluster.create_database()).await);
+    t.create_collection(items_collection()).await;
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let r = t.create("items", json!({"title": format!("w{w}-{i}")})).await;
+                    let path = format!("/api/collections/items/records/{}", r["id"].as_str().expect("id"));
+                    let (s, got) = t.get(&path).await;
+                    assert_eq!(
+                        (s, got["version"].clone()),
+                        (StatusCode::OK, json!(1)),
+                        "created then read: {got}"
+                    );
+                    let (s, _) = t.patch(&path, json!({"qty": i})).await;
+                    assert_eq!(s, StatusCode::OK);
+                    let (_, got) = t.get(&path).await;
+                    assert_eq!(got["version"], 2, "updated then read: {got}");
+                    let (s, _) = t.delete(&path).await;
+                    assert_eq!(s, StatusCode::OK);
+                    let (s, got) = t.get(&path).await;
+                    assert_eq!(s, StatusCode::NOT_FOUND, "deleted then read: {got}");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+}
+
 async fn until_created(t: &TestServer, title: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -8,8 +8,9 @@
 //! request leaves a transactional logical message naming its actor (`livebase` prefix), and
 //! the capture ([`super::capture`]) turns the committed transaction, read back from the WAL,
 //! into events, exactly as it does for any other writer. A batch's callers are answered when
-//! the capture has logged its transaction (matched by transaction id), so an acknowledged
-//! write is already in the change log, as on SQLite.
+//! the capture has logged its transaction (matched by transaction id) and its `COMMIT` has
+//! returned, so an acknowledged write is already in the change log, as on SQLite, and visible
+//! to every read that follows (PostgreSQL streams a commit before it is visible to others).
 
 use super::rows::{params, row_to_record};
 use crate::engine::{self, changed_fields_since, WriteTx};
@@ -41,6 +42,12 @@ struct Waiting {
     since: Instant,
     started: Instant,
     on_batch: Option<BatchObserver>,
+    /// The capture has logged the transaction.
+    logged: bool,
+    /// `COMMIT` has returned to the writer. PostgreSQL decodes a commit from the WAL before
+    /// the committing session's transaction is visible to other sessions' snapshots, so a
+    /// caller answered on `logged` alone could read its own write back as missing.
+    committed: bool,
 }
 
 impl Waiting {
@@ -56,10 +63,37 @@ impl Waiting {
 }
 
 impl Pending {
-    /// The capture logged transaction `xid`: answer its callers.
+    /// The capture logged transaction `xid`: answer its callers once its `COMMIT` has also
+    /// returned (whichever comes second answers).
     pub fn complete(&self, xid: u32) {
-        let w = self.waiting.lock().remove(&xid);
-        if let Some(w) = w {
+        self.mark(xid, |w| w.logged = true);
+    }
+
+    /// `COMMIT` of transaction `xid` returned: answer its callers once the capture has also
+    /// logged it.
+    fn committed(&self, xid: u32) {
+        self.mark(xid, |w| {
+            w.committed = true;
+            w.since = Instant::now();
+        });
+    }
+
+    fn mark(&self, xid: u32, f: impl FnOnce(&mut Waiting)) {
+        let done = {
+            let mut map = self.waiting.lock();
+            match map.get_mut(&xid) {
+                Some(w) => {
+                    f(w);
+                    if w.logged && w.committed {
+                        map.remove(&xid)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        if let Some(w) = done {
             w.answer();
         }
     }
@@ -67,8 +101,11 @@ impl Pending {
     fn expire(&self) {
         let old: Vec<Waiting> = {
             let mut map = self.waiting.lock();
-            let stale: Vec<u32> =
-                map.iter().filter(|(_, w)| w.since.elapsed() > CAPTURE_WAIT).map(|(x, _)| *x).collect();
+            let stale: Vec<u32> = map
+                .iter()
+                .filter(|(_, w)| w.committed && w.since.elapsed() > CAPTURE_WAIT)
+                .map(|(x, _)| *x)
+                .collect();
             stale.into_iter().filter_map(|x| map.remove(&x)).collect()
         };
         for w in old {
@@ -180,7 +217,8 @@ impl Writer {
             }
         };
         let replies: Vec<_> = writes.into_iter().map(|(_, reply)| reply).zip(results).collect();
-        let waiting = Waiting { replies, since: Instant::now(), started, on_batch };
+        let waiting =
+            Waiting { replies, since: Instant::now(), started, on_batch, logged: false, committed: false };
         let waiting = if events > 0 {
             // Registered before COMMIT: the capture cannot log the transaction any earlier.
             pending.waiting.lock().insert(xid, waiting);
@@ -193,19 +231,23 @@ impl Writer {
             None => Err(StoreError::Unavailable("no connection".into())),
         };
         match committed {
-            Ok(()) => {
-                if let Some(w) = waiting {
-                    w.answer();
-                }
-            }
+            Ok(()) => match waiting {
+                Some(w) => w.answer(),
+                None => pending.committed(xid),
+            },
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
                 self.disconnect();
-                // Whoever takes the entry answers: the capture (it did commit) or this.
-                if let Some(w) = waiting.or_else(|| pending.waiting.lock().remove(&xid)) {
-                    for (reply, _) in w.replies {
-                        let _ = reply.send(Err(e.clone()));
+                let w = waiting.or_else(|| pending.waiting.lock().remove(&xid));
+                match w {
+                    // The capture logged it: the transaction did commit.
+                    Some(w) if w.logged => w.answer(),
+                    Some(w) => {
+                        for (reply, _) in w.replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
                     }
+                    None => {}
                 }
             }
         }
