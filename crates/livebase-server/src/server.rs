@@ -93,6 +93,9 @@ pub fn router(app: App) -> Router {
         r = r.route("/metrics", get(metrics_text));
     }
     r.route("/api/realtime", get(crate::realtime::conn::upgrade))
+        .route("/realtime/v1/websocket", get(crate::realtime::phoenix::upgrade))
+        .route("/socket/websocket", get(crate::realtime::phoenix::upgrade))
+        .merge(crate::realtime::phoenix::rest::routes())
         .layer(axum::middleware::from_fn_with_state(app.clone(), record_request))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(app)

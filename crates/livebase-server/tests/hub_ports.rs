@@ -33,11 +33,11 @@ impl Codec for LineCodec {
         Frame::Text(format!("change sub={sub_id} view={view:?} {body}").into())
     }
 
-    fn encode(&self, d: Delivery<'_>) -> Frame {
+    fn encode(&self, d: Delivery<'_>) -> Option<Frame> {
         let keys = |m: &livebase_server::realtime::codec::PresenceMap| {
             m.iter().map(|(k, v)| format!("{k}@{}", v[0].conn_id)).collect::<Vec<_>>().join(",")
         };
-        Frame::Text(
+        Some(Frame::Text(
             match d {
                 Delivery::Subscribed { sub_id, seq, .. } => format!("subscribed sub={sub_id} seq={seq}"),
                 Delivery::Ok { .. } => "ok".to_string(),
@@ -51,7 +51,7 @@ impl Codec for LineCodec {
                 other => format!("other {other:?}"),
             }
             .into(),
-        )
+        ))
     }
 }
 

@@ -86,6 +86,14 @@ pub enum Delivery<'a> {
         seq: u64,
         epoch: &'a Epoch,
     },
+    /// Several subscriptions made at once ([`Hub::subscribe_set`](super::hub::Hub::subscribe_set)),
+    /// all live from `seq`: one reply naming each, in the order they were asked for.
+    SubscribedSet {
+        reference: &'a Ref,
+        sub_ids: &'a [u64],
+        seq: u64,
+        epoch: &'a Epoch,
+    },
     Snapshot {
         sub_id: u64,
         seq: u64,
@@ -137,15 +145,16 @@ pub trait Codec: Send + Sync + 'static {
     fn change_body(&self, e: &ChangeEvent, sides: Sides) -> Arc<str>;
     /// The change frame for one query from a body made by [`Codec::change_body`].
     fn change(&self, body: &str, sub_id: u64, view: View) -> Frame;
-    /// Every other delivery.
-    fn encode(&self, d: Delivery<'_>) -> Frame;
+    /// Every other delivery; None when the protocol has no frame for it (a Phoenix socket has
+    /// no `welcome`, for one).
+    fn encode(&self, d: Delivery<'_>) -> Option<Frame>;
 }
 
 /// One delivery's frames, encoded once per codec instance and shared by every receiver that
 /// speaks it.
 pub struct PerCodec<'a> {
     delivery: Delivery<'a>,
-    frames: Vec<(usize, Frame)>,
+    frames: Vec<(usize, Option<Frame>)>,
 }
 
 impl<'a> PerCodec<'a> {
@@ -153,7 +162,7 @@ impl<'a> PerCodec<'a> {
         PerCodec { delivery, frames: Vec::new() }
     }
 
-    pub fn frame(&mut self, codec: &Arc<dyn Codec>) -> Frame {
+    pub fn frame(&mut self, codec: &Arc<dyn Codec>) -> Option<Frame> {
         let key = codec_key(codec);
         if let Some((_, f)) = self.frames.iter().find(|(k, _)| *k == key) {
             return f.clone();
@@ -205,8 +214,8 @@ impl Codec for NativeCodec {
         Frame::Text(protocol::change_frame(body, sub_id, view))
     }
 
-    fn encode(&self, d: Delivery<'_>) -> Frame {
-        Frame::Text(match d {
+    fn encode(&self, d: Delivery<'_>) -> Option<Frame> {
+        Some(Frame::Text(match d {
             Delivery::Welcome { conn_id, epoch, heartbeat_ms, timeout_ms, cut_off } => protocol::welcome(
                 conn_id,
                 &livebase_core::record::now_timestamp(),
@@ -218,6 +227,8 @@ impl Codec for NativeCodec {
             Delivery::Subscribed { reference, sub_id, seq, epoch } => {
                 protocol::subscribed(reference, sub_id, seq, epoch.as_str())
             }
+            // The native protocol subscribes one query per request.
+            Delivery::SubscribedSet { .. } => return None,
             Delivery::Snapshot { sub_id, seq, rows, done } => protocol::snapshot(sub_id, seq, rows, done),
             Delivery::ResyncRequired { reference, sub_id, reason } => {
                 protocol::resync_required(reference, sub_id, reason)
@@ -235,6 +246,6 @@ impl Codec for NativeCodec {
             Delivery::Aggregate { sub_id, seq, groups, removed, full } => {
                 protocol::aggregate(sub_id, seq, full, groups, removed)
             }
-        })
+        }))
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 /// Hard cap handed to the WebSocket codec: beyond it the connection itself fails. Frames
 /// between [`super::Limits::max_frame_bytes`] and this are refused politely.
-const CODEC_MAX_MESSAGE: usize = 1 << 20;
+pub(crate) const CODEC_MAX_MESSAGE: usize = 1 << 20;
 /// Frames written per flush at most.
 const COALESCE: usize = 64;
 
@@ -90,9 +90,11 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
         timeout_ms: limits.heartbeat_timeout.as_millis() as u64,
     });
     let mut reason = "client_closed";
-    if socket.send(message(welcome)).await.is_err() {
-        hub.disconnect(conn, "write_failed");
-        return;
+    if let Some(welcome) = welcome {
+        if socket.send(message(welcome)).await.is_err() {
+            hub.disconnect(conn, "write_failed");
+            return;
+        }
     }
     let mut ticker =
         tokio::time::interval_at(Instant::now() + limits.heartbeat_interval, limits.heartbeat_interval);
@@ -198,7 +200,7 @@ const CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 /// dropped, so the close frame is next on the wire, and it is tried for [`CLOSE_DEADLINE`].
 /// (A slow consumer's socket may stay full; its client learns the reason on its next
 /// connection, see [`super::cutoff`].) Returns the reason.
-async fn close_on_signal(
+pub(crate) async fn close_on_signal(
     socket: &mut WebSocket,
     rx: &mut mpsc::Receiver<Frame>,
     close: &CloseSignal,
@@ -236,7 +238,12 @@ pub(crate) fn read_failure(e: &(dyn std::error::Error + 'static)) -> Option<(u16
 
 /// A read failed: close with the code the standard names for it (1009, 1007, 1002) and a
 /// reason, log and count the real cause. Returns the reason for the close metric.
-async fn close_on_read_error(socket: &mut WebSocket, hub: &Hub, name: &str, e: axum::Error) -> &'static str {
+pub(crate) async fn close_on_read_error(
+    socket: &mut WebSocket,
+    hub: &Hub,
+    name: &str,
+    e: axum::Error,
+) -> &'static str {
     let Some((code, why)) = read_failure(&e) else {
         tracing::debug!(conn = %name, error = %e, "realtime connection lost");
         return "client_gone";
@@ -248,16 +255,18 @@ async fn close_on_read_error(socket: &mut WebSocket, hub: &Hub, name: &str, e: a
     why
 }
 
-fn message(f: Frame) -> Message {
+pub(crate) fn message(f: Frame) -> Message {
     match f {
         Frame::Text(t) => Message::Text(t),
         Frame::Binary(b) => Message::Binary(b),
     }
 }
 
-fn reply(tx: &mpsc::Sender<Frame>, frame: Frame) {
+pub(crate) fn reply(tx: &mpsc::Sender<Frame>, frame: Option<Frame>) {
     // A full queue means the hub is already closing this connection as a slow consumer.
-    let _ = tx.try_send(frame);
+    if let Some(f) = frame {
+        let _ = tx.try_send(f);
+    }
 }
 
 /// Where the answers to a connection's requests go.

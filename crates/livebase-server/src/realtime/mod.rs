@@ -7,12 +7,14 @@
 //! - [`hub`]: subscriptions, their index, fan-out, catch-up stitching, channels and presence.
 //! - [`conn`]: one task per WebSocket: reads requests, writes queued frames, heartbeats.
 //! - [`cutoff`]: recently cut-off connections, reported to their client when it resumes.
+//! - [`phoenix`]: Supabase Realtime's Phoenix protocol on the same hub (supabase-js).
 
 pub mod bus;
 pub mod codec;
 pub mod conn;
 pub mod cutoff;
 pub mod hub;
+pub mod phoenix;
 pub mod protocol;
 
 use std::time::Duration;

@@ -306,7 +306,8 @@ impl Hub {
                     if slow.contains(conn) {
                         continue;
                     }
-                    match c.handle.tx.try_send(frames.frame(&c.handle.codec)) {
+                    let Some(f) = frames.frame(&c.handle.codec) else { continue };
+                    match c.handle.tx.try_send(f) {
                         Ok(()) => *delivered += 1,
                         Err(_) => slow.push(*conn),
                     }

@@ -40,7 +40,10 @@ struct Outbox {
 
 impl Outbox {
     async fn send(&self, d: Delivery<'_>) -> bool {
-        self.tx.send(self.codec.encode(d)).await.is_ok()
+        match self.codec.encode(d) {
+            Some(f) => self.tx.send(f).await.is_ok(),
+            None => !self.tx.is_closed(),
+        }
     }
 }
 
@@ -142,6 +145,57 @@ impl Hub {
         Ok(())
     }
 
+    /// Registers several subscriptions at once, all live from the same position, and answers
+    /// with one [`Delivery::SubscribedSet`] naming them in the order asked (a request naming
+    /// the same query twice gets the same id twice). Nothing is registered when one of them
+    /// is refused. The reply is queued under the hub's lock, so it precedes every change of
+    /// these queries. Returns the ids.
+    pub fn subscribe_set(
+        &self,
+        conn: ConnId,
+        reference: &Ref,
+        specs: &[(String, Option<String>)],
+    ) -> Result<Vec<QueryId>, ProtoError> {
+        let mut prepared = Vec::with_capacity(specs.len());
+        for (collection, filter) in specs {
+            let (_, _, parsed, bound) = self.prepare(conn, reference, collection, filter.as_deref())?;
+            let key = parsed.as_ref().map(|f| f.to_string()).unwrap_or_default();
+            prepared.push((collection.as_str(), key, bound));
+        }
+        let mut reg = self.inner.reg.lock();
+        let reg = &mut *reg;
+        let limit = self.inner.limits.max_subscriptions;
+        let held = room_for_one_more(reg, conn, reference, limit.saturating_add(1))?.queries.len();
+        if held + prepared.len() > limit {
+            return Err(ProtoError::new(
+                reference,
+                "too_many_subscriptions",
+                format!("a connection holds at most {limit} subscriptions"),
+            ));
+        }
+        let at = reg.dispatched;
+        let mut ids = Vec::with_capacity(prepared.len());
+        for (collection, key, bound) in prepared {
+            let qid = reg.query_for(collection, key, bound);
+            ids.push(qid);
+            let Some(q) = reg.queries.get_mut(&qid) else { continue };
+            if q.subscribers.contains_key(&conn) {
+                continue;
+            }
+            q.subscribers.insert(conn, SubState::Live(at));
+            reg.subscriptions += 1;
+            if let Some(entry) = reg.conns.get_mut(&conn) {
+                entry.queries.insert(qid);
+            }
+        }
+        self.inner.metrics.set_subscriptions(reg.subscriptions);
+        let epoch = self.inner.feed.epoch();
+        if let Some(entry) = reg.conns.get(&conn) {
+            entry.send(Delivery::SubscribedSet { reference, sub_ids: &ids, seq: at, epoch });
+        }
+        Ok(ids)
+    }
+
     /// What every subscription checks first: the collection exists, the caller may list it,
     /// the filter parses and binds. Returns the caller, the rules, and the filter.
     fn prepare(
@@ -227,7 +281,9 @@ impl Hub {
         let mut reg = self.inner.reg.lock();
         reg.remove_subscriber(conn, qid);
         self.inner.metrics.set_subscriptions(reg.subscriptions);
-        let _ = out.tx.try_send(out.codec.encode(d));
+        if let Some(f) = out.codec.encode(d) {
+            let _ = out.tx.try_send(f);
+        }
     }
 
     /// Resumes a paused subscription (fresh token): the events in `(since, at]`, then live.

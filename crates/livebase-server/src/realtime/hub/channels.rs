@@ -8,6 +8,7 @@
 
 use super::registry::{ConnId, Registry};
 use super::Hub;
+use crate::auth::Principal;
 use crate::realtime::bus::{ChannelEvent, MemberId, NodeId};
 use crate::realtime::codec::{Delivery, PerCodec, PresenceEntry, PresenceMap};
 use crate::realtime::protocol::{ProtoError, Ref};
@@ -67,6 +68,43 @@ impl Hub {
         }
         c.send(Delivery::Ok { reference });
         c.send(Delivery::PresenceState { channel, state: &state });
+        Ok(())
+    }
+
+    /// May `who` join `channel`? (What [`Hub::join`] checks first, for a protocol that
+    /// answers a join before it becomes a member.)
+    pub fn may_join(&self, who: &Principal, channel: &str) -> bool {
+        !channel.is_empty() && channel.len() <= 255 && self.access().channel_allowed(who, channel)
+    }
+
+    /// A broadcast sent by `who` from outside any connection (a REST call): to every member
+    /// of the channel, on every node. Refused when `who` may not use the channel.
+    pub fn broadcast_as(
+        &self,
+        who: &Principal,
+        channel: &str,
+        event: &str,
+        payload: &Value,
+    ) -> Result<(), ProtoError> {
+        if !self.may_join(who, channel) {
+            return Err(ProtoError::new(
+                &None,
+                "forbidden",
+                format!("not allowed to broadcast on '{channel}'"),
+            ));
+        }
+        let from = MemberId { node: self.node().clone(), conn: 0 };
+        {
+            let reg = self.inner.reg.lock();
+            Self::deliver_broadcast(&reg, channel, event, payload, &from, None);
+        }
+        self.inner.bus.publish(ChannelEvent::Broadcast {
+            channel: channel.to_string(),
+            event: event.to_string(),
+            payload: payload.clone(),
+            from,
+            include_self: true,
+        });
         Ok(())
     }
 
@@ -137,7 +175,9 @@ impl Hub {
                 continue;
             }
             let Some(c) = reg.conns.get(m).filter(|c| !(live_only && c.expired)) else { continue };
-            let _ = c.handle.tx.try_send(frames.frame(&c.handle.codec));
+            if let Some(f) = frames.frame(&c.handle.codec) {
+                let _ = c.handle.tx.try_send(f);
+            }
         }
     }
 

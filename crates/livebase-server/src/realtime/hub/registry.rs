@@ -54,7 +54,10 @@ pub(super) struct ConnEntry {
 impl ConnEntry {
     /// Encodes and queues a delivery; false when the queue is full.
     pub fn send(&self, d: Delivery<'_>) -> bool {
-        self.handle.tx.try_send(self.handle.codec.encode(d)).is_ok()
+        match self.handle.codec.encode(d) {
+            Some(f) => self.handle.tx.try_send(f).is_ok(),
+            None => true,
+        }
     }
 }
 
