@@ -114,10 +114,7 @@ impl Phx {
     /// No frame within `d` (used after the event that would have caused one was awaited
     /// elsewhere).
     async fn quiet_for(&mut self, d: Duration) -> Option<Value> {
-        match tokio::time::timeout(d, self.recv()).await {
-            Ok(f) => Some(f),
-            Err(_) => None,
-        }
+        tokio::time::timeout(d, self.recv()).await.ok()
     }
 }
 
