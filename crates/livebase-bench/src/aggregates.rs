@@ -61,7 +61,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
 
     ctx.progress.phase("subscribing", opts.subscribers as u64);
     let connector = Connector::new(addr, &key);
-    let ws::Subscribed { sockets: opened, errors: subscribe_errors, first_error } = ws::subscribe_all(
+    let ws::Subscribed { sockets: opened, errors: subscribe_errors, first_error, .. } = ws::subscribe_all(
         &connector,
         opts.subscribers,
         |i| subscribe_frame(&collection, i % aggregates),

@@ -4,7 +4,7 @@
 use super::http::{record_body, HttpConn};
 use super::ws::{self, Connector, Ws};
 use super::{now_ns, stats, CpuMeter, Ctx};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hyper::{Method, StatusCode, Uri};
 use livebase_protocol::{client, SubscribeMode};
 use serde_json::{json, Map, Value};
@@ -41,6 +41,8 @@ struct Shared {
     disconnects: AtomicU64,
     /// Per-delivery latency.
     latency: stats::PerThread,
+    /// The same, per protocol of the receiver: [native, phoenix].
+    by_protocol: [stats::PerThread; 2],
     /// Latency counts from `sent_ns` (an outside client's COMMIT returning), not the record's
     /// `t` (the writer's send).
     from_commit: bool,
@@ -93,6 +95,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         unknown: AtomicU64::new(0),
         disconnects: AtomicU64::new(0),
         latency: stats::PerThread::new(3),
+        by_protocol: [stats::PerThread::new(3), stats::PerThread::new(3)],
         from_commit: opts.sql_writer,
     });
     anyhow::ensure!(!opts.sql_writer || opts.database.is_some(), "--sql-writer needs --database");
@@ -109,13 +112,22 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         Connector::new(addr, &key)
     };
     let subscribe = client::subscribe(1, &collection, None, SubscribeMode::Plain, None);
-    let ws::Subscribed { sockets: opened, errors: subscribe_errors, first_error } =
-        ws::subscribe_all(&connector, opts.subscribers, |_| subscribe.clone(), &ctx.progress).await?;
+    let protocol = opts.protocol;
+    let setup = |i| match protocol.phoenix(i) {
+        true => ws::Setup::Phoenix { collection: collection.clone() },
+        false => ws::Setup::Native(subscribe.clone()),
+    };
+    let ws::Subscribed { sockets: opened, phoenix, errors: subscribe_errors, first_error } =
+        ws::subscribe_all_with(&connector, opts.subscribers, setup, &ctx.progress).await?;
     let subscribers = opened.len() as u64;
+    let phoenix_subscribers = phoenix.iter().filter(|p| **p).count();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let receivers: Vec<_> =
-        opened.into_iter().map(|ws| tokio::spawn(receive(ws, shared.clone(), stop_rx.clone()))).collect();
+    let receivers: Vec<_> = opened
+        .into_iter()
+        .zip(phoenix)
+        .map(|(ws, phoenix)| tokio::spawn(receive(ws, phoenix, shared.clone(), stop_rx.clone())))
+        .collect();
 
     // Writers: enough connections that one slow response does not hold up the schedule.
     let writers = (opts.rate / 250).clamp(2, 16) as usize;
@@ -249,6 +261,17 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         json!(if opts.sql_writer { "external_commit" } else { "writer_send" }),
     );
     figures.insert("latency_ms".into(), stats::latency_json(&hist));
+    figures.insert("protocol".into(), json!(protocol.name()));
+    if protocol == ws::Protocol::Both {
+        let [native, phoenix] = &shared.by_protocol;
+        figures.insert(
+            "by_protocol".into(),
+            json!({
+                "native": {"subscribers": subscribers as usize - phoenix_subscribers, "latency_ms": stats::latency_json(&native.merged())},
+                "phoenix": {"subscribers": phoenix_subscribers, "latency_ms": stats::latency_json(&phoenix.merged())},
+            }),
+        );
+    }
     figures.insert("last_subscriber_latency_ms".into(), stats::latency_json(&last_hist));
     figures.extend(out);
     Ok(figures)
@@ -276,19 +299,32 @@ impl Schedule {
     }
 }
 
+/// Phoenix sockets send a heartbeat this often (the server closes silent ones).
+const PHOENIX_HEARTBEAT: Duration = Duration::from_secs(20);
+
 /// One subscriber: counts and times every change frame until told to stop.
-async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn receive(mut ws: Ws, phoenix: bool, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut beat =
+        tokio::time::interval_at(tokio::time::Instant::now() + PHOENIX_HEARTBEAT, PHOENIX_HEARTBEAT);
     loop {
         tokio::select! {
+            _ = beat.tick(), if phoenix => {
+                let _ = ws.send(Message::text(r#"[null,"hb","phoenix","heartbeat",{}]"#)).await;
+            }
             m = ws.next() => match m {
                 Some(Ok(Message::Text(text))) => {
                     let text = text.as_str();
-                    if ws::frame_type(text) != Some("change") {
+                    // The record's fields: in `new` (an insert's `old` is null), for Phoenix
+                    // in `record`.
+                    let (change, side) = match phoenix {
+                        false => (ws::frame_type(text) == Some("change"), "\"new\""),
+                        true => (ws::phoenix_event(text) == Some("postgres_changes"), "\"record\""),
+                    };
+                    if !change {
                         continue;
                     }
                     let now = now_ns();
-                    // The record's fields: in `new` (an insert's `old` is null).
-                    let new = text.find("\"new\"").map_or(text, |at| &text[at..]);
+                    let new = text.find(side).map_or(text, |at| &text[at..]);
                     let (Some(n), Some(t)) = (ws::scan_u64(new, "\"n\":"), ws::scan_u64(new, "\"t\":")) else {
                         shared.unknown.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -299,7 +335,9 @@ async fn receive(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool
                     };
                     let from = if shared.from_commit { slot.sent_ns.load(Ordering::Relaxed) } else { t };
                     // A frame may beat its COMMIT's answer to the client: that counts as 0.
-                    shared.latency.record_ns(if from == 0 { 0 } else { now.saturating_sub(from) });
+                    let took = if from == 0 { 0 } else { now.saturating_sub(from) };
+                    shared.latency.record_ns(took);
+                    shared.by_protocol[usize::from(phoenix)].record_ns(took);
                     slot.received.fetch_add(1, Ordering::Relaxed);
                     slot.last_ns.fetch_max(now, Ordering::Relaxed);
                 }

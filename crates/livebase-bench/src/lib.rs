@@ -98,6 +98,8 @@ mod target;
 mod writes;
 mod ws;
 
+pub use ws::Protocol;
+
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -185,6 +187,10 @@ pub struct BenchOptions {
     /// its COMMIT returning to each subscriber's receipt of the captured change.
     #[arg(long)]
     pub sql_writer: bool,
+    /// fanout: the wire protocol of the subscribers; `both` splits them half and half, so
+    /// the two are measured on the same events in the same run.
+    #[arg(long, value_enum, default_value_t = ws::Protocol::Native)]
+    pub protocol: ws::Protocol,
     /// The executable to start as the server child process (`<exe> serve ...`); `livebase
     /// bench` passes itself. Default: the `livebase` binary next to this one. In the library,
     /// `None` runs a self-started server in-process.
@@ -210,6 +216,7 @@ impl Default for BenchOptions {
             quiet: false,
             database: None,
             sql_writer: false,
+            protocol: ws::Protocol::Native,
             server_exe: None,
         }
     }

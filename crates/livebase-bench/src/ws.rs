@@ -19,20 +19,60 @@ const SOURCES: usize = 16;
 /// Setup steps (connect, handshake, a reply) fail after this.
 pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The wire protocol subscribers speak (`fanout --protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// docs/protocol.md at `/api/realtime`.
+    Native,
+    /// Supabase Realtime's Phoenix channels, serializer 2.0.0, at `/realtime/v1/websocket`.
+    Phoenix,
+    /// Half the subscribers each, in the same run (even: native, odd: Phoenix).
+    Both,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Native => "native",
+            Protocol::Phoenix => "phoenix",
+            Protocol::Both => "both",
+        }
+    }
+
+    /// Whether subscriber `i` speaks Phoenix.
+    pub fn phoenix(self, i: usize) -> bool {
+        match self {
+            Protocol::Native => false,
+            Protocol::Phoenix => true,
+            Protocol::Both => i % 2 == 1,
+        }
+    }
+}
+
 /// How to open a connection to the server's realtime endpoint.
 #[derive(Clone)]
 pub(crate) struct Connector {
     addr: SocketAddr,
     url: String,
+    phoenix_url: String,
 }
 
 impl Connector {
     pub fn new(addr: SocketAddr, admin_key: &str) -> Connector {
-        Connector { addr, url: format!("ws://{addr}/api/realtime?token={admin_key}") }
+        Connector {
+            addr,
+            url: format!("ws://{addr}/api/realtime?token={admin_key}"),
+            phoenix_url: format!("ws://{addr}/realtime/v1/websocket?apikey={admin_key}&vsn=2.0.0"),
+        }
     }
 
     /// Opens connection number `i` and waits for the server's `welcome`.
     pub async fn connect(&self, i: usize) -> anyhow::Result<Ws> {
+        self.open(i, false).await
+    }
+
+    /// Opens connection number `i`, speaking Phoenix or (waiting for the `welcome`) native.
+    pub async fn open(&self, i: usize, phoenix: bool) -> anyhow::Result<Ws> {
         tokio::time::timeout(SETUP_TIMEOUT, async {
             let socket = if self.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
             if let IpAddr::V4(ip) = self.addr.ip() {
@@ -50,8 +90,11 @@ impl Connector {
             stream.set_nodelay(true)?;
             // Reads in 4 KiB steps, writes go straight to the socket: a few KiB per client.
             let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-            let (mut ws, _) =
-                tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await?;
+            let url = if phoenix { self.phoenix_url.as_str() } else { self.url.as_str() };
+            let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+            if phoenix {
+                return Ok(ws);
+            }
             let welcome = next_text(&mut ws).await?;
             anyhow::ensure!(frame_type(&welcome) == Some("welcome"), "expected welcome, got {welcome}");
             Ok(ws)
@@ -80,8 +123,39 @@ pub(crate) async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
 /// error.
 pub(crate) struct Subscribed {
     pub sockets: Vec<Ws>,
+    /// Per socket: whether it speaks Phoenix.
+    pub phoenix: Vec<bool>,
     pub errors: u64,
     pub first_error: Option<String>,
+}
+
+/// How one subscriber subscribes.
+pub(crate) enum Setup {
+    /// A native request, answered by its reply.
+    Native(ClientFrame),
+    /// A Phoenix join of one channel with a `postgres_changes` binding on the collection.
+    Phoenix { collection: String },
+}
+
+/// Joins `realtime:bench` with one binding on `collection` and waits for the ok reply.
+async fn phoenix_join(ws: &mut Ws, collection: &str) -> anyhow::Result<()> {
+    let join = serde_json::json!(["1", "1", "realtime:bench", "phx_join", {"config": {
+        "broadcast": {"ack": false, "self": false}, "presence": {"key": ""}, "private": false,
+        "postgres_changes": [{"event": "*", "schema": "public", "table": collection}]}}]);
+    ws.send(Message::text(join.to_string())).await?;
+    tokio::time::timeout(SETUP_TIMEOUT, async {
+        loop {
+            let text = next_text(ws).await?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("bad frame {text}"))?;
+            if v[3] == "phx_reply" && v[1] == "1" {
+                anyhow::ensure!(v[4]["status"] == "ok", "join refused: {text}");
+                return Ok(());
+            }
+        }
+    })
+    .await
+    .context("no join reply within 30 s")?
 }
 
 /// Opens `n` connections, 64 at a time, each sending the frame `frame(i)` and waiting for its
@@ -92,21 +166,48 @@ pub(crate) async fn subscribe_all(
     frame: impl Fn(usize) -> ClientFrame,
     progress: &crate::progress::Progress,
 ) -> anyhow::Result<Subscribed> {
-    let mut out = Subscribed { sockets: Vec::with_capacity(n), errors: 0, first_error: None };
+    subscribe_all_with(connector, n, |i| Setup::Native(frame(i)), progress).await
+}
+
+/// [`subscribe_all`] where each subscriber may speak either protocol.
+pub(crate) async fn subscribe_all_with(
+    connector: &Connector,
+    n: usize,
+    setup: impl Fn(usize) -> Setup,
+    progress: &crate::progress::Progress,
+) -> anyhow::Result<Subscribed> {
+    let mut out = Subscribed {
+        sockets: Vec::with_capacity(n),
+        phoenix: Vec::with_capacity(n),
+        errors: 0,
+        first_error: None,
+    };
     let mut attempts = futures_util::stream::iter(0..n)
         .map(|i| {
             let connector = connector.clone();
-            let frame = frame(i);
+            let setup = setup(i);
             async move {
-                let mut ws = connector.connect(i).await?;
-                request(&mut ws, &frame).await?;
-                anyhow::Ok(ws)
+                match setup {
+                    Setup::Native(frame) => {
+                        let mut ws = connector.open(i, false).await?;
+                        request(&mut ws, &frame).await?;
+                        anyhow::Ok((ws, false))
+                    }
+                    Setup::Phoenix { collection } => {
+                        let mut ws = connector.open(i, true).await?;
+                        phoenix_join(&mut ws, &collection).await?;
+                        anyhow::Ok((ws, true))
+                    }
+                }
             }
         })
         .buffer_unordered(64);
     while let Some(r) = attempts.next().await {
         match r {
-            Ok(ws) => out.sockets.push(ws),
+            Ok((ws, phoenix)) => {
+                out.sockets.push(ws);
+                out.phoenix.push(phoenix);
+            }
             Err(e) => {
                 out.errors += 1;
                 out.first_error.get_or_insert_with(|| format!("{e:#}"));
@@ -158,6 +259,15 @@ pub(crate) fn frame_type(s: &str) -> Option<&str> {
     Some(&rest[..rest.find('"')?])
 }
 
+/// The event of a Phoenix 2.0.0 frame (`[join_ref, ref, "topic", "event", …]`), read without
+/// parsing it; topics with quotes or commas are not expected here.
+pub(crate) fn phoenix_event(s: &str) -> Option<&str> {
+    let rest = s.strip_prefix('[')?;
+    let mut parts = rest.splitn(5, ',');
+    let (_, _, _, event) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    event.trim().strip_prefix('"')?.strip_suffix('"')
+}
+
 /// The non-negative integer after `key` (e.g. `"t":`) in `s`.
 pub(crate) fn scan_u64(s: &str, key: &str) -> Option<u64> {
     let at = s.find(key)? + key.len();
@@ -193,5 +303,9 @@ mod tests {
         let welcome = livebase_protocol::welcome("c1", "t", 1, 2, "e", None);
         assert_eq!(frame_type(&welcome), Some("welcome"));
         assert_eq!(scan_u64(f, "\"zz\":"), None);
+        let p = r#"[null,null,"realtime:bench","postgres_changes",{"ids":[1],"data":{"record":{"n":3}}}]"#;
+        assert_eq!(phoenix_event(p), Some("postgres_changes"));
+        assert_eq!(phoenix_event(r#"["1","1","realtime:bench","phx_reply",{}]"#), Some("phx_reply"));
+        assert_eq!(phoenix_event("{}"), None);
     }
 }
