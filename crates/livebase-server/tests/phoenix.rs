@@ -128,20 +128,21 @@ async fn a_join_echoes_every_binding_with_an_id_and_changes_name_the_ids_they_ma
     let mut s = Phx::connect(&t.url, &key("u1", "authenticated", 3600), "2.0.0").await;
     let bindings = json!([
         {"event": "*", "schema": "public", "table": "todos"},
-        {"event": "INSERT", "schema": "public", "table": "todos", "filter": "status=eq.late"}
+        {"event": "INSERT", "schema": "public", "table": "todos", "filter": "status=eq.late"},
+        {"event": "DELETE", "schema": "public", "table": "todos"}
     ]);
     let (r, reply) = s.join("realtime:room1", config(bindings.clone())).await;
     assert_eq!(reply["status"], "ok", "{reply}");
     let echoed = reply["response"]["postgres_changes"].as_array().expect("bindings echoed").clone();
-    assert_eq!(echoed.len(), 2);
+    assert_eq!(echoed.len(), 3);
     for (e, b) in echoed.iter().zip(bindings.as_array().unwrap()) {
         for k in ["event", "schema", "table", "filter"] {
             assert_eq!(e.get(k), b.get(k), "echoed verbatim: {e}");
         }
         assert!(e["id"].as_u64().is_some_and(|id| id > 0), "a non-zero integer id: {e}");
     }
-    let (all, late) = (echoed[0]["id"].clone(), echoed[1]["id"].clone());
-    assert_ne!(all, late);
+    let (all, late, deletes) = (echoed[0]["id"].clone(), echoed[1]["id"].clone(), echoed[2]["id"].clone());
+    assert!(all != late && all != deletes && late != deletes, "{echoed:?}");
     let sys = s.recv_until(|f| f[3] == "system").await;
     assert_eq!(sys[4]["extension"], "postgres_changes");
     assert_eq!(sys[4]["status"], "ok");
@@ -194,11 +195,20 @@ async fn a_join_echoes_every_binding_with_an_id_and_changes_name_the_ids_they_ma
         (f[4]["data"]["record"]["qty"].clone(), f[4]["data"]["old_record"]["qty"].clone()),
         (json!(3), json!(2))
     );
+    assert_eq!(f[4]["ids"], json!([all]), "an update matches neither the INSERT nor the DELETE binding");
     t.delete(&format!("/api/collections/todos/records/{id}")).await;
-    let f = s.recv_until(|f| f[3] == "postgres_changes").await;
-    assert_eq!(f[4]["data"]["type"], "DELETE");
-    assert!(f[4]["data"].get("record").is_none());
-    assert_eq!(f[4]["data"]["old_record"]["id"], open["id"]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let f = s.recv_until(|f| f[3] == "postgres_changes").await;
+        assert_eq!(f[4]["data"]["type"], "DELETE");
+        assert!(f[4]["data"].get("record").is_none());
+        assert_eq!(f[4]["data"]["old_record"]["id"], open["id"]);
+        ids.push(f[4]["ids"][0].clone());
+    }
+    ids.sort_by_key(|v| v.as_u64());
+    let mut want = vec![all.clone(), deletes.clone()];
+    want.sort_by_key(|v| v.as_u64());
+    assert_eq!(ids, want);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! under the registry lock — so no frame is lost, repeated or reordered.
 
 use super::dispatch::{seen_by, FrameCache};
-use super::registry::{ConnEntry, ConnId, Query, QueryId, Registry, SubState};
+use super::registry::{ConnEntry, ConnId, Ops, Query, QueryId, Registry, SubState};
 use super::Hub;
 use crate::access::Access;
 use crate::auth::Principal;
@@ -29,6 +29,15 @@ pub enum Start {
     Since { seq: u64, epoch: Option<String> },
     /// With the rows that match now, then every change after them (a live query).
     Snapshot,
+}
+
+/// One subscription of a [`Hub::subscribe_set`]: a collection, a filter in query form, and
+/// the operations it follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetSpec {
+    pub collection: String,
+    pub filter: Option<String>,
+    pub ops: Ops,
 }
 
 /// A subscription's channel back to its connection: the queue and the codec.
@@ -93,7 +102,7 @@ impl Hub {
         let reg = &mut *reg;
         let limit = self.inner.limits.max_subscriptions;
         room_for_one_more(reg, conn, &reference, limit)?;
-        let qid = reg.query_for(collection, key, bound);
+        let qid = reg.query_for(collection, key, bound, Ops::ALL);
         let q = reg.queries.get_mut(&qid).ok_or_else(|| err("internal", "query vanished".into()))?;
         if q.subscribers.contains_key(&conn) {
             return Err(err(
@@ -154,13 +163,13 @@ impl Hub {
         &self,
         conn: ConnId,
         reference: &Ref,
-        specs: &[(String, Option<String>)],
+        specs: &[SetSpec],
     ) -> Result<Vec<QueryId>, ProtoError> {
         let mut prepared = Vec::with_capacity(specs.len());
-        for (collection, filter) in specs {
-            let (_, _, parsed, bound) = self.prepare(conn, reference, collection, filter.as_deref())?;
+        for s in specs {
+            let (_, _, parsed, bound) = self.prepare(conn, reference, &s.collection, s.filter.as_deref())?;
             let key = parsed.as_ref().map(|f| f.to_string()).unwrap_or_default();
-            prepared.push((collection.as_str(), key, bound));
+            prepared.push((s.collection.as_str(), key, bound, s.ops));
         }
         let mut reg = self.inner.reg.lock();
         let reg = &mut *reg;
@@ -175,8 +184,8 @@ impl Hub {
         }
         let at = reg.dispatched;
         let mut ids = Vec::with_capacity(prepared.len());
-        for (collection, key, bound) in prepared {
-            let qid = reg.query_for(collection, key, bound);
+        for (collection, key, bound, ops) in prepared {
+            let qid = reg.query_for(collection, key, bound, ops);
             ids.push(qid);
             let Some(q) = reg.queries.get_mut(&qid) else { continue };
             if q.subscribers.contains_key(&conn) {
@@ -311,11 +320,11 @@ impl Hub {
         announce: bool,
     ) {
         let feed = self.inner.feed.clone();
-        let Some((filter, collection)) = self.query_parts(qid) else { return };
+        let Some((filter, collection, ops)) = self.query_parts(qid) else { return };
         let Some(who) = self.principal_of(conn) else { return };
         let access = self.access();
         let open = who.is_admin() || access.open_rows(&who, &collection);
-        let q = Query { collection, filter, key: String::new(), subscribers: HashMap::new() };
+        let q = Query { collection, filter, ops, key: String::new(), subscribers: HashMap::new() };
         if announce && since > feed.head() {
             // A position this log has not reached: wait a moment (a snapshot can be one sync
             // ahead of the published head), else it belongs to a log that has been replaced
@@ -405,7 +414,7 @@ impl Hub {
         out: Outbox,
         filter: Option<Filter>,
     ) {
-        let Some((_, collection)) = self.query_parts(qid) else { return };
+        let Some((_, collection, _)) = self.query_parts(qid) else { return };
         let max = self.inner.limits.max_snapshot_rows;
         let q = ListQuery { filter, limit: Some(max + 1), ..Default::default() };
         let Some(who) = self.principal_of(conn) else { return };
@@ -466,8 +475,8 @@ impl Hub {
         }
     }
 
-    fn query_parts(&self, qid: QueryId) -> Option<(Option<BoundFilter>, String)> {
+    fn query_parts(&self, qid: QueryId) -> Option<(Option<BoundFilter>, String, Ops)> {
         let reg = self.inner.reg.lock();
-        reg.queries.get(&qid).map(|q| (q.filter.clone(), q.collection.clone()))
+        reg.queries.get(&qid).map(|q| (q.filter.clone(), q.collection.clone(), q.ops))
     }
 }

@@ -20,9 +20,9 @@ mod channels;
 mod dispatch;
 mod registry;
 
-pub use catchup::Start;
+pub use catchup::{SetSpec, Start};
 pub use channels::{BroadcastReq, TrackReq};
-pub use registry::{CloseSignal, ConnHandle, ConnId, QueryId};
+pub use registry::{CloseSignal, ConnHandle, ConnId, Ops, QueryId};
 
 use super::bus::{ChannelBus, MemberId, NodeId};
 use super::Limits;

@@ -5,7 +5,7 @@ use super::super::bus::MemberId;
 use super::super::codec::{Codec, Delivery, Frame};
 use crate::auth::Principal;
 use livebase_core::filter::{BoundFilter, Scalar};
-use livebase_core::{ChangeEvent, Record};
+use livebase_core::{ChangeEvent, ChangeOp, Record};
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -79,15 +79,43 @@ pub(super) struct Matched {
     pub after: bool,
 }
 
+/// The operations a query follows (a set of [`ChangeOp`]s); most follow all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ops(u8);
+
+impl Ops {
+    pub const ALL: Ops = Ops(0b111);
+
+    fn bit(op: ChangeOp) -> u8 {
+        match op {
+            ChangeOp::Insert => 1,
+            ChangeOp::Update => 2,
+            ChangeOp::Delete => 4,
+        }
+    }
+
+    pub fn only(op: ChangeOp) -> Ops {
+        Ops(Self::bit(op))
+    }
+
+    pub fn has(self, op: ChangeOp) -> bool {
+        self.0 & Self::bit(op) != 0
+    }
+}
+
 pub(super) struct Query {
     pub collection: String,
     pub filter: Option<BoundFilter>,
+    pub ops: Ops,
     pub key: String,
     pub subscribers: HashMap<ConnId, SubState>,
 }
 
 impl Query {
     pub fn matches(&self, e: &ChangeEvent) -> Matched {
+        if !self.ops.has(e.op) {
+            return Matched { before: false, after: false };
+        }
         let m = |r: &Option<Record>| match (r, &self.filter) {
             (None, _) => false,
             (Some(_), None) => true,
@@ -187,7 +215,15 @@ pub(super) struct Registry {
 
 impl Registry {
     /// The query for `(collection, normalized filter)`, created and indexed when new.
-    pub fn query_for(&mut self, collection: &str, key: String, filter: Option<BoundFilter>) -> QueryId {
+    pub fn query_for(
+        &mut self,
+        collection: &str,
+        key: String,
+        filter: Option<BoundFilter>,
+        ops: Ops,
+    ) -> QueryId {
+        // A query limited to some operations is another query than the same filter on all.
+        let key = if ops == Ops::ALL { key } else { format!("{key}#ops={}", ops.0) };
         let k = (collection.to_string(), key);
         if let Some(q) = self.query_ids.get(&k) {
             return *q;
@@ -207,7 +243,8 @@ impl Registry {
                 ix.scan.insert(qid);
             }
         }
-        let query = Query { collection: k.0.clone(), filter, key: k.1.clone(), subscribers: HashMap::new() };
+        let query =
+            Query { collection: k.0.clone(), filter, ops, key: k.1.clone(), subscribers: HashMap::new() };
         self.query_ids.insert(k, qid);
         self.queries.insert(qid, query);
         qid

@@ -20,7 +20,7 @@ pub mod wire;
 
 use super::codec::{Codec, Frame};
 use super::conn::{close_on_read_error, close_on_signal, message, reply};
-use super::hub::{BroadcastReq, CloseSignal, ConnHandle, ConnId, Hub, TrackReq};
+use super::hub::{BroadcastReq, CloseSignal, ConnHandle, ConnId, Hub, Ops, SetSpec, TrackReq};
 use crate::app::App;
 use crate::auth::{Principal, TokenError};
 use crate::ratelimit::Bucket;
@@ -32,6 +32,7 @@ use axum::Json;
 use codec::PhoenixCodec;
 use futures_util::SinkExt;
 use livebase_core::filter::Filter;
+use livebase_core::ChangeOp;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -509,15 +510,21 @@ fn too_large(max: usize) -> WireError {
     }
 }
 
-/// A `postgres_changes` binding as a hub subscription: (collection, filter in query form).
-fn binding_spec(b: &Value) -> Result<(String, Option<String>), String> {
+/// A `postgres_changes` binding as a hub subscription: the collection, the filter in query
+/// form, and the operation named by `event` (all for `*`).
+fn binding_spec(b: &Value) -> Result<SetSpec, String> {
     let Some(o) = b.as_object() else { return Err("a postgres_changes binding is an object".into()) };
     let s = |k: &str| o.get(k).and_then(Value::as_str);
-    match s("event") {
-        None => {}
-        Some(e) if ["*", "INSERT", "UPDATE", "DELETE"].iter().any(|x| x.eq_ignore_ascii_case(e)) => {}
-        Some(e) => return Err(format!("Error parsing event '{e}': use *, INSERT, UPDATE or DELETE")),
-    }
+    let ops = match s("event").map(str::to_ascii_uppercase).as_deref() {
+        None | Some("*") => Ops::ALL,
+        Some("INSERT") => Ops::only(ChangeOp::Insert),
+        Some("UPDATE") => Ops::only(ChangeOp::Update),
+        Some("DELETE") => Ops::only(ChangeOp::Delete),
+        Some(_) => {
+            let e = s("event").unwrap_or_default();
+            return Err(format!("Error parsing event '{e}': use *, INSERT, UPDATE or DELETE"));
+        }
+    };
     match s("schema") {
         None | Some("public") => {}
         Some(other) => {
@@ -536,7 +543,7 @@ fn binding_spec(b: &Value) -> Result<(String, Option<String>), String> {
         None => None,
         Some(f) => Some(query_filter(f)?),
     };
-    Ok((table, filter))
+    Ok(SetSpec { collection: table, filter, ops })
 }
 
 /// Supabase's filter (`col=op.value`, conditions joined by commas outside quotes and
@@ -595,7 +602,11 @@ mod tests {
     #[test]
     fn bindings_name_one_collection_in_public() {
         let ok = binding_spec(&json!({"event": "INSERT", "schema": "public", "table": "todos"})).unwrap();
-        assert_eq!(ok, ("todos".to_string(), None));
+        assert_eq!(
+            ok,
+            SetSpec { collection: "todos".into(), filter: None, ops: Ops::only(ChangeOp::Insert) }
+        );
+        assert_eq!(binding_spec(&json!({"event": "*", "table": "todos"})).unwrap().ops, Ops::ALL);
         assert!(binding_spec(&json!({"event": "*", "schema": "other", "table": "t"})).is_err());
         assert!(binding_spec(&json!({"event": "*", "schema": "public", "table": "*"})).is_err());
         assert!(binding_spec(&json!({"event": "TRUNCATE", "table": "t"})).is_err());
