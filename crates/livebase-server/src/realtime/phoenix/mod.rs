@@ -555,13 +555,36 @@ fn query_filter(f: &str) -> Result<String, String> {
         let Some((k, v)) = part.split_once('=').filter(|(k, v)| !k.is_empty() && !v.is_empty()) else {
             return Err(format!("Error parsing `filter` params: '{part}' is not column=op.value"));
         };
-        pairs.push((k.trim().to_string(), v.to_string()));
+        pairs.push((k.trim().to_string(), unquote_value(v)));
     }
     match Filter::from_pairs(&pairs) {
         Ok(Some(filter)) => Ok(filter.to_string()),
         Ok(None) => Err("Error parsing `filter` params: empty filter".into()),
         Err(e) => Err(format!("Error parsing `filter` params: {}", e.message)),
     }
+}
+
+/// `eq."Doe, Jane"` → `eq.Doe, Jane`: a quoted scalar value (quotes let it hold commas) is
+/// unquoted, `\"` and `\\` unescaped; lists (`in.(…)`) keep their own quoting.
+fn unquote_value(v: &str) -> String {
+    let (not, rest) = match v.strip_prefix("not.") {
+        Some(r) => ("not.", r),
+        None => ("", v),
+    };
+    let Some((op, value)) = rest.split_once('.') else { return v.to_string() };
+    let quoted = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
+    if op == "in" || !quoted {
+        return v.to_string();
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value[1..value.len() - 1].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    format!("{not}{op}.{out}")
 }
 
 fn split_top_level(s: &str) -> Vec<&str> {
@@ -594,7 +617,13 @@ mod tests {
         assert_eq!(query_filter("id=eq.1").unwrap(), Filter::parse("id=eq.1").unwrap().unwrap().to_string());
         let two = query_filter("qty=gt.5,status=in.(a,b)").unwrap();
         assert_eq!(two, Filter::parse("qty=gt.5&status=in.(a,b)").unwrap().unwrap().to_string());
-        assert!(query_filter("name=eq.\"Doe, Jane\"").is_ok());
+        let quoted = query_filter("name=eq.\"Doe, Jane\"").unwrap();
+        assert_eq!(
+            quoted,
+            Filter::from_pairs(&[("name".into(), "eq.Doe, Jane".into())]).unwrap().unwrap().to_string()
+        );
+        assert_eq!(unquote_value(r#"not.eq."a \"b\"""#), r#"not.eq.a "b""#);
+        assert_eq!(unquote_value("in.(\"a,b\",c)"), "in.(\"a,b\",c)");
         assert!(query_filter("foo").unwrap_err().starts_with("Error parsing `filter` params"));
         assert!(query_filter("qty=hey.5").is_err());
     }
