@@ -94,6 +94,20 @@ impl Phx {
         }
     }
 
+    /// The next binary frame (text frames in between are skipped).
+    async fn recv_binary(&mut self) -> Vec<u8> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("socket open")
+                .expect("frame");
+            if let Message::Binary(b) = m {
+                return b.to_vec();
+            }
+        }
+    }
+
     async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             let f = self.recv().await;
@@ -331,6 +345,25 @@ async fn binary_broadcasts_reach_the_other_members_not_the_sender_and_are_acked_
         a.quiet_for(Duration::from_millis(300)).await.is_none(),
         "self: false keeps the sender's own broadcast away"
     );
+}
+
+#[tokio::test]
+async fn raw_binary_broadcasts_arrive_as_bytes_under_2_0_0() {
+    let t = server().await;
+    let k = key("u1", "authenticated", 3600);
+    let (mut a, mut b) = (Phx::connect(&t.url, &k, "2.0.0").await, Phx::connect(&t.url, &k, "2.0.0").await);
+    let (ja, _) = a.join("realtime:bin", json!({})).await;
+    b.join("realtime:bin", json!({})).await;
+    let topic = "realtime:bin";
+    let mut frame = vec![3u8, ja.len() as u8, 0, topic.len() as u8, 3, 0, 0];
+    frame.extend_from_slice(format!("{ja}{topic}raw").as_bytes());
+    frame.extend_from_slice(&[0, 1, 2, 255]);
+    a.raw(Message::Binary(frame.into())).await;
+    let got = b.recv_binary().await;
+    let mut want = vec![4u8, topic.len() as u8, 3, 0, 0];
+    want.extend_from_slice(format!("{topic}raw").as_bytes());
+    want.extend_from_slice(&[0, 1, 2, 255]);
+    assert_eq!(got, want);
 }
 
 #[tokio::test]

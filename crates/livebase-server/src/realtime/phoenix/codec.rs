@@ -190,9 +190,16 @@ impl Codec for PhoenixCodec {
             Delivery::PresenceDiff { joins, leaves, .. } => {
                 self.push("presence_diff", &json!({"joins": presence(joins), "leaves": presence(leaves)}))
             }
-            Delivery::Broadcast { event, payload, .. } => {
-                self.push("broadcast", &json!({"type": "broadcast", "event": event, "payload": payload}))
-            }
+            Delivery::Broadcast { event, payload, .. } => match wire::binary_bytes(payload) {
+                // Raw bytes: to 2.0.0 in a binary frame; 1.0.0 has none, so it gets nothing.
+                Some(bytes) => match self.vsn {
+                    Vsn::V2 => Frame::Binary(wire::user_broadcast(&self.topic, event, &bytes)?.into()),
+                    Vsn::V1 => return None,
+                },
+                None => {
+                    self.push("broadcast", &json!({"type": "broadcast", "event": event, "payload": payload}))
+                }
+            },
             // Phoenix has no welcome, no single subscribe, snapshots, resyncs or aggregates;
             // heartbeats are answered by the connection.
             Delivery::Welcome { .. }

@@ -94,9 +94,9 @@ pub fn decode_text(vsn: Vsn, text: &str) -> Result<Msg, WireError> {
     Ok(Msg { join_ref, reference: r, topic, event, payload })
 }
 
-/// The one binary frame a client sends: kind 3, a broadcast push. Its JSON payload becomes
-/// the same message a text broadcast is (`{"type":"broadcast","event":…,"payload":…}`); a raw
-/// payload is refused (this server carries JSON broadcasts).
+/// The one binary frame a client sends: kind 3, a broadcast push. It becomes the same message
+/// a text broadcast is (`{"type":"broadcast","event":…,"payload":…}`); a raw payload
+/// (encoding 0) is carried as [`binary_value`].
 pub fn decode_binary(vsn: Vsn, b: &[u8]) -> Result<Msg, WireError> {
     if vsn == Vsn::V1 {
         return Err(bad(Value::Null, None, "vsn 1.0.0 has no binary frames"));
@@ -138,7 +138,7 @@ pub fn decode_binary(vsn: Vsn, b: &[u8]) -> Result<Msg, WireError> {
     let payload = match encoding {
         1 => serde_json::from_slice::<Value>(rest)
             .map_err(|e| bad(r.clone(), Some(topic), format!("broadcast payload is not JSON: {e}")))?,
-        0 => return Err(bad(r, Some(topic), "raw binary broadcast payloads are not supported; send JSON")),
+        0 => binary_value(rest),
         other => return Err(bad(r, Some(topic), format!("unknown payload encoding {other}"))),
     };
     let mut body = Map::new();
@@ -157,6 +157,35 @@ pub fn decode_binary(vsn: Vsn, b: &[u8]) -> Result<Msg, WireError> {
         event: "broadcast".into(),
         payload: Value::Object(body),
     })
+}
+
+/// How a raw binary broadcast payload travels through the hub (whose payloads are JSON):
+/// `{"$binary": "<base64>"}`. Phoenix 2.0.0 receivers get the bytes back in a binary frame;
+/// other receivers see this object.
+pub fn binary_value(bytes: &[u8]) -> Value {
+    use base64::Engine;
+    let mut m = Map::new();
+    m.insert("$binary".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)));
+    Value::Object(m)
+}
+
+/// The bytes of a payload made by [`binary_value`].
+pub fn binary_bytes(v: &Value) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let o = v.as_object().filter(|o| o.len() == 1)?;
+    base64::engine::general_purpose::STANDARD.decode(o.get("$binary")?.as_str()?).ok()
+}
+
+/// A user broadcast to a 2.0.0 client with a raw payload: binary kind 4 (no refs). None when
+/// the topic or event does not fit its one-byte lengths.
+pub fn user_broadcast(topic: &str, event: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    let (t, e) = (u8::try_from(topic.len()).ok()?, u8::try_from(event.len()).ok()?);
+    let mut out = Vec::with_capacity(5 + topic.len() + event.len() + payload.len());
+    out.extend_from_slice(&[4, t, e, 0, 0]);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(payload);
+    Some(out)
 }
 
 /// Encodes one server frame; `payload` is JSON text. Version 1.0.0 writes no `join_ref`.
@@ -238,9 +267,25 @@ mod tests {
         assert!(decode_text(Vsn::V1, r#"[null,"7","a","b",{}]"#).is_err());
         assert!(decode_text(Vsn::V2, r#"[{},"7","a","b",{}]"#).is_err());
         assert!(decode_binary(Vsn::V2, &[4, 0, 0]).unwrap_err().reason.contains("kind 4"));
+        assert!(decode_binary(Vsn::V2, &[3, 0, 0, 1, 1, 0, 7, b't', b'e'])
+            .unwrap_err()
+            .reason
+            .contains("encoding"));
         assert!(decode_binary(Vsn::V2, &[3, 9, 9, 9, 9, 9, 1, b'a']).is_err());
         assert!(decode_binary(Vsn::V2, &[]).is_err());
         assert!(decode_binary(Vsn::V1, &[3, 0, 0, 1, 1, 0, 1, b't', b'e', b'{', b'}']).is_err());
+    }
+
+    #[test]
+    fn raw_payloads_travel_as_base64_and_come_back_as_kind_4() {
+        let mut b = vec![3u8, 0, 0, 1, 3, 0, 0];
+        b.extend_from_slice(b"tbin");
+        b.extend_from_slice(&[0, 1, 255]);
+        let m = decode_binary(Vsn::V2, &b).unwrap();
+        assert_eq!(binary_bytes(&m.payload["payload"]), Some(vec![0, 1, 255]));
+        assert_eq!(binary_bytes(&json!({"$binary": "AAH/", "x": 1})), None);
+        let out = user_broadcast("t", "bin", &[0, 1, 255]).unwrap();
+        assert_eq!(out, [4, 1, 3, 0, 0, b't', b'b', b'i', b'n', 0, 1, 255]);
     }
 
     #[test]
