@@ -20,9 +20,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Who may use channels whose name matches `pattern` (`*` matches any run of characters).
-/// Evaluated with `auth.*` and `data.channel`. Channels matching no pattern admit
-/// authenticated callers (a user token or the admin key) only; a rule opens a channel to
-/// anonymous callers explicitly (e.g. `"rule": "true"`).
+/// Evaluated with `auth.*` and `data.channel`; the first matching rule decides. Channels
+/// matching no pattern admit authenticated callers (a user token or the admin key) only; a
+/// rule opens a channel to anonymous callers explicitly (e.g. `"rule": "true"`). Channels
+/// named `public:…` (a Supabase client's channels with `private: false`) are open to every
+/// caller unless a configured rule matches them: see [`PUBLIC_CHANNELS`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelRule {
@@ -42,10 +44,16 @@ pub struct AccessCache {
     channels: Arc<Vec<(String, Rule)>>,
 }
 
+/// The rule every server ends its channel rules with: channels named `public:*` admit every
+/// caller (configured rules come first, so one can still close them).
+pub const PUBLIC_CHANNELS: (&str, &str) = ("public:*", "true");
+
 impl AccessCache {
     pub fn new(schema: Arc<Schema>, channels: &[ChannelRule]) -> anyhow::Result<AccessCache> {
         let mut compiled = Vec::new();
-        for c in channels {
+        let (public, open) = PUBLIC_CHANNELS;
+        let builtin = ChannelRule { pattern: public.into(), rule: open.into() };
+        for c in channels.iter().chain([&builtin]) {
             let rule =
                 Rule::parse(&c.rule).map_err(|e| anyhow::anyhow!("channel rule for '{}': {e}", c.pattern))?;
             compiled.push((c.pattern.clone(), rule));

@@ -373,17 +373,23 @@ impl Socket {
             Ok(p) => p,
             Err(why) => return fail(self, &why),
         };
-        let name = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic).to_string();
-        if name.is_empty() {
+        let sub_topic = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic).to_string();
+        if sub_topic.is_empty() {
             return fail(self, "TopicNameRequired: You must provide a topic name");
         }
-        if !self.hub.may_join(&who, &name) {
-            return fail(
-                self,
-                &format!("Unauthorized: You do not have permissions to read from this Channel topic: {name}"),
-            );
-        }
         let config = m.payload.get("config").cloned().unwrap_or_else(|| json!({}));
+        let private = match config.get("private") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        let name = hub_channel(&sub_topic, private);
+        if !self.hub.may_join(&who, &name) {
+            let why = format!(
+                "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
+            );
+            return fail(self, &why);
+        }
         let bindings = match config.get("postgres_changes") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a.clone(),
@@ -499,6 +505,17 @@ impl Socket {
         for (topic, ago) in expired {
             self.shut(&topic, &format!("Token has expired {ago} seconds ago"));
         }
+    }
+}
+
+/// The hub channel of a Phoenix topic: a private channel is the channel of that name, which
+/// channel rules govern (and native clients share); a public one is `public:<name>`, open to
+/// every holder of a valid key ([`crate::access::PUBLIC_CHANNELS`]).
+pub fn hub_channel(sub_topic: &str, private: bool) -> String {
+    if private {
+        sub_topic.to_string()
+    } else {
+        format!("public:{sub_topic}")
     }
 }
 

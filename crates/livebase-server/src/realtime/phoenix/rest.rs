@@ -8,7 +8,7 @@ use super::key_principal;
 use crate::app::App;
 use crate::auth::{Principal, TokenError};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -47,8 +47,8 @@ fn caller(app: &App, headers: &HeaderMap) -> Result<Principal, (StatusCode, Stri
     })
 }
 
-fn topic(t: &str) -> &str {
-    t.strip_prefix("realtime:").unwrap_or(t)
+fn channel(t: &str, private: bool) -> String {
+    super::hub_channel(t.strip_prefix("realtime:").unwrap_or(t), private)
 }
 
 async fn batch(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
@@ -82,12 +82,13 @@ async fn batch(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Respo
                 format!("messages[{i}] needs a topic, an event and a payload object"),
             );
         };
-        checked.push((topic(t), e, p));
+        let private = m.get("private").and_then(Value::as_bool).unwrap_or(false);
+        checked.push((channel(t, private), e, p));
     }
-    for (t, e, p) in checked {
+    for (c, e, p) in checked {
         // As Supabase does, a message the caller may not send is dropped, the rest still go.
-        if app.hub.broadcast_as(&who, t, e, p).is_err() {
-            tracing::debug!(topic = t, "REST broadcast refused by the channel rules");
+        if app.hub.broadcast_as(&who, &c, e, p).is_err() {
+            tracing::debug!(channel = c, "REST broadcast refused by the channel rules");
         }
     }
     StatusCode::ACCEPTED.into_response()
@@ -97,8 +98,10 @@ async fn one(
     State(app): State<App>,
     headers: HeaderMap,
     Path((t, event)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
+    let private = super::param(&q, "private").is_some_and(|p| p == "true");
     let who = match caller(&app, &headers) {
         Ok(w) => w,
         Err((status, why)) => return refuse(status, why),
@@ -109,7 +112,7 @@ async fn one(
             return refuse(StatusCode::UNPROCESSABLE_ENTITY, format!("the payload must be JSON: {e}"));
         }
     };
-    match app.hub.broadcast_as(&who, topic(&t), &event, &payload) {
+    match app.hub.broadcast_as(&who, &channel(&t, private), &event, &payload) {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => refuse(StatusCode::FORBIDDEN, e.message),
     }
