@@ -708,3 +708,62 @@ async fn browsers_get_cors_answers() {
     assert_eq!(a.header("access-control-allow-origin"), "*");
     assert!(a.header("access-control-expose-headers").contains("Content-Range"));
 }
+
+#[tokio::test]
+async fn concurrent_updates_where_touch_each_matching_row_once() {
+    let r = Rest::start().await;
+    let rows: Vec<Value> = (0..30).map(|i| json!({"title": format!("r{i}"), "status": "open"})).collect();
+    r.seed(Value::Array(rows)).await;
+    // Two requests race for the open rows: whichever writes a row first takes it; the other
+    // finds it no longer open (inside its transaction), reads again and leaves it alone.
+    let (a, b) = tokio::join!(
+        r.send(Method::PATCH, "items?status=eq.open", &[], Some(json!({"status": "late"}))),
+        r.send(Method::PATCH, "items?status=eq.open", &[], Some(json!({"status": "done"}))),
+    );
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::NO_CONTENT, StatusCode::NO_CONTENT),
+        "{} {}",
+        a.text,
+        b.text
+    );
+    let (_, changes) = r.t.get("/api/changes?since=0&limit=1000").await;
+    let mut per_row: std::collections::HashMap<String, usize> = Default::default();
+    for e in changes["events"].as_array().expect("events").iter().filter(|e| e["op"] == "update") {
+        *per_row.entry(e["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_row.len(), 30, "every open row was updated");
+    let twice = per_row.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "{twice} rows were updated by both requests");
+    assert_eq!(r.get("items?status=eq.open").await.text, "[]");
+}
+
+#[tokio::test]
+async fn a_write_where_applies_nothing_once_a_row_no_longer_matches() {
+    let r = Rest::start().await;
+    let rows = r.five().await;
+    let ids: Vec<String> = rows.iter().map(|v| v["id"].as_str().expect("id").to_string()).collect();
+    let service = &r.t.server.as_ref().expect("server").app.service;
+    let ops: Vec<livebase_store::WriteOp> = ids
+        .iter()
+        .map(|id| livebase_store::WriteOp::Update {
+            collection: "items".into(),
+            id: id.clone(),
+            data: json!({"qty": 42}).as_object().cloned().expect("object"),
+            base_version: None,
+        })
+        .collect();
+    // The guard refuses one row (as if it had changed since it was read): nothing applies.
+    let refused = ids[3].clone();
+    let guard: livebase_server::service::RowGuard = std::sync::Arc::new(move |rec| rec.id() != refused);
+    let result =
+        service.write_where(&livebase_server::auth::Principal::Admin, ops, guard).await.expect("write");
+    match result {
+        livebase_store::WriteResult::Applied(Err(e)) => {
+            assert_eq!(e.index, 3);
+            assert!(matches!(e.error, livebase_store::StoreError::NotFound { .. }), "{e:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(r.get("items?qty=eq.42").await.text, "[]");
+}
