@@ -309,6 +309,13 @@ async fn a_single_object_is_one_row_or_406() {
         )
         .await;
     assert_eq!(a.json(), json!({"title": "date"}));
+    let a = r
+        .get_with(
+            "items?select=title,qty&sku=eq.D",
+            &[("Accept", "application/vnd.pgrst.array+json;nulls=stripped")],
+        )
+        .await;
+    assert_eq!(a.json(), json!([{"title": "date"}]));
     r.get_with("items", &[("Accept", "text/csv")]).await.error(StatusCode::NOT_ACCEPTABLE, "PGRST107");
 }
 
@@ -403,6 +410,17 @@ async fn updates_and_deletes_apply_to_every_matching_row_in_one_transaction() {
     let mut got = a.json().as_array().cloned().expect("rows");
     got.sort_by_key(|v| v["title"].as_str().map(str::to_string));
     assert_eq!(got, [json!({"title": "apple", "qty": 8}), json!({"title": "cherry", "qty": 8})]);
+    // Prefer: handling=strict, max-affected=1 (postgrest-js .maxAffected(1)) refuses two rows.
+    let a = r
+        .send(
+            Method::PATCH,
+            "items?status=eq.open",
+            &[("Prefer", "handling=strict"), ("Prefer", "max-affected=1")],
+            Some(json!({"qty": 3})),
+        )
+        .await;
+    a.error(StatusCode::BAD_REQUEST, "PGRST124");
+    assert_eq!(r.get("items?qty=eq.3").await.text, "[]");
     // No versions: a plain last-write patch, version bumped by one.
     let a = r.get(&format!("items?select=version&id=eq.{}", rows[0]["id"].as_str().expect("id"))).await;
     assert_eq!(a.json(), json!([{"version": 2}]));
