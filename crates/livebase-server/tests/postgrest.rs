@@ -505,6 +505,24 @@ async fn upsert_merges_or_ignores_duplicates_on_id_or_a_unique_column() {
         .await
         .error(StatusCode::CONFLICT, "23505");
     assert_eq!(e["message"], "duplicate key value violates unique constraint \"items_pkey\"");
+    // A key is compared as stored: the same instant in another spelling is the same key.
+    r.t.create_collection(json!({"name": "readings", "fields": [
+        {"name": "at", "type": "datetime", "unique": true}, {"name": "value", "type": "number"}],
+        "rules": {"list": "true", "view": "true", "create": "true", "update": "true", "delete": "true"}}))
+        .await;
+    let a =
+        r.send(Method::POST, "readings", &[], Some(json!({"at": "2026-01-02T03:04:05Z", "value": 1}))).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = r
+        .send(
+            Method::POST,
+            "readings?on_conflict=at&select=value",
+            &rep,
+            Some(json!({"at": "2026-01-02T04:04:05+01:00", "value": 2})),
+        )
+        .await;
+    assert_eq!((a.status, a.json()), (StatusCode::CREATED, json!([{"value": 2.0}])), "{}", a.text);
+    assert_eq!(r.get("readings?select=value").await.json(), json!([{"value": 2.0}]));
     // Only id or a unique column can be the conflict target.
     r.send(Method::POST, "items?on_conflict=title", &rep, Some(json!({"title": "x"})))
         .await

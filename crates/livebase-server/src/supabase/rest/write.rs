@@ -2,7 +2,7 @@
 //! Each request is one store request, so one transaction.
 
 use super::errors::PgError;
-use super::query::Resolution;
+use super::query::{self, Resolution};
 use super::{fail, prepare, read_body, window, write_response, Req, ATTEMPTS, MAX_ROWS};
 use crate::app::App;
 use axum::body::Body;
@@ -11,6 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use livebase_core::filter::{BoundFilter, Filter};
 use livebase_core::query::ListQuery;
+use livebase_core::record::normalize_timestamp;
+use livebase_core::schema::FieldType;
 use livebase_core::Record;
 use livebase_store::{OpError, OpOutcome, StoreError, WriteOp, WriteResult};
 use serde_json::{Map, Value};
@@ -169,11 +171,22 @@ fn outcome_record(o: OpOutcome) -> Record {
     }
 }
 
-/// A value as the text of a filter literal.
-fn literal(v: &Value) -> String {
+/// A conflict key as text, in the form the store keeps it (so `5` and `5.0` of a number
+/// column, or two spellings of one datetime, are one key); also a filter literal. None for
+/// null.
+fn key_of(ty: Option<FieldType>, v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => s.clone(),
-        v => v.to_string(),
+        Value::Null => None,
+        Value::String(s) if ty == Some(FieldType::Datetime) => {
+            Some(normalize_timestamp(s).unwrap_or_else(|| s.clone()))
+        }
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => (f as i64).to_string(),
+            _ => n.to_string(),
+        }),
+        v => Some(v.to_string()),
     }
 }
 
@@ -200,8 +213,8 @@ async fn upsert(
             .hint("on_conflict takes one column: id or a field declared unique"))
         }
     };
-    let keys: Vec<Option<String>> =
-        rows.iter().map(|r| r.get(&col).filter(|v| !v.is_null()).map(literal)).collect();
+    let ty = query::column_type(c, &col);
+    let keys: Vec<Option<String>> = rows.iter().map(|r| r.get(&col).and_then(|v| key_of(ty, v))).collect();
     let mut seen = std::collections::HashSet::new();
     if keys.iter().flatten().any(|k| !seen.insert(k.clone())) {
         return Err(PgError::new(
@@ -227,22 +240,22 @@ async fn upsert(
                 .await
                 .map_err(|e| PgError::from_service(e, &c.name, &req.who))?;
             for r in page.items {
-                if let Some(k) = r.get(&col).map(literal) {
+                if let Some(k) = r.get(&col).and_then(|v| key_of(ty, v)) {
                     existing.insert(k, r.id().to_string());
                 }
             }
         }
         let mut ops = Vec::new();
         let mut data = Vec::new();
-        let mut expect: HashMap<String, Value> = HashMap::new();
+        let mut expect: HashMap<String, String> = HashMap::new();
         for (row, key) in rows.iter().zip(&keys) {
-            match key.as_ref().and_then(|k| existing.get(k)) {
+            match key.as_ref().and_then(|k| existing.get(k).map(|id| (k, id))) {
                 Some(_) if resolution == Resolution::Ignore => {}
-                Some(id) => {
+                Some((key, id)) => {
                     let mut patch = row.clone();
                     if col != "id" {
                         patch.remove("id");
-                        expect.insert(id.clone(), row.get(&col).cloned().unwrap_or(Value::Null));
+                        expect.insert(id.clone(), key.clone());
                     }
                     ops.push(WriteOp::Update {
                         collection: c.name.clone(),
@@ -260,7 +273,7 @@ async fn upsert(
         }
         let field = col.clone();
         let still: crate::service::RowGuard = Arc::new(move |r: &Record| match expect.get(r.id()) {
-            Some(v) => r.get(&field) == Some(v),
+            Some(k) => r.get(&field).and_then(|v| key_of(ty, v)).as_ref() == Some(k),
             None => true,
         });
         let again = |e: &StoreError| match e {
