@@ -273,10 +273,12 @@ describe('errors', () => {
 
 describe('keys and roles', () => {
   it('a user sees and changes its own rows; anon nothing; service_role everything', async () => {
-    const as = (sub) =>
-      createClient(s.url, s.anonKey, { ...s.clientOptions, global: { headers: { Authorization: `Bearer ${s.userToken(sub)}` } } });
-    const ann = as('ann');
-    const bob = as('bob');
+    // A signed-in user's token, handed over the two ways supabase-js offers.
+    const ann = createClient(s.url, s.anonKey, { ...s.clientOptions, accessToken: async () => s.userToken('ann') });
+    const bob = createClient(s.url, s.anonKey, {
+      ...s.clientOptions,
+      global: { headers: { Authorization: `Bearer ${s.userToken('bob')}` } },
+    });
     assert.equal((await ann.from('notes').insert({ owner: 'ann', body: "ann's" })).error, null);
     assert.equal((await bob.from('notes').insert({ owner: 'bob', body: "bob's" })).error, null);
     let r = await ann.from('notes').select('body');
