@@ -803,3 +803,30 @@ async fn a_write_where_applies_nothing_once_a_row_no_longer_matches() {
     }
     assert_eq!(r.get("items?qty=eq.42").await.text, "[]");
 }
+
+#[tokio::test]
+async fn callers_over_their_rate_are_told_when_to_retry_except_the_service_role() {
+    let t = TestServer::start_with(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.rate_limit = 0.5;
+        c.rate_burst = 2.0;
+    })
+    .await;
+    t.create_collection(items()).await;
+    let r = Rest {
+        t,
+        anon: sign_role(SECRET, None, "anon", 3600, Map::new()).expect("anon"),
+        service: sign_role(SECRET, None, "service_role", 3600, Map::new()).expect("service"),
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(r.get("items").await);
+    }
+    let limited = statuses.iter().find(|a| a.status == StatusCode::TOO_MANY_REQUESTS).expect("a 429");
+    limited.error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(limited.header("retry-after").parse::<u64>().is_ok_and(|s| s >= 1), "{:?}", limited.headers);
+    for _ in 0..5 {
+        let a = r.call(Method::GET, "items", Some(&r.service), &[], None).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+}

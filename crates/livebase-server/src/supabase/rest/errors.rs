@@ -18,11 +18,13 @@ pub struct PgError {
     pub message: String,
     pub details: Option<String>,
     pub hint: Option<String>,
+    /// `Retry-After` (seconds) of a rate-limited request.
+    pub retry_after: Option<u64>,
 }
 
 impl PgError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> PgError {
-        PgError { status, code, message: message.into(), details: None, hint: None }
+        PgError { status, code, message: message.into(), details: None, hint: None, retry_after: None }
     }
 
     pub fn details(mut self, d: impl Into<String>) -> PgError {
@@ -235,6 +237,9 @@ impl IntoResponse for PgError {
     fn into_response(self) -> Response {
         let unauthorized = self.status == StatusCode::UNAUTHORIZED && self.code.starts_with("PGRST3");
         let mut resp = (self.status, axum::Json(self.body_json())).into_response();
+        if let Some(v) = self.retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
         if unauthorized {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -109,11 +109,13 @@ fn rate_limit(app: &App, who: &Principal, addr: SocketAddr) -> Result<(), PgErro
     };
     app.rest_limiter.check(&key).map_err(|wait| {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        PgError::new(
+        let mut e = PgError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!("too many requests; retry in {secs} s"),
-        )
+        );
+        e.retry_after = Some(secs);
+        e
     })
 }
 
