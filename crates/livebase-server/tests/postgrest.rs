@@ -456,10 +456,13 @@ async fn updates_and_deletes_apply_to_every_matching_row_in_one_transaction() {
         .collect();
     assert_eq!(updates.len(), 2);
     assert_eq!(updates[0]["committed_at"], updates[1]["committed_at"], "{updates:?}");
-    // Bad bodies.
+    // Bad bodies; an unknown column even when no row matches.
     r.send(Method::PATCH, "items?sku=eq.A", &[], Some(json!([1])))
         .await
         .error(StatusCode::BAD_REQUEST, "PGRST102");
+    r.send(Method::PATCH, "items?sku=eq.none", &[], Some(json!({"colour": "red"})))
+        .await
+        .error(StatusCode::BAD_REQUEST, "PGRST204");
 }
 
 #[tokio::test]
@@ -687,6 +690,18 @@ async fn roles_map_onto_collection_rules() {
     as_(&r.anon, Method::POST, "notes", "", Some(json!({"owner": "ann", "body": "x"})))
         .await
         .error(StatusCode::UNAUTHORIZED, "42501");
+    // An upsert onto a row the caller cannot see is a clash, not an update of it.
+    let a = as_(&r.service, Method::GET, "notes?select=id&owner=eq.bob", "", None).await;
+    let bobs = a.json()[0]["id"].as_str().expect("id").to_string();
+    let a = as_(
+        &ann,
+        Method::POST,
+        "notes",
+        "resolution=merge-duplicates",
+        Some(json!({"id": bobs, "owner": "ann", "body": "mine"})),
+    )
+    .await;
+    a.error(StatusCode::CONFLICT, "23505");
     // service_role acts as the service credential: every row, no rules.
     let a = as_(&r.service, Method::GET, "notes?select=body&order=body", "", None).await;
     assert_eq!(a.json(), json!([{"body": "bob's"}, {"body": "edited"}]));

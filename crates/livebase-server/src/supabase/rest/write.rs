@@ -89,8 +89,9 @@ fn create_op(collection: &str, mut data: Map<String, Value>) -> Result<WriteOp, 
 /// How one write attempt ended.
 enum Attempt {
     Done(Vec<OpOutcome>),
-    /// The rows it was chosen from changed meanwhile: read again.
-    Again,
+    /// The rows it was chosen from changed meanwhile: read again. The refusal, as it would
+    /// be answered if reading again cannot help.
+    Again(PgError),
 }
 
 /// Runs ops (guarded: each stored row must still pass `still`); `data` names each op's input
@@ -112,7 +113,9 @@ async fn attempt(
     };
     match r.map_err(|e| PgError::from_service(e, &req.c.name, &req.who))? {
         WriteResult::Applied(Ok(out)) => Ok(Attempt::Done(out)),
-        WriteResult::Applied(Err(OpError { error, .. })) if again(&error) => Ok(Attempt::Again),
+        WriteResult::Applied(Err(OpError { index, error })) if again(&error) => {
+            Ok(Attempt::Again(PgError::from_store(error, &req.c.name, &req.who, data.get(index).copied())))
+        }
         WriteResult::Applied(Err(OpError { index, error })) => {
             Err(PgError::from_store(error, &req.c.name, &req.who, data.get(index).copied()))
         }
@@ -161,7 +164,7 @@ async fn plain_insert(app: &App, req: &Req, rows: Vec<Map<String, Value>>) -> Re
     let data: Vec<&Map<String, Value>> = rows.iter().collect();
     match attempt(app, req, ops, None, &data, |_| false).await? {
         Attempt::Done(out) => Ok(out.into_iter().map(outcome_record).collect()),
-        Attempt::Again => Err(contention()),
+        Attempt::Again(_) => Err(contention()),
     }
 }
 
@@ -224,7 +227,7 @@ async fn upsert(
         )
         .hint("Ensure that no rows proposed for insertion within the same command have duplicate constrained values."));
     }
-    for _ in 0..ATTEMPTS {
+    for attempt_no in 0..ATTEMPTS {
         // The stored rows holding these keys, as the caller sees them.
         let mut existing: HashMap<String, String> = HashMap::new();
         let wanted: Vec<String> = keys.iter().flatten().cloned().collect();
@@ -283,7 +286,10 @@ async fn upsert(
         };
         match attempt(app, req, ops, Some(still), &data, again).await? {
             Attempt::Done(out) => return Ok(out.into_iter().map(outcome_record).collect()),
-            Attempt::Again => continue,
+            // A key that clashes again on a fresh read belongs to a row the caller cannot
+            // see (or keeps being re-created): answer the clash itself.
+            Attempt::Again(e) if e.code == "23505" && attempt_no > 0 => return Err(e),
+            Attempt::Again(_) => continue,
         }
     }
     Err(contention())
@@ -348,7 +354,7 @@ async fn write_matching(
         let again = |e: &StoreError| matches!(e, StoreError::NotFound { .. });
         match attempt(app, req, ops, Some(still), &inputs, again).await? {
             Attempt::Done(out) => return Ok(out.into_iter().map(outcome_record).collect()),
-            Attempt::Again => continue,
+            Attempt::Again(_) => continue,
         }
     }
     Err(contention())
@@ -375,6 +381,14 @@ pub(super) async fn update(
         }
         Err(e) => return fail(e),
     };
+    // An unknown column is refused whether or not any row matches, as PostgREST does.
+    if let Some(k) = patch.keys().find(|k| query::column_type(&req.c, k).is_none()) {
+        return fail(PgError::new(
+            StatusCode::BAD_REQUEST,
+            "PGRST204",
+            format!("Could not find the '{k}' column of '{}' in the schema cache", req.c.name),
+        ));
+    }
     let collection = req.c.name.clone();
     let op = |r: &Record| WriteOp::Update {
         collection: collection.clone(),
