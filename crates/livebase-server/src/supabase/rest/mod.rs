@@ -77,13 +77,13 @@ fn prepare(
     name: &str,
     q: &Option<String>,
     headers: &HeaderMap,
-    write: bool,
+    writing: bool,
 ) -> Result<Req, PgError> {
     let pairs = pairs(q);
     let apikey = pairs.iter().find(|(k, _)| k == "apikey").map(|(_, v)| v.as_str());
     let who = keys::principal(app, headers, apikey)?;
     rate_limit(app, &who, addr)?;
-    let profile = if write { "content-profile" } else { "accept-profile" };
+    let profile = if writing { "content-profile" } else { "accept-profile" };
     if let Some(p) = headers.get(profile) {
         if p.to_str().ok().map(str::trim) != Some("public") {
             return Err(PgError::new(
