@@ -212,9 +212,23 @@ pub fn sign(
     ttl_secs: u64,
     extra: Map<String, Value>,
 ) -> anyhow::Result<String> {
+    sign_role(secret, Some(sub), role, ttl_secs, extra)
+}
+
+/// Signs an HS256 token with or without a subject: a role key (`anon`, `service_role`) has
+/// none, a user token has one.
+pub fn sign_role(
+    secret: &str,
+    sub: Option<&str>,
+    role: &str,
+    ttl_secs: u64,
+    extra: Map<String, Value>,
+) -> anyhow::Result<String> {
     let now = jsonwebtoken::get_current_timestamp();
     let mut claims = extra;
-    claims.insert("sub".into(), Value::String(sub.into()));
+    if let Some(sub) = sub {
+        claims.insert("sub".into(), Value::String(sub.into()));
+    }
     claims.insert("role".into(), Value::String(role.into()));
     claims.insert("iat".into(), Value::from(now));
     claims.insert("exp".into(), Value::from(now + ttl_secs));

@@ -13,6 +13,8 @@
 //! - [`service`]: the operations every front end calls (list, get, write, snapshot, changes,
 //!   schema), each deciding the caller's access inside.
 //! - [`rest`]: the native REST API: thin translations of HTTP onto [`service`].
+//! - [`supabase`]: what `@supabase/supabase-js` speaks: keys and roles, the PostgREST subset
+//!   at `/rest/v1`.
 //! - [`schema_file`]: collections declared in a JSON/TOML file.
 //! - [`dashboard`]: the embedded admin dashboard under `/_/`; [`status`]: its live figures
 //!   (`/api/_status`); [`openapi`]: the OpenAPI 3.1 document (`/api/openapi.json`).
@@ -39,6 +41,7 @@ pub mod schema_file;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod supabase;
 
 pub use config::Config;
 pub use server::{start, Server};

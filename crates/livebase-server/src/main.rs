@@ -14,14 +14,16 @@ struct Cli {
 enum Command {
     /// Start the server.
     Serve(Box<Config>),
-    /// Print a signed HS256 user token (secret from --secret or LIVEBASE_JWT_SECRET).
+    /// Print a signed HS256 token (secret from --secret or LIVEBASE_JWT_SECRET): a user token
+    /// (`--sub`), or a Supabase-style role key without a subject (`--role anon`, `--role
+    /// service_role` — the latter acts as the admin key on /rest/v1 and /realtime/v1).
     Token {
-        /// The user id (`sub` claim).
+        /// The user id (`sub` claim); required unless --role is given.
+        #[arg(long, required_unless_present = "role")]
+        sub: Option<String>,
+        /// The role (`role` claim), used by rules as auth.role [default: authenticated].
         #[arg(long)]
-        sub: String,
-        /// The role (`role` claim), used by rules as auth.role.
-        #[arg(long, default_value = "authenticated")]
-        role: String,
+        role: Option<String>,
         /// Lifetime: 45s, 30m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
@@ -70,7 +72,8 @@ fn main() -> anyhow::Result<()> {
                 extra.insert(k.to_string(), v);
             }
             let ttl = livebase_server::auth::parse_ttl(&ttl)?;
-            println!("{}", livebase_server::auth::sign(&secret, &sub, &role, ttl, extra)?);
+            let role = role.unwrap_or_else(|| "authenticated".into());
+            println!("{}", livebase_server::auth::sign_role(&secret, sub.as_deref(), &role, ttl, extra)?);
             Ok(())
         }
         Command::Bench { args } => run_bench(args),

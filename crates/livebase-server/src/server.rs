@@ -83,6 +83,7 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
 pub fn router(app: App) -> Router {
     let mut r = Router::new()
         .merge(rest::routes(app.clone()))
+        .merge(crate::supabase::rest::routes(app.clone()))
         .merge(crate::status::routes())
         .merge(crate::openapi::routes())
         .merge(crate::dashboard::routes())

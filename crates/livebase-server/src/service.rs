@@ -40,6 +40,9 @@ pub const MAX_AGGREGATE_ROWS: usize = 200_000;
 
 pub type Result<T> = std::result::Result<T, ServiceError>;
 
+/// A condition on the stored row an update or delete touches (see [`Service::write_where`]).
+pub type RowGuard = Arc<dyn Fn(&Record) -> bool + Send + Sync>;
+
 /// A page of the change log as one caller sees it.
 #[derive(Debug, Clone)]
 pub struct Changes {
@@ -186,6 +189,35 @@ impl Service {
             Some(Arc::new(move |check: &AccessCheck<'_>| access.authorize(&who, check)))
         };
         let req = WriteRequest { ops, actor: who.actor(), idempotency, authorize };
+        Ok(self.store.write(req).await?)
+    }
+
+    /// [`Service::write`] for ops chosen from rows read a moment before (an update or delete
+    /// "where …"): inside the transaction every stored row an op touches must still pass
+    /// `still`, else the request fails with `NotFound` for it and nothing is applied, so the
+    /// caller can read again and retry. The caller's rules apply as in `write`.
+    pub async fn write_where(
+        &self,
+        who: &Principal,
+        ops: Vec<WriteOp>,
+        still: RowGuard,
+    ) -> Result<WriteResult> {
+        let rules = (!who.is_admin()).then(|| (who.clone(), self.access()));
+        let authorize: Authorize = Arc::new(move |check: &AccessCheck<'_>| {
+            if let Some(r) = check.record {
+                if !still(r) {
+                    return Err(StoreError::NotFound {
+                        collection: check.collection.to_string(),
+                        id: r.id().to_string(),
+                    });
+                }
+            }
+            match &rules {
+                Some((who, access)) => access.authorize(who, check),
+                None => Ok(()),
+            }
+        });
+        let req = WriteRequest { ops, actor: who.actor(), idempotency: None, authorize: Some(authorize) };
         Ok(self.store.write(req).await?)
     }
 

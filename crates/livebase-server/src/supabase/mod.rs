@@ -1,0 +1,10 @@
+//! Supabase compatibility: what unmodified `@supabase/supabase-js` speaks, served on the
+//! same service layer and hub as the native API (see `docs/supabase.md`).
+//!
+//! - [`keys`]: the `apikey` / `Authorization: Bearer` credential and its role
+//!   (`service_role` → the service credential, `anon` → anonymous, others → a user).
+//! - [`rest`]: the PostgREST subset at `/rest/v1/{collection}`.
+
+pub mod keys;
+pub mod rest;
+// pub mod realtime; (the Phoenix protocol at /realtime/v1, added with it)
