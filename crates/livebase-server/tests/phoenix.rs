@@ -561,3 +561,35 @@ async fn rest_broadcasts_reach_the_channel_members() {
         .expect("post");
     assert_eq!(r.status(), 422);
 }
+
+#[tokio::test]
+async fn public_channels_admit_the_anon_key_and_private_ones_follow_the_channel_rules() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let schema = dir.path().join("schema.json");
+    let rules = json!({"channels": [{"pattern": "staff-*", "rule": "auth.role == \"staff\""}]});
+    std::fs::write(&schema, rules.to_string()).expect("schema file");
+    let t = TestServer::start_with(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.schema = Some(schema.clone());
+    })
+    .await;
+    let anon = key("", "anon", 3600);
+    let mut s = Phx::connect(&t.url, &anon, "2.0.0").await;
+    let (_, reply) = s.join("realtime:staff-room", json!({"private": false})).await;
+    assert_eq!(reply["status"], "ok", "a public channel is open to the anon key: {reply}");
+    let (_, reply) = s.join("realtime:staff-room2", json!({"private": true})).await;
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert!(reply["response"]["reason"].as_str().unwrap().starts_with("Unauthorized"), "{reply}");
+    let (_, reply) = s.join("realtime:no-rule", json!({"private": true})).await;
+    assert_eq!(
+        reply["status"], "error",
+        "a private channel without a rule admits no anonymous caller: {reply}"
+    );
+
+    let mut staff = Phx::connect(&t.url, &key("s1", "staff", 3600), "2.0.0").await;
+    let (_, reply) = staff.join("realtime:staff-room2", json!({"private": true})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let mut user = Phx::connect(&t.url, &key("u1", "authenticated", 3600), "2.0.0").await;
+    let (_, reply) = user.join("realtime:staff-room2", json!({"private": true})).await;
+    assert_eq!(reply["status"], "error", "{reply}");
+}

@@ -22,8 +22,9 @@ use super::codec::{Codec, Frame};
 use super::conn::{close_on_read_error, close_on_signal, message, reply};
 use super::hub::{BroadcastReq, CloseSignal, ConnHandle, ConnId, Hub, Ops, SetSpec, TrackReq};
 use crate::app::App;
-use crate::auth::{Principal, TokenError};
+use crate::auth::Principal;
 use crate::ratelimit::Bucket;
+use crate::supabase::keys::{self, KeyError};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,15 +46,6 @@ const COALESCE: usize = 64;
 /// How often a socket checks its channels' token expiry and its idle time.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The identity a Supabase key or token stands for: the service credential for the admin
-/// key and for a verified token whose `role` is `service_role`, else the token's claims.
-pub fn key_principal(app: &App, token: &str) -> Result<Principal, TokenError> {
-    match app.verifier.principal(Some(token))? {
-        Principal::User(i) if i.role() == "service_role" => Ok(Principal::Admin),
-        p => Ok(p),
-    }
-}
-
 fn refused(status: StatusCode, error: &str) -> Response {
     (status, Json(json!({ "error": error }))).into_response()
 }
@@ -74,21 +66,19 @@ pub async fn upgrade(
         Ok(v) => v,
         Err(e) => return refused(StatusCode::BAD_REQUEST, &e),
     };
-    let key = headers
-        .get("x-api-key")
-        .or_else(|| headers.get("apikey"))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| param(&q, "apikey"));
-    let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
-        return refused(StatusCode::UNAUTHORIZED, "API key is missing");
+    // Browsers cannot set headers on a WebSocket: the key is the `apikey` parameter (a
+    // gateway may pass `x-api-key`, a server-side client `apikey` or a bearer token).
+    let param_key = param(&q, "apikey");
+    let gateway = headers.get("x-api-key").and_then(|v| v.to_str().ok()).filter(|k| !k.trim().is_empty());
+    let found = match gateway {
+        Some(k) => keys::principal_for_token(&app, k.trim()),
+        None => keys::principal(&app, &headers, param_key.as_deref()),
     };
-    let principal = match key_principal(&app, key.trim()) {
+    let principal = match found {
         Ok(p) => p,
-        Err(TokenError::Expired) => return refused(StatusCode::UNAUTHORIZED, "Token has expired"),
-        Err(TokenError::Invalid(m)) => {
-            return refused(StatusCode::UNAUTHORIZED, &format!("The token provided is not valid: {m}"))
-        }
+        Err(KeyError::Missing) => return refused(StatusCode::UNAUTHORIZED, "API key is missing"),
+        Err(KeyError::Expired) => return refused(StatusCode::UNAUTHORIZED, "Token has expired"),
+        Err(e) => return refused(StatusCode::UNAUTHORIZED, &format!("The token provided is not valid: {e}")),
     };
     let ws = ws
         .read_buffer_size(1024)
@@ -356,9 +346,9 @@ impl Socket {
             .filter(|t| !t.is_empty() && !t.starts_with("sb_"));
         match token {
             None => Ok(self.principal.clone()),
-            Some(t) => key_principal(&self.app, t).map_err(|e| match e {
-                TokenError::Expired => "InvalidJWTToken: Token has expired".to_string(),
-                TokenError::Invalid(m) => format!("InvalidJWTToken: {m}"),
+            Some(t) => keys::principal_for_token(&self.app, t).map_err(|e| match e {
+                KeyError::Expired => "InvalidJWTToken: Token has expired".to_string(),
+                e => format!("InvalidJWTToken: {e}"),
             }),
         }
     }
@@ -468,7 +458,7 @@ impl Socket {
         if token.is_empty() || token.starts_with("sb_") {
             return;
         }
-        match key_principal(&self.app, token) {
+        match keys::principal_for_token(&self.app, token) {
             Ok(p) => {
                 let Some(c) = self.channels.get_mut(&m.topic) else { return };
                 if c.who == p {
@@ -482,10 +472,8 @@ impl Socket {
                 c.who = p.clone();
                 self.hub.reauthorize(c.conn, p);
             }
-            Err(TokenError::Expired) => self.shut(&m.topic, "Token has expired"),
-            Err(TokenError::Invalid(why)) => {
-                self.shut(&m.topic, &format!("The token provided is not valid: {why}"))
-            }
+            Err(KeyError::Expired) => self.shut(&m.topic, "Token has expired"),
+            Err(e) => self.shut(&m.topic, &format!("The token provided is not valid: {e}")),
         }
     }
 

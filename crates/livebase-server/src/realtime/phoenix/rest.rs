@@ -4,9 +4,9 @@
 //! Messages go through [`Hub::broadcast_as`](crate::realtime::hub::Hub::broadcast_as): the
 //! channel rules decide, and members on every node receive them.
 
-use super::key_principal;
 use crate::app::App;
-use crate::auth::{Principal, TokenError};
+use crate::auth::Principal;
+use crate::supabase::keys;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,23 +28,10 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "message": message.into() }))).into_response()
 }
 
-/// `Authorization: Bearer` first, then the `apikey` header.
+/// `Authorization: Bearer` first, then the `apikey` header (the `apikey` and `vsn`
+/// parameters `httpSend` adds are not credentials here).
 fn caller(app: &App, headers: &HeaderMap) -> Result<Principal, (StatusCode, String)> {
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    let key = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
-    let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
-        return Err((StatusCode::UNAUTHORIZED, "Unauthorized: no apikey or bearer token".into()));
-    };
-    key_principal(app, key).map_err(|e| {
-        let why = match e {
-            TokenError::Expired => "Unauthorized: the token has expired".to_string(),
-            TokenError::Invalid(m) => format!("Unauthorized: {m}"),
-        };
-        (StatusCode::UNAUTHORIZED, why)
-    })
+    keys::principal(app, headers, None).map_err(|e| (StatusCode::UNAUTHORIZED, format!("Unauthorized: {e}")))
 }
 
 fn channel(t: &str, private: bool) -> String {
