@@ -123,24 +123,13 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
             }
             frame = rx.recv() => {
                 let Some(frame) = frame else { break };
-                let write = async {
-                    socket.feed(message(frame)).await?;
-                    for _ in 1..COALESCE {
-                        match rx.try_recv() {
-                            Ok(f) => socket.feed(message(f)).await?,
-                            Err(_) => break,
-                        }
+                match write_queued(&mut socket, &mut rx, frame, closing.as_mut()).await {
+                    Wrote::Written => {}
+                    Wrote::Failed => { reason = "write_failed"; break }
+                    Wrote::Closing => {
+                        reason = close_on_signal(&mut socket, &mut rx, &close).await;
+                        break;
                     }
-                    socket.flush().await
-                };
-                // A client that stops reading must not pin this task: a close wins.
-                let closed = tokio::select! {
-                    r = write => if r.is_err() { reason = "write_failed"; break } else { false },
-                    _ = &mut closing => true,
-                };
-                if closed {
-                    reason = close_on_signal(&mut socket, &mut rx, &close).await;
-                    break;
                 }
             }
             msg = socket.recv() => {
@@ -191,6 +180,38 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
     }
     hub.disconnect(conn, reason);
     tracing::info!(conn = %name, reason, "realtime connection closed");
+}
+
+/// What became of a batch of queued frames.
+pub(crate) enum Wrote {
+    Written,
+    Failed,
+    /// The hub asked the connection to close meanwhile.
+    Closing,
+}
+
+/// Writes `first` and the frames queued behind it (up to [`COALESCE`]) with one flush. A
+/// client that stops reading must not pin its task: a close signal wins over the write.
+pub(crate) async fn write_queued(
+    socket: &mut WebSocket,
+    rx: &mut mpsc::Receiver<Frame>,
+    first: Frame,
+    closing: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+) -> Wrote {
+    let write = async {
+        socket.feed(message(first)).await?;
+        for _ in 1..COALESCE {
+            match rx.try_recv() {
+                Ok(f) => socket.feed(message(f)).await?,
+                Err(_) => break,
+            }
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        r = write => if r.is_err() { Wrote::Failed } else { Wrote::Written },
+        _ = closing => Wrote::Closing,
+    }
 }
 
 /// How long a close frame may take to write before the connection is dropped without it.

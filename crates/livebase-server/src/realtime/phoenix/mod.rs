@@ -19,7 +19,7 @@ pub mod rest;
 pub mod wire;
 
 use super::codec::{Codec, Frame};
-use super::conn::{close_on_read_error, close_on_signal, message, reply};
+use super::conn::{close_on_read_error, close_on_signal, reply, write_queued, Wrote};
 use super::hub::{BroadcastReq, CloseSignal, ConnHandle, ConnId, Hub, Ops, SetSpec, TrackReq};
 use crate::app::App;
 use crate::auth::Principal;
@@ -31,7 +31,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use codec::PhoenixCodec;
-use futures_util::SinkExt;
 use livebase_core::filter::Filter;
 use livebase_core::ChangeOp;
 use serde_json::{json, Value};
@@ -42,7 +41,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use wire::{Msg, Vsn, WireError};
 
-const COALESCE: usize = 64;
 /// How often a socket checks its channels' token expiry and its idle time.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -160,23 +158,13 @@ impl Socket {
                 }
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break };
-                    let write = async {
-                        socket.feed(message(frame)).await?;
-                        for _ in 1..COALESCE {
-                            match rx.try_recv() {
-                                Ok(f) => socket.feed(message(f)).await?,
-                                Err(_) => break,
-                            }
+                    match write_queued(&mut socket, &mut rx, frame, closing.as_mut()).await {
+                        Wrote::Written => {}
+                        Wrote::Failed => { reason = "write_failed"; break }
+                        Wrote::Closing => {
+                            reason = close_on_signal(&mut socket, &mut rx, &close).await;
+                            break;
                         }
-                        socket.flush().await
-                    };
-                    let closed = tokio::select! {
-                        r = write => if r.is_err() { reason = "write_failed"; break } else { false },
-                        _ = &mut closing => true,
-                    };
-                    if closed {
-                        reason = close_on_signal(&mut socket, &mut rx, &close).await;
-                        break;
                     }
                 }
                 msg = socket.recv() => {
