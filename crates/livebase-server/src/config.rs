@@ -92,6 +92,11 @@ pub struct Config {
     /// This node's name, part of every connection id (generated when absent).
     #[arg(long, env = "LIVEBASE_NODE_ID")]
     pub node_id: Option<String>,
+    /// A NATS server (`nats://host:4222`) that joins this node to the others using it:
+    /// broadcast and presence reach every node's members, and a node that dies leaves
+    /// everyone's presence within 6 s.
+    #[arg(long = "nats", env = "LIVEBASE_NATS_URL")]
+    pub nats: Option<String>,
 }
 
 impl Config {
@@ -126,6 +131,7 @@ impl Config {
             metrics_token: None,
             log: "warn".into(),
             node_id: None,
+            nats: None,
         }
     }
 }

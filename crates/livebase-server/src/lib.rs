@@ -28,6 +28,7 @@
 pub mod access;
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod demo;

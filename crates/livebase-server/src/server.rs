@@ -45,6 +45,7 @@ impl Server {
     /// accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(mut self) {
         self.app.hub.close_all(1001, "server_shutdown");
+        self.app.hub.leave_cluster().await;
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -163,6 +164,12 @@ async fn record_request(
 }
 
 async fn ready(axum::extract::State(app): axum::extract::State<App>) -> impl IntoResponse {
+    if let Err(why) = app.hub.bus_available() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "cluster_unreachable", "error": why})),
+        );
+    }
     let feed = app.hub.feed();
     let q = livebase_store::ChangeQuery { since: feed.head(), limit: 1, ..Default::default() };
     match app.store.changes(q).await {
@@ -256,11 +263,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Some(n) => anyhow::bail!("--node-id must be 1 to 64 letters, digits or '_', got '{n}'"),
         None => NodeId::generate(),
     };
+    let bus: Arc<dyn crate::realtime::bus::ChannelBus> = match &config.nats {
+        Some(url) => crate::cluster::nats::NatsBus::connect(url, node.clone()).await?,
+        // One node: channel events have no other node to reach.
+        None => MemoryBus::new().attach(node),
+    };
     let hub = Hub::new(HubParts {
         store: store.clone(),
         feed: store.feed(),
-        // One node: channel events have no other node to reach.
-        bus: MemoryBus::new().attach(node),
+        bus,
         limits: config.limits(),
         metrics: metrics.clone(),
         access: access.clone(),

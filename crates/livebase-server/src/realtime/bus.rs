@@ -36,6 +36,18 @@ impl NodeId {
     }
 }
 
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NodeId, D::Error> {
+        Ok(NodeId(String::deserialize(d)?.into()))
+    }
+}
+
 impl std::fmt::Display for NodeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -43,7 +55,7 @@ impl std::fmt::Display for NodeId {
 }
 
 /// A connection, unique across nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct MemberId {
     pub node: NodeId,
     pub conn: u64,
@@ -56,8 +68,9 @@ impl MemberId {
     }
 }
 
-/// What travels between nodes.
-#[derive(Debug, Clone, PartialEq)]
+/// What travels between nodes (as JSON, tagged by `t`, on a cluster bus).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
 pub enum ChannelEvent {
     Broadcast {
         channel: String,
@@ -82,6 +95,10 @@ pub enum ChannelEvent {
     NodeGone {
         node: NodeId,
     },
+    /// Told by a bus to its own hub: nodes that may not know this node's presence appeared
+    /// (a node joined, or came back after being declared gone): announce every presence
+    /// entry of this node's members again. Never crosses nodes itself.
+    Announce,
 }
 
 /// Carries channel events between nodes (see the module docs).
@@ -91,6 +108,16 @@ pub trait ChannelBus: Send + Sync + 'static {
     fn publish(&self, ev: ChannelEvent);
     /// The events other nodes publish. Called once, by the hub.
     fn subscribe(&self) -> mpsc::UnboundedReceiver<ChannelEvent>;
+    /// Whether events reach the other nodes now; why not, when they cannot (new realtime
+    /// connections are refused meanwhile, and `/ready` says so).
+    fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Tells the other nodes this one is stopping, so its members leave their presence at
+    /// once instead of after the liveness timeout.
+    fn leave(&self) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Nodes in one process: what a single server uses (one node, so nothing to carry), and what

@@ -49,6 +49,17 @@ pub async fn upgrade(
         .write_buffer_size(16 * 1024)
         .max_message_size(CODEC_MAX_MESSAGE)
         .max_frame_size(CODEC_MAX_MESSAGE);
+    // A node cut off from the others would serve channels that reach nobody: new
+    // connections wait for it to reconnect (close 1013, "try again later"), with the reason.
+    if let Err(why) = app.hub.bus_available() {
+        tracing::warn!(%why, "refusing a realtime connection");
+        return ws.on_upgrade(move |mut socket| async move {
+            let e = ProtoError::new(&None, "cluster_unreachable", why);
+            let _ = socket.send(Message::Text(e.frame())).await;
+            let close = CloseFrame { code: 1013, reason: Utf8Bytes::from_static("cluster_unreachable") };
+            let _ = socket.send(Message::Close(Some(close))).await;
+        });
+    }
     match principal {
         Ok(p) => ws.on_upgrade(move |socket| run(app, socket, p, resume_of)),
         // Browsers cannot read an HTTP refusal of an upgrade (they see 1006, like a network

@@ -1,6 +1,7 @@
 //! Test harness: real servers on free ports with temp data dirs, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod process;
 pub mod ws;
 

@@ -54,7 +54,7 @@ pub async fn spawn_server(data: &Path, log: &Path, extra: &[&str]) -> ServerProc
         .args(["--admin-key", ADMIN_KEY, "--log", "warn"])
         .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stderr.try_clone().expect("log file"))
         .stderr(stderr);
     let child = cmd.spawn().expect("spawn livebase");
     let mut p = ServerProcess { child, url: format!("http://127.0.0.1:{port}") };

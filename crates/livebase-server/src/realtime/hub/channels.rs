@@ -251,14 +251,37 @@ impl Hub {
                 Self::apply_untrack(reg, &channel, &member, None);
             }
             ChannelEvent::NodeGone { node } => Self::forget_node(reg, &node),
+            ChannelEvent::Announce => self.announce(reg),
         }
         self.inner.metrics.set_presence_members(reg.presence_members);
+    }
+
+    /// Publishes every presence entry of this node's members again (for nodes that joined or
+    /// came back); receivers that already hold an entry leave it as it is.
+    fn announce(&self, reg: &Registry) {
+        let me = self.node();
+        for (channel, table) in &reg.presence {
+            for (key, entries) in table {
+                for (member, meta) in entries.iter().filter(|(m, _)| &m.node == me) {
+                    self.inner.bus.publish(ChannelEvent::Track {
+                        channel: channel.clone(),
+                        key: key.clone(),
+                        member: member.clone(),
+                        meta: meta.clone(),
+                    });
+                }
+            }
+        }
     }
 
     /// Records `member` under `key` (replacing what it tracked before in the channel) and
     /// tells this node's members.
     fn apply_track(reg: &mut Registry, channel: &str, key: &str, member: &MemberId, meta: &Value) {
         let table = reg.presence.entry(channel.to_string()).or_default();
+        // The same entry again (an announce): nothing changed, nobody is told.
+        if table.get(key).is_some_and(|e| e.iter().any(|(m, v)| m == member && v == meta)) {
+            return;
+        }
         let mut leaves = PresenceMap::new();
         for (k, entries) in table.iter_mut() {
             if let Some(pos) = entries.iter().position(|(m, _)| m == member) {

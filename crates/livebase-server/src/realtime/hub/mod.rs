@@ -111,6 +111,16 @@ impl Hub {
         self.inner.bus.node()
     }
 
+    /// Whether the channel bus reaches the other nodes now (see [`ChannelBus::available`]).
+    pub fn bus_available(&self) -> Result<(), String> {
+        self.inner.bus.available()
+    }
+
+    /// Tells the other nodes this one stops (see [`ChannelBus::leave`]).
+    pub async fn leave_cluster(&self) {
+        self.inner.bus.leave().await;
+    }
+
     /// Starts the hub's task: the dispatch of the change feed, and the application of what
     /// other nodes publish on the channel bus. It ends when the feed ends.
     pub fn spawn_dispatcher(&self) -> tokio::task::JoinHandle<()> {

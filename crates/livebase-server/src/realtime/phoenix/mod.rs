@@ -78,6 +78,9 @@ pub async fn upgrade(
         Err(KeyError::Expired) => return refused(StatusCode::UNAUTHORIZED, "Token has expired"),
         Err(e) => return refused(StatusCode::UNAUTHORIZED, &format!("The token provided is not valid: {e}")),
     };
+    if let Err(why) = app.hub.bus_available() {
+        return refused(StatusCode::SERVICE_UNAVAILABLE, &why);
+    }
     let ws = ws
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
