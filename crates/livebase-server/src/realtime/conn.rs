@@ -134,13 +134,9 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
             }
             frame = rx.recv() => {
                 let Some(frame) = frame else { break };
-                match write_queued(&mut socket, &mut rx, frame, closing.as_mut()).await {
-                    Wrote::Written => {}
-                    Wrote::Failed => { reason = "write_failed"; break }
-                    Wrote::Closing => {
-                        reason = close_on_signal(&mut socket, &mut rx, &close).await;
-                        break;
-                    }
+                if let Some(why) = write_queued(&mut socket, &mut rx, frame, closing.as_mut(), &close).await {
+                    reason = why;
+                    break;
                 }
             }
             msg = socket.recv() => {
@@ -193,22 +189,17 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
     tracing::info!(conn = %name, reason, "realtime connection closed");
 }
 
-/// What became of a batch of queued frames.
-pub(crate) enum Wrote {
-    Written,
-    Failed,
-    /// The hub asked the connection to close meanwhile.
-    Closing,
-}
-
 /// Writes `first` and the frames queued behind it (up to [`COALESCE`]) with one flush. A
-/// client that stops reading must not pin its task: a close signal wins over the write.
+/// client that stops reading must not pin its task: a close signal wins over the write (the
+/// connection is then closed as [`close_on_signal`] does). Returns why the connection must
+/// end, if it must.
 pub(crate) async fn write_queued(
     socket: &mut WebSocket,
     rx: &mut mpsc::Receiver<Frame>,
     first: Frame,
     closing: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-) -> Wrote {
+    close: &CloseSignal,
+) -> Option<&'static str> {
     let write = async {
         socket.feed(message(first)).await?;
         for _ in 1..COALESCE {
@@ -219,10 +210,12 @@ pub(crate) async fn write_queued(
         }
         socket.flush().await
     };
+    // The write borrows the socket: the close runs once the select has dropped it.
     tokio::select! {
-        r = write => if r.is_err() { Wrote::Failed } else { Wrote::Written },
-        _ = closing => Wrote::Closing,
+        r = write => return r.err().map(|_| "write_failed"),
+        _ = closing => {}
     }
+    Some(close_on_signal(socket, rx, close).await)
 }
 
 /// How long a close frame may take to write before the connection is dropped without it.

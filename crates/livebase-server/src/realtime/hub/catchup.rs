@@ -56,17 +56,18 @@ impl Outbox {
     }
 }
 
-/// The connection, when it may hold one more subscription.
-fn room_for_one_more<'r>(
+/// The connection, when it may hold `more` subscriptions besides those it has.
+fn room_for<'r>(
     reg: &'r Registry,
     conn: ConnId,
     reference: &Ref,
     limit: usize,
+    more: usize,
 ) -> Result<&'r ConnEntry, ProtoError> {
     let Some(entry) = reg.conns.get(&conn) else {
         return Err(ProtoError::new(reference, "internal", "connection is closing"));
     };
-    if entry.queries.len() >= limit {
+    if entry.queries.len() + more > limit {
         return Err(ProtoError::new(
             reference,
             "too_many_subscriptions",
@@ -101,7 +102,7 @@ impl Hub {
         let mut reg = self.inner.reg.lock();
         let reg = &mut *reg;
         let limit = self.inner.limits.max_subscriptions;
-        room_for_one_more(reg, conn, &reference, limit)?;
+        room_for(reg, conn, &reference, limit, 1)?;
         let qid = reg.query_for(collection, key, bound, Ops::ALL);
         let q = reg.queries.get_mut(&qid).ok_or_else(|| err("internal", "query vanished".into()))?;
         if q.subscribers.contains_key(&conn) {
@@ -174,14 +175,7 @@ impl Hub {
         let mut reg = self.inner.reg.lock();
         let reg = &mut *reg;
         let limit = self.inner.limits.max_subscriptions;
-        let held = room_for_one_more(reg, conn, reference, limit.saturating_add(1))?.queries.len();
-        if held + prepared.len() > limit {
-            return Err(ProtoError::new(
-                reference,
-                "too_many_subscriptions",
-                format!("a connection holds at most {limit} subscriptions"),
-            ));
-        }
+        room_for(reg, conn, reference, limit, prepared.len())?;
         let at = reg.dispatched;
         let mut ids = Vec::with_capacity(prepared.len());
         for (collection, key, bound, ops) in prepared {
@@ -256,7 +250,7 @@ impl Hub {
         let mut reg = self.inner.reg.lock();
         let reg = &mut *reg;
         let limit = self.inner.limits.max_subscriptions;
-        let entry = room_for_one_more(reg, conn, &reference, limit)?;
+        let entry = room_for(reg, conn, &reference, limit, 1)?;
         if let Start::Since { epoch: Some(theirs), .. } = &start {
             if theirs != self.inner.feed.epoch().as_str() {
                 entry.send(Delivery::ResyncRequired {

@@ -36,17 +36,21 @@ fn entry(member: &MemberId, meta: &Value) -> PresenceEntry {
     PresenceEntry { conn_id: member.name(), meta: meta.clone() }
 }
 
+fn valid_channel(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255
+}
+
 fn not_joined(reference: &Ref, what: &str, channel: &str) -> ProtoError {
     ProtoError::new(reference, "not_joined", format!("join '{channel}' before {what}"))
 }
 
 impl Hub {
     pub fn join(&self, conn: ConnId, reference: &Ref, channel: &str) -> Result<(), ProtoError> {
-        if channel.is_empty() || channel.len() > 255 {
+        if !valid_channel(channel) {
             return Err(ProtoError::new(reference, "bad_request", "channel names are 1 to 255 bytes"));
         }
         let Some(who) = self.principal_of(conn) else { return Ok(()) };
-        if !self.access().channel_allowed(&who, channel) {
+        if !self.may_join(&who, channel) {
             return Err(ProtoError::new(reference, "forbidden", format!("not allowed to join '{channel}'")));
         }
         let mut reg = self.inner.reg.lock();
@@ -74,7 +78,7 @@ impl Hub {
     /// May `who` join `channel`? (What [`Hub::join`] checks first, for a protocol that
     /// answers a join before it becomes a member.)
     pub fn may_join(&self, who: &Principal, channel: &str) -> bool {
-        !channel.is_empty() && channel.len() <= 255 && self.access().channel_allowed(who, channel)
+        valid_channel(channel) && self.access().channel_allowed(who, channel)
     }
 
     /// A broadcast sent by `who` from outside any connection (a REST call): to every member
@@ -94,18 +98,29 @@ impl Hub {
             ));
         }
         let from = MemberId { node: self.node().clone(), conn: 0 };
-        {
-            let reg = self.inner.reg.lock();
-            Self::deliver_broadcast(&reg, channel, event, payload, &from, None);
-        }
-        self.inner.bus.publish(ChannelEvent::Broadcast {
+        let ev = Self::local_broadcast(&self.inner.reg.lock(), channel, event, payload, from, None);
+        self.inner.bus.publish(ev);
+        Ok(())
+    }
+
+    /// Delivers a broadcast to this node's members of `channel` (but `skip`); returns the
+    /// event that carries it to the other nodes (published once the lock is released).
+    fn local_broadcast(
+        reg: &Registry,
+        channel: &str,
+        event: &str,
+        payload: &Value,
+        from: MemberId,
+        skip: Option<ConnId>,
+    ) -> ChannelEvent {
+        Self::deliver_broadcast(reg, channel, event, payload, &from, skip);
+        ChannelEvent::Broadcast {
             channel: channel.to_string(),
             event: event.to_string(),
             payload: payload.clone(),
             from,
-            include_self: true,
-        });
-        Ok(())
+            include_self: skip.is_none(),
+        }
     }
 
     pub fn leave(&self, conn: ConnId, reference: &Ref, channel: &str) -> Result<(), ProtoError> {
@@ -142,26 +157,13 @@ impl Hub {
         let Some(c) = reg.conns.get(&conn).filter(|c| c.channels.contains(b.channel)) else {
             return Err(not_joined(b.reference, "broadcasting", b.channel));
         };
-        let from = c.member.clone();
-        Self::deliver_broadcast(
-            &reg,
-            b.channel,
-            b.event,
-            b.payload,
-            &from,
-            (!b.include_self).then_some(conn),
-        );
+        let skip = (!b.include_self).then_some(conn);
+        let ev = Self::local_broadcast(&reg, b.channel, b.event, b.payload, c.member.clone(), skip);
         if b.ack {
             c.send(Delivery::Ok { reference: b.reference });
         }
         drop(reg);
-        self.inner.bus.publish(ChannelEvent::Broadcast {
-            channel: b.channel.to_string(),
-            event: b.event.to_string(),
-            payload: b.payload.clone(),
-            from,
-            include_self: b.include_self,
-        });
+        self.inner.bus.publish(ev);
         Ok(())
     }
 

@@ -78,6 +78,28 @@ fn refs(r: &Ref) -> Option<&[Value]> {
     }
 }
 
+/// A change's `data`, borrowing the records (encoded once per event and view).
+#[derive(serde::Serialize)]
+struct ChangeData<'a> {
+    schema: &'static str,
+    table: &'a str,
+    commit_timestamp: String,
+    r#type: &'static str,
+    columns: Vec<Column<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'a Record>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_record: Option<&'a Record>,
+    /// Always null (Supabase's `errors` when there are none).
+    errors: (),
+}
+
+#[derive(serde::Serialize)]
+struct Column<'a> {
+    name: &'a str,
+    r#type: &'static str,
+}
+
 /// The column type supabase-js converts a value by; values are already typed JSON, so the
 /// names only have to be ones it passes such values through unchanged.
 fn column_type(v: &Value) -> &'static str {
@@ -124,36 +146,32 @@ fn presence(p: &PresenceMap) -> Value {
 
 impl Codec for PhoenixCodec {
     fn change_body(&self, e: &ChangeEvent, sides: Sides) -> Arc<str> {
-        let new = e.new.as_ref().filter(|_| sides.new);
-        let old = e.old.as_ref().filter(|_| sides.old);
-        let mut columns: Vec<Value> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for r in [new, old].into_iter().flatten() {
+        let record = e.new.as_ref().filter(|_| sides.new);
+        let old_record = e.old.as_ref().filter(|_| sides.old);
+        let mut columns: Vec<Column<'_>> = Vec::new();
+        for r in [record, old_record].into_iter().flatten() {
             for (name, v) in r.0.iter() {
-                if seen.insert(name.as_str()) {
-                    columns.push(json!({"name": name, "type": column_type(v)}));
+                if !columns.iter().any(|c| c.name == name) {
+                    columns.push(Column { name, r#type: column_type(v) });
                 }
             }
         }
-        let kind = match e.op {
+        let r#type = match e.op {
             ChangeOp::Insert => "INSERT",
             ChangeOp::Update => "UPDATE",
             ChangeOp::Delete => "DELETE",
         };
-        let mut data = Map::new();
-        data.insert("schema".into(), Value::String("public".into()));
-        data.insert("table".into(), Value::String(e.collection.clone()));
-        data.insert("commit_timestamp".into(), Value::String(millis(&e.committed_at)));
-        data.insert("type".into(), Value::String(kind.into()));
-        data.insert("columns".into(), Value::Array(columns));
-        if let Some(r) = new {
-            data.insert("record".into(), record(r));
-        }
-        if let Some(r) = old {
-            data.insert("old_record".into(), record(r));
-        }
-        data.insert("errors".into(), Value::Null);
-        Value::Object(data).to_string().into()
+        let data = ChangeData {
+            schema: "public",
+            table: &e.collection,
+            commit_timestamp: millis(&e.committed_at),
+            r#type,
+            columns,
+            record,
+            old_record,
+            errors: (),
+        };
+        serde_json::to_string(&data).unwrap_or_default().into()
     }
 
     fn change(&self, body: &str, sub_id: u64, _view: View) -> Frame {
@@ -210,10 +228,6 @@ impl Codec for PhoenixCodec {
             | Delivery::Aggregate { .. } => return None,
         })
     }
-}
-
-fn record(r: &Record) -> Value {
-    Value::Object(r.0.clone())
 }
 
 #[cfg(test)]

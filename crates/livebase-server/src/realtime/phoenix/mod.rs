@@ -19,7 +19,7 @@ pub mod rest;
 pub mod wire;
 
 use super::codec::{Codec, Frame};
-use super::conn::{close_on_read_error, close_on_signal, reply, write_queued, Wrote};
+use super::conn::{close_on_read_error, close_on_signal, reply, write_queued};
 use super::hub::{BroadcastReq, CloseSignal, ConnHandle, ConnId, Hub, Ops, SetSpec, TrackReq};
 use crate::app::App;
 use crate::auth::Principal;
@@ -161,13 +161,9 @@ impl Socket {
                 }
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break };
-                    match write_queued(&mut socket, &mut rx, frame, closing.as_mut()).await {
-                        Wrote::Written => {}
-                        Wrote::Failed => { reason = "write_failed"; break }
-                        Wrote::Closing => {
-                            reason = close_on_signal(&mut socket, &mut rx, &close).await;
-                            break;
-                        }
+                    if let Some(why) = write_queued(&mut socket, &mut rx, frame, closing.as_mut(), &close).await {
+                        reason = why;
+                        break;
                     }
                 }
                 msg = socket.recv() => {
