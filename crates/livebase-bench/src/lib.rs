@@ -37,6 +37,9 @@
 //!   the first), `lost`, `latency_ms` (send of the newest counted record → receipt),
 //!   `server_cpu_us_per_change` (server CPU per write, all aggregates and frames included),
 //!   `server_cpu_us_per_update`.
+//! - `ceiling`: `fanout` (same flags, same keys) against a minimal broadcaster this binary
+//!   runs as its child server (`ceiling.rs`): no store, hub or rules, one pre-encoded frame
+//!   per event written to every socket. The reference fan-out figures are compared with.
 //! - `presence`: `--connections` members (default 200) join one channel; one after the
 //!   other each tracks (meta holds its send time) and later leaves; every other member's
 //!   `presence_diff` receipt is timed.
@@ -88,6 +91,7 @@
 
 mod aggregates;
 mod catchup;
+pub mod ceiling;
 mod connections;
 mod fanout;
 mod http;
@@ -117,6 +121,8 @@ pub enum Scenario {
     Catchup,
     Presence,
     Aggregates,
+    /// `fanout` against a minimal broadcaster instead of Livebase (see `ceiling.rs`).
+    Ceiling,
 }
 
 impl Scenario {
@@ -128,6 +134,7 @@ impl Scenario {
             Scenario::Catchup => "catchup",
             Scenario::Presence => "presence",
             Scenario::Aggregates => "aggregates",
+            Scenario::Ceiling => "ceiling",
         }
     }
 }
@@ -291,6 +298,16 @@ impl Ctx {
 /// Runs one scenario and returns its figures (see the module docs for the keys).
 pub async fn run(scenario: Scenario, opts: BenchOptions) -> anyhow::Result<Value> {
     let opts = opts.checked()?;
+    if scenario == Scenario::Ceiling {
+        anyhow::ensure!(
+            opts.url.is_none() && opts.server_exe.is_some() && opts.database.is_none(),
+            "ceiling starts its own broadcaster as a child process (no --url, --in-process or --database)"
+        );
+        anyhow::ensure!(
+            !opts.rule && opts.protocol == ws::Protocol::Native,
+            "ceiling has no rules and speaks the native protocol only"
+        );
+    }
     epoch();
     raise_fd_limit();
     let progress = progress::Progress::new(!opts.quiet);
@@ -301,7 +318,7 @@ pub async fn run(scenario: Scenario, opts: BenchOptions) -> anyhow::Result<Value
     let result = tokio::time::timeout(hard_cap, async {
         match scenario {
             Scenario::Writes => writes::run(&ctx).await,
-            Scenario::Fanout => fanout::run(&ctx).await,
+            Scenario::Fanout | Scenario::Ceiling => fanout::run(&ctx).await,
             Scenario::Connections => connections::run(&ctx).await,
             Scenario::Catchup => catchup::run(&ctx).await,
             Scenario::Presence => presence::run(&ctx).await,

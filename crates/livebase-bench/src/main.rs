@@ -9,7 +9,7 @@ use livebase_bench::{BenchOptions, Scenario};
     name = "livebase bench",
     bin_name = "livebase bench",
     version,
-    about = "Measure a server: writes, fanout, connections, catchup or presence (loopback only)"
+    about = "Measure a server: writes, fanout, connections, catchup, presence, aggregates; ceiling: fanout against a minimal broadcaster (loopback only)"
 )]
 struct Cli {
     #[arg(value_enum)]
@@ -19,8 +19,15 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("serve") {
+        // `bench ceiling` starts this binary as its server: the minimal broadcaster.
+        return livebase_bench::ceiling::serve_main(&args[2..]);
+    }
     let Cli { scenario, mut opts } = Cli::parse();
-    if opts.url.is_none() && !opts.in_process && opts.server_exe.is_none() {
+    if scenario == Scenario::Ceiling && opts.url.is_none() && !opts.in_process {
+        opts.server_exe = Some(std::env::current_exe()?);
+    } else if opts.url.is_none() && !opts.in_process && opts.server_exe.is_none() {
         // The server runs as a child process, so its memory and CPU are its own.
         opts.server_exe = Some(livebase_beside_this_exe()?);
     }

@@ -164,6 +164,32 @@ async fn presence_diffs_reach_every_other_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ceiling_broadcaster_delivers_every_write_to_every_subscriber() {
+    let v = bench::run(
+        Scenario::Ceiling,
+        opts(|o| {
+            o.duration = 1.0;
+            o.subscribers = 10;
+            o.rate = 50;
+            o.server_exe = Some(env!("CARGO_BIN_EXE_livebase-bench").into());
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v["scenario"], "ceiling");
+    assert_eq!(v["server"], "child");
+    assert_eq!(u(&v, "subscribers"), 10);
+    assert_eq!(u(&v, "write_errors"), 0, "{v:#}");
+    let writes = u(&v, "writes");
+    assert!(writes > 0);
+    assert_eq!(u(&v, "deliveries"), writes * 10, "{v:#}");
+    assert_eq!(u(&v, "lost"), 0, "{v:#}");
+    assert_eq!(u(&v, "duplicates"), 0);
+    assert_eq!(u(&v, "disconnects"), 0);
+    has_latency(&v, "latency_ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_moves_every_live_aggregate_for_every_subscriber() {
     let v = bench::run(
         Scenario::Aggregates,
