@@ -29,6 +29,8 @@ pub struct AppInner {
     pub verifier: Verifier,
     pub access: Arc<AccessCache>,
     pub rest_limiter: RateLimiter,
+    /// A node of a cluster on PostgreSQL: the shared change log (leader or follower).
+    pub shared_log: Option<Arc<crate::cluster::log::SharedLog>>,
 }
 
 impl std::ops::Deref for App {

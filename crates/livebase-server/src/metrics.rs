@@ -58,6 +58,9 @@ pub struct Metrics {
     queue_depth: Gauge,
     log_head: Gauge,
     pg_capture_connected: Gauge,
+    cluster_leader: Gauge,
+    cluster_feed_lag: Gauge,
+    cluster_publish: AtomicHistogram,
     pg_replication_lag_bytes: Gauge,
     pg_slot_retained_bytes: Gauge,
     pg_captured_changes: Gauge,
@@ -91,6 +94,9 @@ impl Metrics {
             queue_depth: Gauge::default(),
             log_head: Gauge::default(),
             pg_capture_connected: Gauge::default(),
+            cluster_leader: Gauge::default(),
+            cluster_feed_lag: Gauge::default(),
+            cluster_publish: AtomicHistogram::new(SECONDS_BUCKETS),
             pg_replication_lag_bytes: Gauge::default(),
             pg_slot_retained_bytes: Gauge::default(),
             pg_captured_changes: Gauge::default(),
@@ -185,6 +191,21 @@ impl Metrics {
             "PostgreSQL backend: change events captured from the WAL since start (sampled)",
             m.pg_captured_changes.clone(),
         );
+        r.register(
+            "livebase_cluster_leader",
+            "Cluster: 1 while this node holds the capture lease and captures for the cluster",
+            m.cluster_leader.clone(),
+        );
+        r.register(
+            "livebase_cluster_feed_lag_events",
+            "Cluster: events logged in the database that this node's feed has not applied yet (sampled)",
+            m.cluster_feed_lag.clone(),
+        );
+        r.register(
+            "livebase_cluster_publish_seconds",
+            "Cluster: time to append one message to the shared log's JetStream stream (leader only)",
+            m.cluster_publish.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -268,6 +289,18 @@ impl Metrics {
         if let Some(r) = retained {
             self.pg_slot_retained_bytes.set(r);
         }
+    }
+
+    pub fn set_cluster_leader(&self, leader: bool) {
+        self.cluster_leader.set(i64::from(leader));
+    }
+
+    pub fn set_cluster_feed_lag(&self, events: u64) {
+        self.cluster_feed_lag.set(i64::try_from(events).unwrap_or(i64::MAX));
+    }
+
+    pub fn cluster_publish(&self, seconds: f64) {
+        self.cluster_publish.observe(seconds);
     }
 
     pub fn set_log_head(&self, seq: u64) {

@@ -50,6 +50,9 @@ impl Server {
             let _ = s.send(());
         }
         let _ = self.task.await;
+        if let Some(log) = &self.app.shared_log {
+            log.stop().await;
+        }
         self.app.store.close().await;
     }
 
@@ -214,6 +217,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Some(url) => {
             let mut opts = PgOptions::new(url.clone());
             opts.retention = retention;
+            // With NATS, several nodes share the database and one log (cluster::log).
+            opts.cluster = config.nats.is_some();
             opts.on_batch = Some(on_batch);
             let pg = Arc::new(PgStore::open(opts).await.map_err(|e| match e {
                 livebase_store::StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
@@ -229,6 +234,37 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
             (Arc::new(store), None)
         }
+    };
+    let node = match &config.node_id {
+        Some(n)
+            if !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            NodeId::new(n.as_str())
+        }
+        Some(n) => anyhow::bail!("--node-id must be 1 to 64 letters, digits or '_', got '{n}'"),
+        None => NodeId::generate(),
+    };
+    // The cluster comes before any write of this node's own (schema file, demo data): on a
+    // shared database, writes are answered once the cluster's log has them.
+    let (bus, shared_log): (Arc<dyn crate::realtime::bus::ChannelBus>, _) = match &config.nats {
+        Some(url) => {
+            let bus = crate::cluster::nats::NatsBus::connect(url, node.clone()).await?;
+            let log = match &postgres {
+                Some(pg) => Some(Arc::new(
+                    crate::cluster::log::SharedLog::start(
+                        bus.client(),
+                        pg.clone(),
+                        node.clone(),
+                        metrics.clone(),
+                    )
+                    .await?,
+                )),
+                None => None,
+            };
+            (bus, log)
+        }
+        // One node: channel events have no other node to reach.
+        None => (MemoryBus::new().attach(node), None),
     };
     let mut channels = Vec::new();
     if let Some(path) = &config.schema {
@@ -254,20 +290,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         demo::load(store.as_ref()).await?;
     }
     let addr = listener.local_addr()?;
-    let node = match &config.node_id {
-        Some(n)
-            if !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
-        {
-            NodeId::new(n.as_str())
-        }
-        Some(n) => anyhow::bail!("--node-id must be 1 to 64 letters, digits or '_', got '{n}'"),
-        None => NodeId::generate(),
-    };
-    let bus: Arc<dyn crate::realtime::bus::ChannelBus> = match &config.nats {
-        Some(url) => crate::cluster::nats::NatsBus::connect(url, node.clone()).await?,
-        // One node: channel events have no other node to reach.
-        None => MemoryBus::new().attach(node),
-    };
     let hub = Hub::new(HubParts {
         store: store.clone(),
         feed: store.feed(),
@@ -278,7 +300,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     });
     let dispatcher = hub.spawn_dispatcher();
     let sampler = {
-        let (hub, metrics) = (hub.clone(), metrics.clone());
+        let (hub, metrics, cluster) = (hub.clone(), metrics.clone(), shared_log.is_some());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
@@ -287,6 +309,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 if let Some(pg) = &postgres {
                     let (connected, lag, captured) = pg.capture_status();
                     metrics.set_pg_capture(connected, lag, captured, pg.slot_retained_bytes().await.ok());
+                    if cluster {
+                        let q = livebase_store::ChangeQuery {
+                            since: u64::MAX >> 1,
+                            limit: 1,
+                            ..Default::default()
+                        };
+                        if let Ok(p) = pg.changes(q).await {
+                            metrics.set_cluster_feed_lag(p.head.saturating_sub(hub.feed().head()));
+                        }
+                    }
                 }
             }
         })
@@ -302,6 +334,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             verifier,
             access,
             rest_limiter,
+            shared_log,
         }),
     };
     let router = router(app.clone());

@@ -213,6 +213,13 @@ impl NatsBus {
     }
 }
 
+impl NatsBus {
+    /// The connection, for the cluster's other users of NATS (the shared log).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+}
+
 impl Drop for NatsBus {
     fn drop(&mut self) {
         for t in &self.tasks {

@@ -20,8 +20,10 @@
 //! (see `PgStore::snapshot`).
 
 use super::rows::tuple_to_record;
+use super::shared::{LogBatch, LogSink};
 use super::wal::{WalConfig, WalEvent, WalItem, WalOp, WalStream, WalTxn};
 use super::writer::Pending;
+use crate::feed::Epoch;
 use crate::LogTail;
 use futures_util::FutureExt;
 use livebase_core::{ChangeEvent, ChangeOp, Schema};
@@ -38,10 +40,8 @@ pub const FENCE_PREFIX: &str = "livebase-fence";
 const MAX_TXNS_PER_WRITE: usize = 1000;
 
 /// What the store, the writer and the metrics share with the capture task.
+#[derive(Default)]
 pub struct CaptureState {
-    /// Set by `PgStore::close`: the task lets go of the slot and ends (then sets `stopped`).
-    pub stop: tokio::sync::watch::Sender<bool>,
-    pub stopped: tokio::sync::watch::Sender<bool>,
     pub pending: Arc<Pending>,
     fences: Mutex<HashMap<String, oneshot::Sender<u64>>>,
     pub connected: AtomicBool,
@@ -51,29 +51,8 @@ pub struct CaptureState {
     pub captured: AtomicU64,
 }
 
-impl Default for CaptureState {
-    fn default() -> Self {
-        CaptureState {
-            stop: tokio::sync::watch::channel(false).0,
-            stopped: tokio::sync::watch::channel(false).0,
-            pending: Default::default(),
-            fences: Default::default(),
-            connected: Default::default(),
-            server_lsn: Default::default(),
-            logged_lsn: Default::default(),
-            captured: Default::default(),
-        }
-    }
-}
 
 impl CaptureState {
-    /// Asks the task to end and waits until it has (at most 5 s).
-    pub async fn close(&self) {
-        self.stop.send_replace(true);
-        let mut done = self.stopped.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
-    }
-
     /// Waits for a fence: the receiver gets the log head once the capture reached it.
     pub fn fence(&self, token: String) -> oneshot::Receiver<u64> {
         let (tx, rx) = oneshot::channel();
@@ -83,6 +62,14 @@ impl CaptureState {
 
     pub fn drop_fence(&self, token: &str) {
         self.fences.lock().remove(token);
+    }
+
+    /// A fence was reached with the log at `head`: its snapshot may go on.
+    pub fn reach_fence(&self, token: &str, head: u64) {
+        let waiter = self.fences.lock().remove(token);
+        if let Some(w) = waiter {
+            let _ = w.send(head);
+        }
     }
 }
 
@@ -98,14 +85,22 @@ pub struct Capture {
     pub max_events: Option<u64>,
     /// The oldest sequence number still in the log, as far as the capture knows.
     pub log_start: u64,
+    pub epoch: Epoch,
     /// Dropped with the store: the task ends.
     pub alive: std::sync::Weak<()>,
+    /// Set to end this capture (the store closing, or a cluster node losing leadership);
+    /// `stopped` is set once the task has let go of the slot.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub stopped: tokio::sync::watch::Sender<bool>,
+    /// Cluster mode: each logged batch goes to the shared log instead of this node's tail
+    /// (every node, this one included, reads it back from there).
+    pub sink: Option<Arc<dyn LogSink>>,
 }
 
 impl Capture {
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(50);
-        let mut stop = self.state.stop.subscribe();
+        let mut stop = self.stop.clone();
         while self.alive.strong_count() > 0 && !*stop.borrow() {
             let r = tokio::select! {
                 r = self.session() => r,
@@ -126,7 +121,7 @@ impl Capture {
             }
         }
         self.state.connected.store(false, Ordering::Relaxed);
-        self.state.stopped.send_replace(true);
+        self.stopped.send_replace(true);
     }
 
     /// One replication session: until the connection fails (an error) or the store is
@@ -140,6 +135,10 @@ impl Capture {
         });
         // The log must be durable before the slot is confirmed past it.
         db.batch_execute("SET synchronous_commit = on").await.map_err(|e| format!("log connection: {e}"))?;
+        self.resume_position(&db).await?;
+        if let Some(sink) = self.sink.clone() {
+            self.republish(&db, sink.as_ref()).await?;
+        }
         let mut stream = WalStream::start(&self.wal).await.map_err(|e| e.to_string())?;
         self.state.connected.store(true, Ordering::Relaxed);
         tracing::info!(slot = %self.wal.slot, "change capture streaming");
@@ -175,16 +174,80 @@ impl Capture {
                     stream.confirm(end);
                     if let Some(WalEvent::Message { prefix, content, .. }) = next {
                         if prefix == FENCE_PREFIX {
-                            self.fence_reached(&content);
+                            self.fences_reached(vec![String::from_utf8_lossy(&content).into_owned()]).await?;
                         }
                     }
                 }
                 WalEvent::Message { prefix, content, .. } if prefix == FENCE_PREFIX => {
-                    self.fence_reached(&content)
+                    self.fences_reached(vec![String::from_utf8_lossy(&content).into_owned()]).await?
                 }
                 WalEvent::Message { .. } => {}
             }
         }
+    }
+
+    /// Where the log stands, read from `_lb_changes` at the start of every session: another
+    /// node may have captured meanwhile (cluster failover), and a capture that believed in a
+    /// stale head would collide on `seq` (the primary key refuses it, the session restarts).
+    async fn resume_position(&mut self, db: &tokio_postgres::Client) -> Result<(), String> {
+        let r = db
+            .query_one(
+                "SELECT coalesce(max(seq), 0), coalesce(max(lsn), 0), coalesce(min(seq), 1) FROM _lb_changes",
+                &[],
+            )
+            .await
+            .map_err(|e| format!("reading the change log: {e}"))?;
+        let get =
+            |i| r.try_get::<_, i64>(i).map(|v| v as u64).map_err(|e| format!("reading the change log: {e}"));
+        self.head = self.head.max(get(0)?);
+        self.logged_lsn = self.logged_lsn.max(get(1)?);
+        self.log_start = get(2)?;
+        self.state.logged_lsn.fetch_max(self.logged_lsn, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Cluster mode, before capturing: whatever is logged in `_lb_changes` but not yet in
+    /// the shared log (a former capturer died between the two) is published first, in order.
+    async fn republish(&mut self, db: &tokio_postgres::Client, sink: &dyn LogSink) -> Result<(), String> {
+        let mut last = match sink.last().await? {
+            Some(h) if h > self.head => {
+                return Err(format!(
+                    "the shared log is at {h}, ahead of this database's change log ({}): it belongs to another log",
+                    self.head
+                ))
+            }
+            Some(h) => h,
+            None => {
+                // An empty shared log starts where the database's log is.
+                return sink.publish(self.batch(Vec::new(), Vec::new(), Vec::new(), false)).await;
+            }
+        };
+        while last < self.head {
+            let page =
+                super::changes_in(db, &crate::ChangeQuery { since: last, limit: 500, ..Default::default() })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let Some(end) = page.events.last().map(|e| e.seq) else { break };
+            let xids: Vec<u32> = db
+                .query(
+                    "SELECT DISTINCT xid FROM _lb_changes WHERE seq > $1 AND seq <= $2",
+                    &[&(last as i64), &(end as i64)],
+                )
+                .await
+                .map_err(|e| format!("reading the change log: {e}"))?
+                .iter()
+                .filter_map(|r| r.try_get::<_, i64>(0).ok().map(|x| x as u32))
+                .collect();
+            let mut b = self.batch(page.events, xids, Vec::new(), true);
+            b.head = end;
+            sink.publish(b).await?;
+            last = end;
+        }
+        Ok(())
+    }
+
+    fn batch(&self, events: Vec<ChangeEvent>, xids: Vec<u32>, fences: Vec<String>, schema: bool) -> LogBatch {
+        LogBatch { epoch: self.epoch.to_string(), head: self.head, events, xids, fences, schema }
     }
 
     /// Logs consecutive committed transactions in one write, then publishes them and
@@ -193,12 +256,14 @@ impl Capture {
         let mut events = Vec::new();
         let mut origin = Vec::new();
         let mut logged_end = None;
+        let mut schema_changed = false;
         for t in &batch {
             if t.end_lsn <= self.logged_lsn {
                 // Logged before a crash or reconnect, resent by the slot: never twice.
                 continue;
             }
-            let evs = self.events(t, self.head + 1 + events.len() as u64);
+            let (evs, changed) = self.events(t, self.head + 1 + events.len() as u64);
+            schema_changed |= changed;
             if !evs.is_empty() {
                 origin.extend(std::iter::repeat_n((t.xid, t.end_lsn), evs.len()));
                 events.extend(evs);
@@ -209,29 +274,52 @@ impl Capture {
             persist(db, &events, &origin).await?;
             self.head += events.len() as u64;
             self.state.captured.fetch_add(events.len() as u64, Ordering::Relaxed);
-            self.tail.push(events.into_iter().map(Arc::new).collect());
             self.logged_lsn = end;
             self.trim(db).await;
         }
+        let xids: Vec<u32> = batch.iter().map(|t| t.xid).collect();
+        let fences: Vec<String> = batch
+            .iter()
+            .flat_map(|t| &t.items)
+            .filter_map(|item| match item {
+                WalItem::Message { prefix, content } if prefix == FENCE_PREFIX => {
+                    Some(String::from_utf8_lossy(content).into_owned())
+                }
+                _ => None,
+            })
+            .collect();
         for t in &batch {
             self.state.logged_lsn.fetch_max(t.end_lsn, Ordering::Relaxed);
-            self.state.pending.complete(t.xid);
-            for item in &t.items {
-                if let WalItem::Message { prefix, content } = item {
-                    if prefix == FENCE_PREFIX {
-                        self.fence_reached(content);
-                    }
+        }
+        match &self.sink {
+            Some(sink) => {
+                // Published before the slot is confirmed: a crash in between republishes from
+                // `_lb_changes` (see `republish`).
+                let b = self.batch(events, xids, fences, schema_changed);
+                sink.publish(b).await?;
+            }
+            None => {
+                self.tail.push(events.into_iter().map(Arc::new).collect());
+                for x in xids {
+                    self.state.pending.complete(x);
+                }
+                for f in fences {
+                    self.state.reach_fence(&f, self.head);
                 }
             }
         }
         Ok(())
     }
 
-    fn fence_reached(&self, token: &[u8]) {
-        let token = String::from_utf8_lossy(token).into_owned();
-        let waiter = self.state.fences.lock().remove(&token);
-        if let Some(w) = waiter {
-            let _ = w.send(self.head);
+    async fn fences_reached(&self, tokens: Vec<String>) -> Result<(), String> {
+        match &self.sink {
+            Some(sink) => sink.publish(self.batch(Vec::new(), Vec::new(), tokens, false)).await,
+            None => {
+                for t in tokens {
+                    self.state.reach_fence(&t, self.head);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -250,15 +338,21 @@ impl Capture {
         }
     }
 
-    /// One transaction's changes to collection tables as events numbered from `first_seq`.
-    fn events(&self, t: &WalTxn, first_seq: u64) -> Vec<ChangeEvent> {
-        let schema = self.schema.read().clone();
+    /// One transaction's changes to collection tables as events numbered from `first_seq`,
+    /// and whether it changed a collection's definition. Definitions are applied in log
+    /// order as they come by (`_lb_collections` is in the publication), so the changes that
+    /// follow are read with the schema they were written under, whichever node changed it.
+    fn events(&self, t: &WalTxn, first_seq: u64) -> (Vec<ChangeEvent>, bool) {
+        let mut schema = self.schema.read().clone();
+        let mut schema_changed = false;
         let committed_at = commit_time(t.commit_time_unix_us);
         let mut actor: Option<String> = None;
         let mut out = Vec::new();
         for item in &t.items {
             let ch = match item {
-                WalItem::Message { prefix, .. } if prefix == "livebase-migration" => return Vec::new(),
+                WalItem::Message { prefix, .. } if prefix == "livebase-migration" => {
+                    return (Vec::new(), schema_changed)
+                }
                 WalItem::Message { prefix, .. } if prefix == FENCE_PREFIX => continue,
                 WalItem::Message { prefix, content } if prefix == "livebase" => {
                     actor = serde_json::from_slice::<serde_json::Value>(content)
@@ -267,6 +361,16 @@ impl Capture {
                     continue;
                 }
                 WalItem::Message { .. } => continue,
+                WalItem::Change(ch) if ch.schema == "public" && ch.table == "_lb_collections" => {
+                    if let Some(next) = apply_definition(&schema, ch) {
+                        schema = Arc::new(next);
+                        *self.schema.write() = schema.clone();
+                    }
+                    // Also when this node made the change (its schema has it already): the
+                    // other nodes' have not.
+                    schema_changed = true;
+                    continue;
+                }
                 WalItem::Change(ch) => ch,
             };
             let Some(c) = schema.get(&ch.table).filter(|_| ch.schema == "public") else { continue };
@@ -290,8 +394,39 @@ impl Capture {
                 committed_at: committed_at.clone(),
             });
         }
-        out
+        (out, schema_changed)
     }
+}
+
+/// A captured change of `_lb_collections` (name, definition) applied to a schema; None when
+/// it changes nothing or cannot be read.
+fn apply_definition(schema: &Schema, ch: &super::wal::WalChange) -> Option<Schema> {
+    let col = |tuple: &Option<Vec<Option<String>>>, name: &str| -> Option<String> {
+        let i = ch.columns.iter().position(|c| c == name)?;
+        tuple.as_ref()?.get(i)?.clone()
+    };
+    let mut next = schema.clone();
+    match ch.op {
+        WalOp::Delete => {
+            let name = col(&ch.old, "name")?;
+            next.collections.remove(&name)?;
+        }
+        WalOp::Insert | WalOp::Update => {
+            let def = col(&ch.new, "definition")?;
+            let c: livebase_core::schema::Collection = match serde_json::from_str(&def) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a captured collection definition is unreadable");
+                    return None;
+                }
+            };
+            if schema.get(&c.name) == Some(&c) {
+                return None;
+            }
+            next.collections.insert(c.name.clone(), c);
+        }
+    }
+    Some(next)
 }
 
 fn commit_time(unix_us: i64) -> String {

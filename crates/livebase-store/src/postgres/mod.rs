@@ -17,6 +17,7 @@
 pub mod capture;
 pub mod ddl;
 pub mod rows;
+pub mod shared;
 pub mod wal;
 pub mod writer;
 
@@ -28,7 +29,7 @@ use crate::{
     BoxFuture, ChangePage, ChangeQuery, LogTail, Page, Retention, SchemaChange, Store, StoreError,
     WriteRequest, WriteResult,
 };
-use capture::{Capture, CaptureState, FENCE_PREFIX};
+use capture::{CaptureState, FENCE_PREFIX};
 use livebase_core::query::{encode_cursor, ListQuery};
 use livebase_core::schema::Collection;
 use livebase_core::{ChangeEvent, ChangeOp, Record, Schema};
@@ -47,6 +48,9 @@ pub struct PgOptions {
     pub on_batch: Option<BatchObserver>,
     /// Slot and publication name; default `livebase_<database>`.
     pub slot: Option<String>,
+    /// A node of a cluster: several nodes share the database, the capture runs only when
+    /// started ([`PgStore::start_capture`]) and the feed is fed by [`PgStore::apply`].
+    pub cluster: bool,
 }
 
 impl PgOptions {
@@ -57,6 +61,7 @@ impl PgOptions {
             tail_capacity: 100_000,
             on_batch: None,
             slot: None,
+            cluster: false,
         }
     }
 }
@@ -168,8 +173,18 @@ pub struct PgStore {
     feed: Arc<dyn ChangeFeed>,
     pool: Arc<Pool>,
     capture: Arc<CaptureState>,
+    spec: CaptureSpec,
+    /// The capture of a single node (not a cluster), stopped by `close`.
+    local: Mutex<Option<shared::CaptureTerm>>,
     slot: String,
     _open: Arc<()>,
+}
+
+/// What a capture is started from.
+struct CaptureSpec {
+    wal: wal::WalConfig,
+    tail: Arc<LogTail>,
+    max_events: Option<u64>,
 }
 
 impl PgStore {
@@ -203,8 +218,23 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         }
+        // Collection definitions travel with the changes, so a capture reads every change with
+        // the definition it was written under, whichever node changed it.
+        let in_pub = !db
+            .query(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'public' AND tablename = '_lb_collections'",
+                &[&slot],
+            )
+            .await
+            .map_err(pg_error)?
+            .is_empty();
+        if !in_pub {
+            db.batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE _lb_collections", quote_ident(&slot)))
+                .await
+                .map_err(pg_error)?;
+        }
         let state = slot_state(&db, &slot).await?;
-        if state == Some(true) {
+        if state == Some(true) && !opts.cluster {
             return Err(StoreError::Internal(format!(
                 "the replication slot {slot} on {} is in use by another process (a second Livebase on this \
                  database?); one Livebase captures a database: stop the other one first",
@@ -239,33 +269,21 @@ impl PgStore {
             schema.collections.insert(c.name.clone(), c);
         }
         let r = db
-            .query_one(
-                "SELECT coalesce(max(seq), 0), coalesce(max(lsn), 0), coalesce(min(seq), 1) FROM _lb_changes",
-                &[],
-            )
+            .query_one("SELECT coalesce(max(seq), 0), coalesce(max(lsn), 0) FROM _lb_changes", &[])
             .await
             .map_err(pg_error)?;
         let head: i64 = r.try_get(0).map_err(pg_error)?;
         let logged_lsn: i64 = r.try_get(1).map_err(pg_error)?;
-        let log_start: i64 = r.try_get(2).map_err(pg_error)?;
         let tail = Arc::new(LogTail::new(head as u64, opts.tail_capacity.max(1)));
         let schema = Arc::new(RwLock::new(Arc::new(schema)));
         let state = Arc::new(CaptureState::default());
         state.logged_lsn.store(logged_lsn as u64, Ordering::Relaxed);
         let open = Arc::new(());
-        let capture = Capture {
+        let spec = CaptureSpec {
             wal: wal::WalConfig { url: url.clone(), slot: slot.clone(), publication: slot.clone() },
-            url: url.clone(),
-            schema: schema.clone(),
             tail: tail.clone(),
-            state: state.clone(),
-            head: head as u64,
-            logged_lsn: logged_lsn as u64,
             max_events: opts.retention.max_events,
-            log_start: log_start as u64,
-            alive: Arc::downgrade(&open),
         };
-        tokio::spawn(capture.run());
         let (tx, rx) = crossbeam_channel::unbounded();
         let w = Writer {
             url: url.clone(),
@@ -291,7 +309,21 @@ impl PgStore {
             }
         };
         let feed: Arc<dyn ChangeFeed> = Arc::new(TailFeed { epoch: Epoch::new(epoch), tail, history });
-        Ok(PgStore { jobs: tx, schema, feed, pool, capture: state, slot, _open: open })
+        let store = PgStore {
+            jobs: tx,
+            schema,
+            feed,
+            pool,
+            capture: state,
+            spec,
+            local: Mutex::new(None),
+            slot,
+            _open: open,
+        };
+        if !opts.cluster {
+            *store.local.lock() = Some(store.spawn_capture(None));
+        }
+        Ok(store)
     }
 
     /// The slot (and publication) this store captures from.
@@ -539,8 +571,12 @@ impl Store for PgStore {
     }
 
     fn close(&self) -> BoxFuture<'static, ()> {
-        let capture = self.capture.clone();
-        Box::pin(async move { capture.close().await })
+        let local = self.local.lock().take();
+        Box::pin(async move {
+            if let Some(term) = local {
+                term.stop().await;
+            }
+        })
     }
 }
 

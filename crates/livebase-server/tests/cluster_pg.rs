@@ -1,0 +1,247 @@
+//! Several nodes on one PostgreSQL database share one change log through JetStream: every
+//! subscriber, whichever node it is on, sees every change once, in one order, with the same
+//! sequence numbers; a client resumes on another node; and when the capturing node is
+//! killed, another takes over and nothing is lost or duplicated. Each node is a separate
+//! process of the real binary; the tests start their own `nats-server` and PostgreSQL.
+
+mod common;
+
+use common::nats::{self, Nats};
+use common::process::{http_client, spawn_server, ServerProcess, ADMIN_KEY};
+use common::ws::Ws;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+struct Node {
+    process: ServerProcess,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(nats: &Nats, db: &str, id: &str) -> Node {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("server.log");
+    let process =
+        spawn_server(dir.path(), &log, &["--nats", &nats.url, "--database", db, "--node-id", id]).await;
+    Node { process, _dir: dir }
+}
+
+async fn post(url: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = http_client()
+        .post(format!("{url}{path}"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_items(url: &str) {
+    let (s, b) = post(
+        url,
+        "/api/collections",
+        json!({"name": "items", "fields": [{"name": "title", "type": "text"}, {"name": "n", "type": "integer"}]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+}
+
+/// Waits until some node leads (holds the capture lease); returns its index.
+async fn leader(nodes: &[&Node]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            let Ok(r) = http_client().get(format!("{}/metrics", n.process.url)).send().await else {
+                continue;
+            };
+            let text = r.text().await.unwrap_or_default();
+            if text.lines().any(|l| l == "livebase_cluster_leader 1") {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no node took the capture lease within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Collects `count` change events of `items` from `ws`, as (seq, id, op).
+async fn changes(ws: &mut Ws, count: usize) -> Vec<(u64, String, String)> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let f = tokio::time::timeout(Duration::from_secs(30), ws.next_change())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} changes arrived within 30 s", out.len()));
+        out.push((
+            f["seq"].as_u64().expect("seq"),
+            f["new"]["id"].as_str().or(f["old"]["id"].as_str()).unwrap_or_default().to_string(),
+            f["op"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    out
+}
+
+fn assert_gap_free(events: &[(u64, String, String)]) {
+    for w in events.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "consecutive sequence numbers, each once: {:?} then {:?}", w[0], w[1]);
+    }
+}
+
+#[tokio::test]
+async fn every_node_delivers_every_change_in_one_order_and_a_client_resumes_on_another_node() {
+    let Some(nats) = nats::require() else { return };
+    let Some(pg) = livebase_pgtest::require() else { return };
+    let db = pg.create_database();
+    let a = node(&nats, &db, "a").await;
+    let b = node(&nats, &db, "b").await;
+    let c = node(&nats, &db, "c").await;
+    leader(&[&a, &b, &c]).await;
+    // A collection created on one node is known to the others (its definition travels in the log).
+    create_items(&a.process.url).await;
+    let mut subs = Vec::new();
+    for n in [&a, &b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut ws = Ws::connect(&n.process.url, Some(ADMIN_KEY)).await;
+            let r = ws.request(json!({"type": "subscribe", "collection": "items"})).await;
+            if r["type"] == "subscribed" {
+                subs.push((ws, r["epoch"].as_str().unwrap_or_default().to_string()));
+                break;
+            }
+            assert!(Instant::now() < deadline, "node never learned the new collection: {r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(subs.iter().all(|(_, e)| e == &subs[0].1 && e.len() == 32), "one epoch on every node");
+
+    // Writes through every node, and one from outside Livebase.
+    for i in 0..30 {
+        let n = [&a, &b, &c][i % 3];
+        let (s, body) =
+            post(&n.process.url, "/api/collections/items/records", json!({"title": "w", "n": i})).await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let (sql, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.expect("psql");
+    tokio::spawn(conn);
+    sql.batch_execute("INSERT INTO items (id, title, n) VALUES ('ext', 'psql', 99)")
+        .await
+        .expect("psql insert");
+
+    let mut seen = Vec::new();
+    for (ws, _) in subs.iter_mut() {
+        seen.push(changes(ws, 31).await);
+    }
+    assert_gap_free(&seen[0]);
+    assert!(seen.iter().all(|s| s == &seen[0]), "every node delivers the same events in the same order");
+    assert!(seen[0].iter().any(|(_, id, _)| id == "ext"), "an external write is in the log too");
+
+    // A client of node c goes away at a known position and resumes on node a.
+    let (gone, epoch) = subs.pop().expect("c's subscriber");
+    let at = seen[2][14].0;
+    drop(gone);
+    for i in 0..5 {
+        let (s, body) =
+            post(&b.process.url, "/api/collections/items/records", json!({"title": "later", "n": i})).await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let mut back = Ws::connect(&a.process.url, Some(ADMIN_KEY)).await;
+    let r =
+        back.request(json!({"type": "subscribe", "collection": "items", "since": at, "epoch": epoch})).await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    let resumed = changes(&mut back, 31 - 15 + 5).await;
+    assert_eq!(resumed[0].0, at + 1, "resumes right after its last sequence");
+    assert_eq!(&resumed[..16], &seen[0][15..], "the same events on the other node");
+    assert_gap_free(&resumed);
+}
+
+#[tokio::test]
+async fn killing_the_capturing_node_mid_stream_loses_and_duplicates_nothing_on_the_surviving_nodes() {
+    let Some(nats) = nats::require() else { return };
+    let Some(pg) = livebase_pgtest::require() else { return };
+    let db = pg.create_database();
+    let mut nodes = [node(&nats, &db, "a").await, node(&nats, &db, "b").await, node(&nats, &db, "c").await];
+    let lead = leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != lead).collect();
+    create_items(&nodes[survivors[0]].process.url).await;
+    let mut subs = Vec::new();
+    for &i in &survivors {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut ws = Ws::connect(&nodes[i].process.url, Some(ADMIN_KEY)).await;
+            let r = ws.request(json!({"type": "subscribe", "collection": "items"})).await;
+            if r["type"] == "subscribed" {
+                subs.push(ws);
+                break;
+            }
+            assert!(Instant::now() < deadline, "node never learned the new collection: {r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // A stream of writes through the surviving nodes (REST, each retried until acknowledged,
+    // with an idempotency key so a retry never writes twice) and from psql.
+    const WRITES: usize = 120;
+    let urls: Vec<String> = survivors.iter().map(|&i| nodes[i].process.url.clone()).collect();
+    let writer = tokio::spawn(async move {
+        let http = http_client();
+        let (sql, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.expect("psql");
+        tokio::spawn(conn);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut ids = Vec::new();
+        for i in 0..WRITES {
+            if i % 10 == 9 {
+                let id = format!("ext{i}");
+                sql.batch_execute(&format!("INSERT INTO items (id, title, n) VALUES ('{id}', 'psql', {i})"))
+                    .await
+                    .expect("psql insert");
+                ids.push(id);
+                continue;
+            }
+            loop {
+                assert!(Instant::now() < deadline, "writes were not acknowledged within 90 s");
+                let r = http
+                    .post(format!("{}/api/collections/items/records", urls[i % urls.len()]))
+                    .bearer_auth(ADMIN_KEY)
+                    .header("Idempotency-Key", format!("w{i}"))
+                    .json(&json!({"title": "w", "n": i}))
+                    .send()
+                    .await;
+                if let Ok(r) = r {
+                    if r.status().as_u16() == 201 || r.status().as_u16() == 200 {
+                        let v: Value = r.json().await.expect("json");
+                        ids.push(v["id"].as_str().expect("id").to_string());
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ids
+    });
+    // Kill -9 the capturer once the stream is under way.
+    let first = changes(&mut subs[0], 20).await;
+    nodes[lead].process.kill_9();
+    let killed = Instant::now();
+    leader(&survivors.iter().map(|&i| &nodes[i]).collect::<Vec<_>>()).await;
+    let took_over = killed.elapsed();
+    assert!(took_over < Duration::from_secs(10), "another node captures within 10 s, took {took_over:?}");
+    let ids = writer.await.expect("writer");
+    assert_eq!(ids.len(), WRITES);
+    let rest = changes(&mut subs[0], WRITES - 20).await;
+    let all: Vec<_> = first.into_iter().chain(rest).collect();
+    let other = changes(&mut subs[1], WRITES).await;
+    assert_eq!(all, other, "both surviving nodes deliver the same events in the same order");
+    assert_gap_free(&all);
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (_, id, _) in &all {
+        *count.entry(id.as_str()).or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(count.get(id.as_str()), Some(&1), "write {id} delivered exactly once");
+    }
+    // Nothing more arrives: no duplicate was queued behind.
+    let extra = tokio::time::timeout(Duration::from_millis(500), subs[0].next_change()).await;
+    assert!(extra.is_err(), "no event twice: {extra:?}");
+}
