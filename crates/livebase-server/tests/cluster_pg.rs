@@ -179,6 +179,12 @@ async fn killing_the_capturing_node_mid_stream_loses_and_duplicates_nothing_on_t
         }
     }
 
+    // A client of the capturing node: it will reconnect to another node and resume.
+    let mut on_dead = Ws::connect(&nodes[lead].process.url, Some(ADMIN_KEY)).await;
+    let r = on_dead.request(json!({"type": "subscribe", "collection": "items"})).await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    let epoch = r["epoch"].as_str().expect("epoch").to_string();
+
     // A stream of writes through the surviving nodes (REST, each retried until acknowledged,
     // with an idempotency key so a retry never writes twice) and from psql.
     const WRITES: usize = 120;
@@ -222,6 +228,7 @@ async fn killing_the_capturing_node_mid_stream_loses_and_duplicates_nothing_on_t
     });
     // Kill -9 the capturer once the stream is under way.
     let first = changes(&mut subs[0], 20).await;
+    let before_kill = changes(&mut on_dead, 10).await;
     nodes[lead].process.kill_9();
     let killed = Instant::now();
     leader(&survivors.iter().map(|&i| &nodes[i]).collect::<Vec<_>>()).await;
@@ -241,7 +248,83 @@ async fn killing_the_capturing_node_mid_stream_loses_and_duplicates_nothing_on_t
     for id in &ids {
         assert_eq!(count.get(id.as_str()), Some(&1), "write {id} delivered exactly once");
     }
+    // The dead node's client resumes on a survivor from its last sequence: nothing missing.
+    let mut resumed = Ws::connect(&nodes[survivors[1]].process.url, Some(ADMIN_KEY)).await;
+    let since = before_kill.last().expect("ten changes").0;
+    let r = resumed
+        .request(json!({"type": "subscribe", "collection": "items", "since": since, "epoch": epoch}))
+        .await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    assert_eq!(before_kill[..], all[..10]);
+    assert_eq!(
+        changes(&mut resumed, WRITES - 10).await,
+        all[10..],
+        "resumed on another node with nothing missing"
+    );
     // Nothing more arrives: no duplicate was queued behind.
     let extra = tokio::time::timeout(Duration::from_millis(500), subs[0].next_change()).await;
     assert!(extra.is_err(), "no event twice: {extra:?}");
+}
+
+#[tokio::test]
+async fn the_shared_log_survives_a_nats_restart_and_delivers_what_was_written_meanwhile() {
+    let Some(mut nats) = nats::require() else { return };
+    let Some(pg) = livebase_pgtest::require() else { return };
+    let db = pg.create_database();
+    let a = node(&nats, &db, "a").await;
+    let b = node(&nats, &db, "b").await;
+    leader(&[&a, &b]).await;
+    create_items(&a.process.url).await;
+    let mut watcher = loop {
+        let mut ws = Ws::connect(&b.process.url, Some(ADMIN_KEY)).await;
+        let r = ws.request(json!({"type": "subscribe", "collection": "items"})).await;
+        if r["type"] == "subscribed" {
+            break ws;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (s, body) = post(&a.process.url, "/api/collections/items/records", json!({"title": "before"})).await;
+    assert_eq!(s, 201, "{body}");
+    let before = changes(&mut watcher, 1).await;
+
+    nats.stop();
+    // Committed while the log cannot be shared; answered once it is again (or 10 s after the
+    // commit at the latest).
+    let url = a.process.url.clone();
+    let during = tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        let r = http
+            .post(format!("{url}/api/collections/items/records"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"title": "during"}))
+            .send()
+            .await
+            .expect("the write during the outage is answered");
+        r.status().as_u16()
+    });
+    let (sql, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.expect("psql");
+    tokio::spawn(conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sql
+            .query_one("SELECT count(*) FROM items WHERE title = 'during'", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .expect("count");
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the write during the outage did not commit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.start_again();
+    assert_eq!(during.await.expect("write task"), 201);
+    for i in 0..5 {
+        let (s, body) =
+            post(&b.process.url, "/api/collections/items/records", json!({"title": "after", "n": i})).await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let after = changes(&mut watcher, 6).await;
+    assert_eq!(after[0].0, before[0].0 + 1, "the write made during the outage comes first");
+    assert_gap_free(&after);
 }

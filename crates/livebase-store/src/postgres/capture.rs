@@ -51,7 +51,6 @@ pub struct CaptureState {
     pub captured: AtomicU64,
 }
 
-
 impl CaptureState {
     /// Waits for a fence: the receiver gets the log head once the capture reached it.
     pub fn fence(&self, token: String) -> oneshot::Receiver<u64> {
