@@ -102,14 +102,34 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
 
     // Subscribers: open and subscribe them all before the first write.
     ctx.progress.phase("subscribing", opts.subscribers as u64);
+    // A cluster: the subscribers spread over every node, once each node knows the collection.
+    anyhow::ensure!(
+        opts.nodes.is_empty() || opts.url.is_some(),
+        "--node needs --url (the node that takes the writes)"
+    );
+    let mut addrs = vec![addr];
+    for url in &opts.nodes {
+        let node = super::target::loopback_addr(url).await?;
+        let mut http = HttpConn::connect(node, &key).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _) = http.json(Method::GET, &format!("/api/collections/{collection}"), None).await?;
+            if status.is_success() {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "node {url} did not learn the collection within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        addrs.push(node);
+    }
     let connector = if opts.rule {
         let mut claims = serde_json::Map::new();
         claims.insert("team".into(), json!("ops"));
         let token =
             livebase_server::auth::sign(super::target::JWT_SECRET, "bench-user", "viewer", 3600, claims)?;
-        Connector::new(addr, &token)
+        Connector::spread(&addrs, &token)
     } else {
-        Connector::new(addr, &key)
+        Connector::spread(&addrs, &key)
     };
     let subscribe = client::subscribe(1, &collection, None, SubscribeMode::Plain, None);
     let protocol = opts.protocol;
@@ -241,6 +261,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     let mut figures = Map::new();
     figures.insert("duration_s".into(), json!(super::round3(write_span)));
     figures.insert("subscribers".into(), json!(subscribers));
+    figures.insert("nodes".into(), json!(addrs.len()));
     figures.insert("subscribe_errors".into(), json!(subscribe_errors));
     if let Some(e) = first_error {
         figures.insert("first_error".into(), json!(e));

@@ -147,6 +147,10 @@ pub struct BenchOptions {
     /// the bench starts its own server.
     #[arg(long)]
     pub url: Option<String>,
+    /// fanout: further nodes of a cluster (with `--url`, which receives the writes): the
+    /// subscribers are spread over `--url` and these, in turn. Repeat for each node.
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
     /// The admin key of the server given by `--url`.
     #[arg(long, env = "LIVEBASE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
@@ -222,6 +226,7 @@ impl Default for BenchOptions {
             in_process: false,
             quiet: false,
             database: None,
+            nodes: Vec::new(),
             sql_writer: false,
             protocol: ws::Protocol::Native,
             server_exe: None,
@@ -308,6 +313,10 @@ pub async fn run(scenario: Scenario, opts: BenchOptions) -> anyhow::Result<Value
             "ceiling has no rules and speaks the native protocol only"
         );
     }
+    anyhow::ensure!(
+        opts.nodes.is_empty() || (scenario == Scenario::Fanout && opts.url.is_some()),
+        "--node spreads fanout's subscribers over a cluster: only with fanout and --url"
+    );
     epoch();
     raise_fd_limit();
     let progress = progress::Progress::new(!opts.quiet);

@@ -166,7 +166,7 @@ pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
 
 /// The loopback socket address of `url` (`http://host:port[/...]`); any other address is
 /// refused: the bench sends traffic to this machine only.
-async fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("ws://"))

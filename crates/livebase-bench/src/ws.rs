@@ -52,6 +52,12 @@ impl Protocol {
 /// How to open a connection to the server's realtime endpoint.
 #[derive(Clone)]
 pub(crate) struct Connector {
+    /// Connection `i` goes to node `i % nodes.len()`.
+    nodes: Vec<Endpoint>,
+}
+
+#[derive(Clone)]
+struct Endpoint {
     addr: SocketAddr,
     url: String,
     phoenix_url: String,
@@ -59,11 +65,20 @@ pub(crate) struct Connector {
 
 impl Connector {
     pub fn new(addr: SocketAddr, admin_key: &str) -> Connector {
-        Connector {
-            addr,
-            url: format!("ws://{addr}/api/realtime?token={admin_key}"),
-            phoenix_url: format!("ws://{addr}/realtime/v1/websocket?apikey={admin_key}&vsn=2.0.0"),
-        }
+        Connector::spread(&[addr], admin_key)
+    }
+
+    /// Connections spread over several nodes of a cluster, in turn.
+    pub fn spread(addrs: &[SocketAddr], admin_key: &str) -> Connector {
+        let nodes = addrs
+            .iter()
+            .map(|addr| Endpoint {
+                addr: *addr,
+                url: format!("ws://{addr}/api/realtime?token={admin_key}"),
+                phoenix_url: format!("ws://{addr}/realtime/v1/websocket?apikey={admin_key}&vsn=2.0.0"),
+            })
+            .collect();
+        Connector { nodes }
     }
 
     /// Opens connection number `i` and waits for the server's `welcome`.
@@ -73,9 +88,10 @@ impl Connector {
 
     /// Opens connection number `i`, speaking Phoenix or (waiting for the `welcome`) native.
     pub async fn open(&self, i: usize, phoenix: bool) -> anyhow::Result<Ws> {
+        let node = &self.nodes[i % self.nodes.len()];
         tokio::time::timeout(SETUP_TIMEOUT, async {
-            let socket = if self.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-            if let IpAddr::V4(ip) = self.addr.ip() {
+            let socket = if node.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            if let IpAddr::V4(ip) = node.addr.ip() {
                 if ip.is_loopback() {
                     let src = Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES) as u8);
                     socket
@@ -84,13 +100,13 @@ impl Connector {
                 }
             }
             let stream = socket
-                .connect(self.addr)
+                .connect(node.addr)
                 .await
-                .with_context(|| format!("cannot connect to {}", self.addr))?;
+                .with_context(|| format!("cannot connect to {}", node.addr))?;
             stream.set_nodelay(true)?;
             // Reads in 4 KiB steps, writes go straight to the socket: a few KiB per client.
             let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-            let url = if phoenix { self.phoenix_url.as_str() } else { self.url.as_str() };
+            let url = if phoenix { node.phoenix_url.as_str() } else { node.url.as_str() };
             let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
             if phoenix {
                 return Ok(ws);
