@@ -260,14 +260,7 @@ impl PgStore {
             .await
             .and_then(|r| r.try_get(0))
             .map_err(pg_error)?;
-        let mut schema = Schema::default();
-        for r in db.query("SELECT definition FROM _lb_collections", &[]).await.map_err(pg_error)? {
-            let d: String = r.try_get(0).map_err(pg_error)?;
-            let c: Collection = serde_json::from_str(&d).map_err(|e| {
-                StoreError::Internal(format!("stored collection definition is unreadable: {e}"))
-            })?;
-            schema.collections.insert(c.name.clone(), c);
-        }
+        let schema = load_schema(&db).await?;
         let r = db
             .query_one("SELECT coalesce(max(seq), 0), coalesce(max(lsn), 0) FROM _lb_changes", &[])
             .await
@@ -351,6 +344,18 @@ impl PgStore {
             .map_err(pg_error)?;
         r.try_get(0).map_err(pg_error)
     }
+}
+
+/// Every collection's stored definition.
+async fn load_schema(c: &Client) -> Result<Schema, StoreError> {
+    let mut schema = Schema::default();
+    for r in c.query("SELECT definition FROM _lb_collections", &[]).await.map_err(pg_error)? {
+        let d: String = r.try_get(0).map_err(pg_error)?;
+        let coll: Collection = serde_json::from_str(&d)
+            .map_err(|e| StoreError::Internal(format!("stored collection definition is unreadable: {e}")))?;
+        schema.collections.insert(coll.name.clone(), coll);
+    }
+    Ok(schema)
 }
 
 /// A transaction snapshot (`pg_current_snapshot()`): which transactions it sees.

@@ -15,8 +15,7 @@
 use super::capture::Capture;
 use super::{changes_in, pg_error, PgStore};
 use crate::{BoxFuture, ChangeQuery, StoreError};
-use livebase_core::schema::Collection;
-use livebase_core::{ChangeEvent, Schema};
+use livebase_core::ChangeEvent;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -176,15 +175,7 @@ impl PgStore {
 
     /// Reads every collection's definition again (another node changed one).
     pub async fn reload_schema(&self) -> Result<(), StoreError> {
-        let c = self.pool.get().await?;
-        let mut schema = Schema::default();
-        for r in c.query("SELECT definition FROM _lb_collections", &[]).await.map_err(pg_error)? {
-            let d: String = r.try_get(0).map_err(pg_error)?;
-            let coll: Collection = serde_json::from_str(&d).map_err(|e| {
-                StoreError::Internal(format!("stored collection definition is unreadable: {e}"))
-            })?;
-            schema.collections.insert(coll.name.clone(), coll);
-        }
+        let schema = super::load_schema(&*self.pool.get().await?).await?;
         if **self.schema.read() != schema {
             *self.schema.write() = Arc::new(schema);
         }
