@@ -18,11 +18,13 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
+const JWT_SECRET: &str = "cluster-test-secret";
+
 async fn node(nats: &Nats, db: &str, id: &str) -> Node {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("server.log");
-    let process =
-        spawn_server(dir.path(), &log, &["--nats", &nats.url, "--database", db, "--node-id", id]).await;
+    let args = ["--nats", &nats.url, "--database", db, "--node-id", id, "--jwt-secret", JWT_SECRET];
+    let process = spawn_server(dir.path(), &log, &args).await;
     Node { process, _dir: dir }
 }
 
@@ -327,4 +329,64 @@ async fn the_shared_log_survives_a_nats_restart_and_delivers_what_was_written_me
     let after = changes(&mut watcher, 6).await;
     assert_eq!(after[0].0, before[0].0 + 1, "the write made during the outage comes first");
     assert_gap_free(&after);
+}
+
+#[tokio::test]
+async fn rules_are_decided_on_the_node_that_holds_the_subscriber_whichever_node_wrote() {
+    let Some(nats) = nats::require() else { return };
+    let Some(pg) = livebase_pgtest::require() else { return };
+    let db = pg.create_database();
+    let a = node(&nats, &db, "a").await;
+    let b = node(&nats, &db, "b").await;
+    leader(&[&a, &b]).await;
+    let (s, body) = post(
+        &a.process.url,
+        "/api/collections",
+        json!({"name": "notes", "fields": [{"name": "owner", "type": "text"}, {"name": "text", "type": "text"}],
+               "rules": {"list": "auth.role == \"user\"", "view": "record.owner == auth.sub"}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let token =
+        livebase_server::auth::sign(JWT_SECRET, "ann", "user", 3600, Default::default()).expect("token");
+    let mut ann = loop {
+        let mut ws = Ws::connect(&b.process.url, Some(&token)).await;
+        let r = ws.request(json!({"type": "subscribe", "collection": "notes"})).await;
+        if r["type"] == "subscribed" {
+            break ws;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (owner, text) in [("bob", "not for ann"), ("ann", "for ann"), ("bob", "again not")] {
+        let (s, body) =
+            post(&a.process.url, "/api/collections/notes/records", json!({"owner": owner, "text": text}))
+                .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    // A marker ann may see, written last: everything before it has been decided.
+    let (s, body) =
+        post(&a.process.url, "/api/collections/notes/records", json!({"owner": "ann", "text": "end"})).await;
+    assert_eq!(s, 201, "{body}");
+    let mut texts = Vec::new();
+    loop {
+        let f =
+            tokio::time::timeout(Duration::from_secs(30), ann.next_change()).await.expect("ann's changes");
+        let t = f["new"]["text"].as_str().unwrap_or_default().to_string();
+        texts.push(t.clone());
+        if t == "end" {
+            break;
+        }
+    }
+    assert_eq!(texts, ["for ann", "end"], "node b shows ann only her rows, written on node a");
+    // A user's list through node b obeys the same rule.
+    let r = http_client()
+        .get(format!("{}/api/collections/notes/records", b.process.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("list");
+    let v: Value = r.json().await.expect("json");
+    let owners: Vec<&str> =
+        v["items"].as_array().expect("items").iter().filter_map(|r| r["owner"].as_str()).collect();
+    assert_eq!(owners, ["ann", "ann"], "{v}");
 }
