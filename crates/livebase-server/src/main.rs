@@ -99,15 +99,37 @@ fn main() -> anyhow::Result<()> {
                 let server = livebase_server::start(*config).await?;
                 println!("livebase listening on {}", server.url());
                 println!("dashboard: {}{}", server.url(), livebase_server::dashboard::PREFIX);
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {
-                        tracing::info!("shutting down");
-                        server.shutdown().await;
-                    }
-                }
+                let signal = stop_signal().await;
+                tracing::info!(signal, "shutting down");
+                server.shutdown().await;
                 Ok(())
             })
         }
+    }
+}
+
+/// Waits for the signal that asks the server to stop cleanly: SIGINT (Ctrl-C) or SIGTERM (what
+/// service managers and container runtimes send). Returns its name for the log.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server cleanly");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
     }
 }
 

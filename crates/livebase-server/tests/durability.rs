@@ -338,3 +338,27 @@ async fn kill_9_scenario() {
     assert_eq!(b["head"], head + 1);
     drop(server);
 }
+
+/// Service managers stop a server with SIGTERM: the binary takes the same clean path as
+/// Ctrl-C (sockets closed with 1001 so clients reconnect at once, then a zero exit).
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("server.log");
+    let mut server = spawn_server(&dir.path().join("data"), &log, &[]).await;
+    let mut ws = common::ws::Ws::connect(&server.url, Some(ADMIN_KEY)).await;
+    let pid = server.child.id().to_string();
+    let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+    assert!(sent.success());
+    let (closed, _) = ws.recv_until(|v| v["type"] == "__closed").await;
+    assert_eq!(closed["code"], 1001, "log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().expect("poll child") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not exit within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+}
