@@ -6,10 +6,13 @@
 //! fsync, no hub, no rules: what is left is the cost of parsing a request and of the kernel's
 //! loopback sends.
 //!
-//! Writes go straight into each socket with a non-blocking `try_write` while it has nothing
-//! queued; only a socket whose buffer is full gets a queue, drained by its own task with
-//! vectored writes when the socket is writable again. A socket queuing more than 8 MiB is
-//! dropped (a slow consumer).
+//! Sending is sharded like a server that owns its connections per core: each socket belongs to
+//! one shard (a task per core); an event is numbered, encoded once and handed to every shard,
+//! and a shard writes everything that arrived since its last pass to each of its sockets with
+//! one non-blocking vectored write. At a low rate a pass carries one frame; under load the
+//! frames that piled up while a pass ran leave together (coalescing without a timer). Only a
+//! socket whose buffer is full gets a queue, drained by its own task when it is writable
+//! again. A socket queuing more than 8 MiB is dropped (a slow consumer).
 
 use crate::ws::frame_type;
 use bytes::{Buf, Bytes, BytesMut};
@@ -21,7 +24,7 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +32,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 /// A socket with more than this queued is a slow consumer and is dropped.
 const MAX_QUEUED: usize = 8 << 20;
@@ -57,7 +62,7 @@ pub fn serve_main(args: &[String]) -> anyhow::Result<()> {
 
 /// Serves HTTP requests and WebSocket subscribers on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener) -> anyhow::Result<()> {
-    let hub = Arc::new(Broadcaster::default());
+    let hub = Broadcaster::start();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -88,19 +93,35 @@ async fn is_upgrade(stream: &TcpStream) -> bool {
     false
 }
 
-#[derive(Default)]
 struct Broadcaster {
-    /// Subscribed sockets; held while an event is written to all of them, so every socket
-    /// gets the events in sequence order.
-    sockets: Mutex<Vec<Arc<Sock>>>,
-    seq: AtomicU64,
+    /// The last sequence number; held while an event is numbered and handed to every shard,
+    /// so each shard sees the events in sequence order.
+    seq: Mutex<u64>,
+    shards: Vec<Arc<Shard>>,
+    next_shard: AtomicUsize,
     conns: AtomicU64,
 }
 
 impl Broadcaster {
+    /// One shard per core, each a task of its own.
+    fn start() -> Arc<Broadcaster> {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let shards: Vec<Arc<Shard>> = (0..n).map(|_| Arc::new(Shard::default())).collect();
+        for s in &shards {
+            tokio::spawn(s.clone().run());
+        }
+        Arc::new(Broadcaster {
+            seq: Mutex::new(0),
+            shards,
+            next_shard: AtomicUsize::new(0),
+            conns: AtomicU64::new(0),
+        })
+    }
+
     fn publish(&self, row: &serde_json::Value) -> u64 {
-        let mut sockets = self.sockets.lock();
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.seq.lock();
+        *last += 1;
+        let seq = *last;
         let id = seq.to_string();
         let body = change_body(&ChangeBody {
             seq,
@@ -112,9 +133,75 @@ impl Broadcaster {
             new: Some(row),
             old: None,
         });
-        let frame = ws_frame(0x1, change_frame(&body, 1, View::Add).as_bytes());
-        sockets.retain(|s| s.send(&frame));
+        let frame = ws_frame(OpCode::Data(Data::Text), change_frame(&body, 1, View::Add).as_bytes());
+        for shard in &self.shards {
+            shard.inbox.lock().push((seq, frame.clone()));
+            shard.wake.notify_one();
+        }
         seq
+    }
+
+    /// Adds `sock` to the broadcast from the next event on; `reply` goes out before it.
+    fn subscribe(&self, sock: &Arc<Sock>, reply: impl FnOnce(u64) -> Bytes) {
+        let last = self.seq.lock();
+        sock.send_now(reply(*last));
+        let mut q = sock.state.lock();
+        let fresh = q.after.is_none();
+        q.after = Some(q.after.unwrap_or(*last));
+        drop(q);
+        if fresh {
+            let i = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+            self.shards[i].add(sock.clone());
+        }
+    }
+}
+
+/// The sockets of one core, and the events not yet written to them.
+#[derive(Default)]
+struct Shard {
+    inbox: Mutex<Vec<(u64, Bytes)>>,
+    wake: Notify,
+    /// Replaced (not edited) when a socket joins or leaves, so a pass reads it unlocked.
+    sockets: Mutex<Arc<Vec<Arc<Sock>>>>,
+}
+
+/// Sockets written between two yields of a shard's pass, so HTTP requests on the same
+/// worker are not held up behind a whole pass.
+const PASS_SLICE: usize = 64;
+
+impl Shard {
+    async fn run(self: Arc<Self>) {
+        let mut batch: Vec<(u64, Bytes)> = Vec::new();
+        loop {
+            self.wake.notified().await;
+            loop {
+                std::mem::swap(&mut *self.inbox.lock(), &mut batch);
+                if batch.is_empty() {
+                    break;
+                }
+                let sockets = self.sockets.lock().clone();
+                let mut gone = false;
+                for (i, s) in sockets.iter().enumerate() {
+                    gone |= !s.send_batch(&batch);
+                    if i % PASS_SLICE == PASS_SLICE - 1 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                batch.clear();
+                if gone {
+                    let mut list = self.sockets.lock();
+                    *list = Arc::new(list.iter().filter(|s| !s.state.lock().dead).cloned().collect());
+                }
+            }
+        }
+    }
+
+    fn add(&self, sock: Arc<Sock>) {
+        let mut list = self.sockets.lock();
+        let mut next = Vec::with_capacity(list.len() + 1);
+        next.extend(list.iter().cloned());
+        next.push(sock);
+        *list = Arc::new(next);
     }
 }
 
@@ -132,42 +219,87 @@ struct Queue {
     /// The flusher owns the socket: new frames queue behind what it is writing.
     busy: bool,
     dead: bool,
+    /// Subscribed after this event (None: not subscribed).
+    after: Option<u64>,
 }
 
+/// Frames per vectored write at most.
+const IOV: usize = 128;
+
 impl Sock {
-    /// Writes or queues `frame`; false when the socket is gone (or was too slow).
-    fn send(&self, frame: &Bytes) -> bool {
+    /// Writes (or queues) the events of `batch` after the socket's subscription; false when
+    /// the socket is gone or was too slow.
+    fn send_batch(&self, batch: &[(u64, Bytes)]) -> bool {
         let mut q = self.state.lock();
+        let after = q.after.unwrap_or(u64::MAX);
+        let from = batch.partition_point(|(seq, _)| *seq <= after);
+        self.send_locked(&mut q, batch[from..].iter().map(|(_, f)| f))
+    }
+
+    /// A reply of this socket's own (welcome, subscribed, pong, close).
+    fn send_now(&self, frame: Bytes) -> bool {
+        let mut q = self.state.lock();
+        self.send_locked(&mut q, std::iter::once(&frame))
+    }
+
+    fn send_locked<'a>(&self, q: &mut Queue, frames: impl ExactSizeIterator<Item = &'a Bytes>) -> bool {
         if q.dead {
             return false;
         }
+        let mut frames = frames.peekable();
         if !q.busy {
-            let rest = match self.out.try_write(frame) {
-                Ok(n) if n == frame.len() => return true,
-                Ok(n) => frame.slice(n..),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => frame.clone(),
-                Err(_) => {
-                    q.dead = true;
-                    return false;
+            // Straight into the socket while it takes them.
+            while frames.peek().is_some() {
+                let chunk: Vec<&Bytes> = frames.by_ref().take(IOV).collect();
+                let slices: Vec<IoSlice<'_>> = chunk.iter().map(|b| IoSlice::new(b)).collect();
+                let written = match self.out.try_write_vectored(&slices) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+                    Err(_) => {
+                        q.dead = true;
+                        return false;
+                    }
+                };
+                let mut skip = written;
+                let mut rest = chunk.into_iter();
+                let mut partial = None;
+                for f in rest.by_ref() {
+                    if skip < f.len() {
+                        partial = Some(f.slice(skip..));
+                        break;
+                    }
+                    skip -= f.len();
                 }
-            };
-            q.busy = true;
-            q.bytes += rest.len();
-            q.frames.push_back(rest);
-            drop(q);
-            self.wake.notify_one();
+                let Some(first) = partial else { continue };
+                // The socket is full: the rest waits for the flusher.
+                q.busy = true;
+                q.bytes += first.len();
+                q.frames.push_back(first);
+                for f in rest.chain(frames) {
+                    q.bytes += f.len();
+                    q.frames.push_back(f.clone());
+                }
+                self.wake.notify_one();
+                return self.check_size(q);
+            }
             return true;
         }
-        q.bytes += frame.len();
-        if q.bytes > MAX_QUEUED {
-            q.dead = true;
-            q.frames.clear();
-            drop(q);
-            self.wake.notify_one();
-            return false;
+        for f in frames {
+            q.bytes += f.len();
+            q.frames.push_back(f.clone());
         }
-        q.frames.push_back(frame.clone());
-        true
+        self.check_size(q)
+    }
+
+    /// Drops a socket that queued too much.
+    fn check_size(&self, q: &mut Queue) -> bool {
+        if q.bytes <= MAX_QUEUED {
+            return true;
+        }
+        q.dead = true;
+        q.frames.clear();
+        self.wake.notify_one();
+        false
     }
 
     /// Drains the queue whenever `send` handed it over, until the socket is gone.
@@ -184,7 +316,7 @@ impl Sock {
                         q.busy = false;
                         break;
                     }
-                    let n = q.frames.len().min(64);
+                    let n = q.frames.len().min(IOV);
                     q.frames.drain(..n).collect()
                 };
                 let mut written = 0usize;
@@ -224,21 +356,12 @@ fn remaining(batch: &[Bytes], mut skip: usize) -> Vec<IoSlice<'_>> {
     out
 }
 
-/// An unmasked server frame: FIN, `opcode`, the length, the payload.
-fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
+/// An unmasked server frame: the header (tungstenite's), then the payload.
+fn ws_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let header = FrameHeader { opcode, ..FrameHeader::default() };
     let mut f = Vec::with_capacity(payload.len() + 10);
-    f.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => f.push(n as u8),
-        n if n <= u16::MAX as usize => {
-            f.push(126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, &mut f);
     f.extend_from_slice(payload);
     Bytes::from(f)
 }
@@ -271,15 +394,15 @@ async fn websocket(mut stream: TcpStream, hub: Arc<Broadcaster>) -> anyhow::Resu
     let sock = Arc::new(Sock { out, state: Mutex::default(), wake: Notify::new() });
     tokio::spawn(sock.clone().flush());
     let welcome = livebase_protocol::welcome(&format!("c{n}"), "", 30_000, 60_000, EPOCH, None);
-    sock.send(&ws_frame(0x1, welcome.as_bytes()));
+    sock.send_now(ws_frame(TEXT, welcome.as_bytes()));
     let r = read_frames(read, &sock, &hub).await;
+    // Its shard forgets it on the next pass.
     {
         let mut q = sock.state.lock();
         q.dead = true;
         q.frames.clear();
     }
     sock.wake.notify_one();
-    hub.sockets.lock().retain(|s| !Arc::ptr_eq(s, &sock));
     r
 }
 
@@ -288,25 +411,24 @@ async fn read_frames(mut read: OwnedReadHalf, sock: &Arc<Sock>, hub: &Broadcaste
     loop {
         while let Some((opcode, payload)) = next_client_frame(&mut buf)? {
             match opcode {
-                0x1 => {
+                TEXT => {
                     let text = std::str::from_utf8(&payload)?;
                     if frame_type(text) == Some("subscribe") {
-                        // Subscribed under the broadcast lock: the reply goes before any change.
-                        let mut sockets = hub.sockets.lock();
-                        let seq = hub.seq.load(Ordering::Relaxed);
-                        let reply = livebase_protocol::subscribed(&peek_ref(text), 1, seq, EPOCH);
-                        sock.send(&ws_frame(0x1, reply.as_bytes()));
-                        if !sockets.iter().any(|s| Arc::ptr_eq(s, sock)) {
-                            sockets.push(sock.clone());
-                        }
+                        // The reply goes out before any change after it.
+                        hub.subscribe(sock, |seq| {
+                            ws_frame(
+                                TEXT,
+                                livebase_protocol::subscribed(&peek_ref(text), 1, seq, EPOCH).as_bytes(),
+                            )
+                        });
                     }
                 }
-                0x8 => {
-                    sock.send(&ws_frame(0x8, &payload[..payload.len().min(2)]));
+                OpCode::Control(Control::Close) => {
+                    sock.send_now(ws_frame(opcode, &payload[..payload.len().min(2)]));
                     return Ok(());
                 }
-                0x9 => {
-                    sock.send(&ws_frame(0xA, &payload));
+                OpCode::Control(Control::Ping) => {
+                    sock.send_now(ws_frame(OpCode::Control(Control::Pong), &payload));
                 }
                 _ => {}
             }
@@ -317,41 +439,26 @@ async fn read_frames(mut read: OwnedReadHalf, sock: &Arc<Sock>, hub: &Broadcaste
     }
 }
 
+const TEXT: OpCode = OpCode::Data(Data::Text);
+
 /// The next complete client frame in `buf` (masked, as clients send them), unmasked.
-fn next_client_frame(buf: &mut BytesMut) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
-    if buf.len() < 2 {
+fn next_client_frame(buf: &mut BytesMut) -> anyhow::Result<Option<(OpCode, Vec<u8>)>> {
+    let mut cursor = std::io::Cursor::new(&buf[..]);
+    let Some((header, len)) = FrameHeader::parse(&mut cursor)? else { return Ok(None) };
+    anyhow::ensure!(len <= MAX_CLIENT_FRAME as u64, "client frame too large");
+    let at = cursor.position() as usize;
+    let len = len as usize;
+    if buf.len() < at + len {
         return Ok(None);
-    }
-    let opcode = buf[0] & 0x0f;
-    let masked = buf[1] & 0x80 != 0;
-    let (len, mut at) = match buf[1] & 0x7f {
-        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[2..10]);
-            (usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX), 10)
-        }
-        126 | 127 => return Ok(None),
-        n => (n as usize, 2),
-    };
-    anyhow::ensure!(len <= MAX_CLIENT_FRAME, "client frame too large");
-    let mask_len = if masked { 4 } else { 0 };
-    if buf.len() < at + mask_len + len {
-        return Ok(None);
-    }
-    let mut mask = [0u8; 4];
-    if masked {
-        mask.copy_from_slice(&buf[at..at + 4]);
-        at += 4;
     }
     let mut payload = buf[at..at + len].to_vec();
-    if masked {
+    if let Some(mask) = header.mask {
         for (i, b) in payload.iter_mut().enumerate() {
             *b ^= mask[i % 4];
         }
     }
     buf.advance(at + len);
-    Ok(Some((opcode, payload)))
+    Ok(Some((header.opcode, payload)))
 }
 
 /// The bench's HTTP calls: create a collection (201), create a record (201, published),
@@ -392,8 +499,8 @@ mod tests {
 
     #[test]
     fn server_frames_carry_their_length_and_client_frames_unmask() {
-        assert_eq!(&ws_frame(1, b"hi")[..], &[0x81, 2, b'h', b'i']);
-        let long = ws_frame(1, &[b'x'; 300]);
+        assert_eq!(&ws_frame(TEXT, b"hi")[..], &[0x81, 2, b'h', b'i']);
+        let long = ws_frame(TEXT, &[b'x'; 300]);
         assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
         assert_eq!(long.len(), 304);
         let mask = [1u8, 2, 3, 4];
@@ -402,7 +509,7 @@ mod tests {
         f.extend(b"abc".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
         let mut partial = BytesMut::from(&f[..5]);
         assert!(next_client_frame(&mut partial).unwrap().is_none());
-        assert_eq!(next_client_frame(&mut f).unwrap(), Some((1, b"abc".to_vec())));
+        assert_eq!(next_client_frame(&mut f).unwrap(), Some((TEXT, b"abc".to_vec())));
         assert!(f.is_empty());
     }
 }

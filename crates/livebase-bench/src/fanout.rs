@@ -1,7 +1,7 @@
 //! `fanout`: many subscribers on one collection, records created at a fixed rate; every
 //! delivery is counted and timed from the writer's send to the subscriber's receipt.
 
-use super::http::{record_body, HttpConn};
+use super::http::{record_body, record_body_k, HttpConn};
 use super::ws::{self, Connector, Ws};
 use super::{now_ns, stats, CpuMeter, Ctx};
 use futures_util::{SinkExt, StreamExt};
@@ -133,13 +133,36 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     };
     let subscribe = client::subscribe(1, &collection, None, SubscribeMode::Plain, None);
     let protocol = opts.protocol;
-    let setup = |i| match protocol.phoenix(i) {
+    let queries = opts.queries;
+    anyhow::ensure!(
+        queries == 1 || protocol == ws::Protocol::Native,
+        "--queries is measured with native subscribers"
+    );
+    let kind = opts.query_kind;
+    let setup = |i: usize| match protocol.phoenix(i) {
         true => ws::Setup::Phoenix { collection: collection.clone() },
+        false if queries > 1 => ws::Setup::Native(client::subscribe(
+            1,
+            &collection,
+            Some(&kind.filter(i % queries)),
+            SubscribeMode::Plain,
+            None,
+        )),
         false => ws::Setup::Native(subscribe.clone()),
     };
     let ws::Subscribed { sockets: opened, phoenix, errors: subscribe_errors, first_error } =
         ws::subscribe_all_with(&connector, opts.subscribers, setup, &ctx.progress).await?;
     let subscribers = opened.len() as u64;
+    anyhow::ensure!(
+        queries == 1 || subscribe_errors == 0,
+        "{subscribe_errors} subscribers failed, so the deliveries due per query are unknown: {}",
+        first_error.unwrap_or_default()
+    );
+    // Subscribers per query: query j has those i with i mod N = j.
+    let due = |n: u64| -> u64 {
+        let (q, per, extra) = (queries as u64, subscribers / queries as u64, subscribers % queries as u64);
+        per + u64::from(n % q < extra)
+    };
     let phoenix_subscribers = phoenix.iter().filter(|p| **p).count();
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -189,7 +212,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
             while let Some((n, slot)) = schedule.next(&shared).await {
                 let t = now_ns();
                 slot.sent_ns.store(t, Ordering::Relaxed);
-                match conn.send(Method::POST, &uri, record_body(n, t)).await {
+                let body =
+                    if queries > 1 { record_body_k(n, t, n % queries as u64) } else { record_body(n, t) };
+                match conn.send(Method::POST, &uri, body).await {
                     Ok((StatusCode::CREATED, _)) => {
                         slot.ok.store(true, Ordering::Relaxed);
                         shared.writes.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +240,10 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     }
     let write_end = Instant::now();
     let writes = shared.writes.load(Ordering::Relaxed);
-    let expected = writes * subscribers;
+    let expected: u64 = (0..shared.events.len() as u64)
+        .filter(|n| shared.events[*n as usize].ok.load(Ordering::Relaxed))
+        .map(due)
+        .sum();
     // Let the deliveries in flight arrive, then stop.
     let s = shared.clone();
     ctx.progress
@@ -241,14 +269,15 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
     let mut lost = 0u64;
     let mut duplicates = 0u64;
     let mut last_hist = stats::histogram(3);
-    for slot in &shared.events {
+    for (n, slot) in shared.events.iter().enumerate() {
         let received = u64::from(slot.received.load(Ordering::Relaxed));
         if !slot.ok.load(Ordering::Relaxed) {
             continue;
         }
-        lost += subscribers.saturating_sub(received);
-        duplicates += received.saturating_sub(subscribers);
-        if received >= subscribers {
+        let due = due(n as u64);
+        lost += due.saturating_sub(received);
+        duplicates += received.saturating_sub(due);
+        if received >= due {
             let sent = slot.sent_ns.load(Ordering::Relaxed);
             stats::record_ns(&mut last_hist, slot.last_ns.load(Ordering::Relaxed).saturating_sub(sent));
         }
@@ -294,6 +323,16 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         );
     }
     figures.insert("last_subscriber_latency_ms".into(), stats::latency_json(&last_hist));
+    figures.insert("queries".into(), json!(queries));
+    if queries > 1 {
+        figures.insert("query_kind".into(), json!(format!("{kind:?}").to_lowercase()));
+    }
+    if let Some(cpu) = out.get("server_cpu_s").and_then(Value::as_f64) {
+        // Server CPU per unit of work (the whole run: matching, encoding, sending).
+        let per = |n: u64| json!(super::round3(cpu * 1e6 / n.max(1) as f64));
+        figures.insert("server_cpu_us_per_delivery".into(), per(deliveries));
+        figures.insert("server_cpu_us_per_event".into(), per(writes));
+    }
     figures.extend(out);
     Ok(figures)
 }

@@ -95,7 +95,8 @@ impl HttpConn {
         let mut def = serde_json::json!({"name": name, "fields": [
             {"name": "t", "type": "integer"},
             {"name": "n", "type": "integer"},
-            {"name": "pad", "type": "text"}]});
+            {"name": "pad", "type": "text"},
+            {"name": "k", "type": "integer"}]});
         if !rules.is_null() {
             def["rules"] = rules;
         }
@@ -122,6 +123,11 @@ impl HttpConn {
 /// A record body with a 64-byte pad, so a change frame is a few hundred bytes.
 pub(crate) fn record_body(n: u64, t: u64) -> Bytes {
     Bytes::from(format!("{{\"n\":{n},\"t\":{t},\"pad\":\"{PAD}\"}}"))
+}
+
+/// A record for query `k` of `fanout --queries`.
+pub(crate) fn record_body_k(n: u64, t: u64, k: u64) -> Bytes {
+    Bytes::from(format!("{{\"n\":{n},\"t\":{t},\"k\":{k},\"pad\":\"{PAD}\"}}"))
 }
 
 pub(crate) const PAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

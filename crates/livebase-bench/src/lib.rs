@@ -93,6 +93,7 @@ mod aggregates;
 mod catchup;
 pub mod ceiling;
 mod connections;
+mod curve;
 mod fanout;
 mod http;
 mod presence;
@@ -123,6 +124,8 @@ pub enum Scenario {
     Aggregates,
     /// `fanout` against a minimal broadcaster instead of Livebase (see `ceiling.rs`).
     Ceiling,
+    /// `fanout` and `ceiling` at several subscriber counts (see `curve.rs`).
+    Curve,
 }
 
 impl Scenario {
@@ -135,6 +138,24 @@ impl Scenario {
             Scenario::Presence => "presence",
             Scenario::Aggregates => "aggregates",
             Scenario::Ceiling => "ceiling",
+            Scenario::Curve => "curve",
+        }
+    }
+}
+
+/// How the `--queries` of `fanout` filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryKind {
+    Eq,
+    Range,
+}
+
+impl QueryKind {
+    /// The filter of query `j`.
+    fn filter(self, j: usize) -> String {
+        match self {
+            QueryKind::Eq => format!("k=eq.{j}"),
+            QueryKind::Range => format!("k=gte.{j}&k=lt.{}", j + 1),
         }
     }
 }
@@ -202,6 +223,25 @@ pub struct BenchOptions {
     /// the two are measured on the same events in the same run.
     #[arg(long, value_enum, default_value_t = ws::Protocol::Native)]
     pub protocol: ws::Protocol,
+    /// fanout: distinct queries the subscribers are spread over: subscriber i takes query
+    /// i mod N and record n carries `k = n mod N`, so each record matches exactly one query.
+    /// 1 (the default): every subscriber on the whole collection.
+    #[arg(long, default_value_t = 1)]
+    pub queries: usize,
+    /// fanout with `--queries`: `eq` (`k=eq.<j>`, found through the equality index) or
+    /// `range` (`k=gte.<j>&k=lt.<j+1>`, checked on every event).
+    #[arg(long, value_enum, default_value_t = QueryKind::Eq)]
+    pub query_kind: QueryKind,
+    /// curve: the subscriber counts, one point each.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![100, 1000, 5000, 10000])]
+    pub points: Vec<usize>,
+    /// curve: deliveries/s offered at every point (the write rate is this / subscribers), so
+    /// the points are comparable; a large value saturates every point.
+    #[arg(long, default_value_t = 100_000)]
+    pub deliveries: u64,
+    /// curve: the broadcaster executable for the ceiling runs (`livebase-bench` passes itself).
+    #[arg(long, hide = true)]
+    pub ceiling_exe: Option<PathBuf>,
     /// The executable to start as the server child process (`<exe> serve ...`); `livebase
     /// bench` passes itself. Default: the `livebase` binary next to this one. In the library,
     /// `None` runs a self-started server in-process.
@@ -229,6 +269,11 @@ impl Default for BenchOptions {
             nodes: Vec::new(),
             sql_writer: false,
             protocol: ws::Protocol::Native,
+            queries: 1,
+            query_kind: QueryKind::Eq,
+            points: vec![100, 1000, 5000, 10000],
+            deliveries: 100_000,
+            ceiling_exe: None,
             server_exe: None,
         }
     }
@@ -238,7 +283,7 @@ impl Default for BenchOptions {
 const MAX_DURATION_S: f64 = 3600.0;
 const MAX_CLIENTS: usize = 4096;
 const MAX_SOCKETS: usize = 500_000;
-const MAX_RATE: u64 = 1_000_000;
+pub(crate) const MAX_RATE: u64 = 1_000_000;
 const MAX_MISSED: u64 = 10_000_000;
 /// Beyond the measured phase, no run takes longer than this (setup, grace periods, checks).
 const HARD_CAP_EXTRA: Duration = Duration::from_secs(300);
@@ -259,6 +304,16 @@ impl BenchOptions {
             anyhow::ensure!((1..=MAX_SOCKETS).contains(&c), "--connections must be 1..={MAX_SOCKETS}");
         }
         anyhow::ensure!((1..=MAX_MISSED).contains(&self.missed), "--missed must be 1..={MAX_MISSED}");
+        anyhow::ensure!((1..=MAX_SOCKETS).contains(&self.queries), "--queries must be 1..={MAX_SOCKETS}");
+        anyhow::ensure!(
+            !self.points.is_empty() && self.points.iter().all(|p| (1..=MAX_SOCKETS).contains(p)),
+            "--points must be subscriber counts in 1..={MAX_SOCKETS}"
+        );
+        anyhow::ensure!(
+            (1..=MAX_RATE * 100).contains(&self.deliveries),
+            "--deliveries must be 1..={}",
+            MAX_RATE * 100
+        );
         if self.url.is_some() {
             anyhow::ensure!(self.admin_key.is_some(), "--url needs --admin-key (or LIVEBASE_ADMIN_KEY)");
         }
@@ -303,6 +358,13 @@ impl Ctx {
 /// Runs one scenario and returns its figures (see the module docs for the keys).
 pub async fn run(scenario: Scenario, opts: BenchOptions) -> anyhow::Result<Value> {
     let opts = opts.checked()?;
+    if scenario == Scenario::Curve {
+        return curve::run(opts).await;
+    }
+    anyhow::ensure!(
+        opts.queries == 1 || scenario == Scenario::Fanout,
+        "--queries is a fanout option (the ceiling broadcasts every event to every subscriber)"
+    );
     if scenario == Scenario::Ceiling {
         anyhow::ensure!(
             opts.url.is_none() && opts.server_exe.is_some() && opts.database.is_none(),
@@ -332,6 +394,7 @@ pub async fn run(scenario: Scenario, opts: BenchOptions) -> anyhow::Result<Value
             Scenario::Catchup => catchup::run(&ctx).await,
             Scenario::Presence => presence::run(&ctx).await,
             Scenario::Aggregates => aggregates::run(&ctx).await,
+            Scenario::Curve => Err(anyhow::anyhow!("curve runs its points itself")),
         }
     })
     .await;

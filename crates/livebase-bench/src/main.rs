@@ -9,7 +9,7 @@ use livebase_bench::{BenchOptions, Scenario};
     name = "livebase bench",
     bin_name = "livebase bench",
     version,
-    about = "Measure a server: writes, fanout, connections, catchup, presence, aggregates; ceiling: fanout against a minimal broadcaster (loopback only)"
+    about = "Measure a server: writes, fanout, connections, catchup, presence, aggregates; ceiling: fanout against a minimal broadcaster; curve: both at several subscriber counts (loopback only)"
 )]
 struct Cli {
     #[arg(value_enum)]
@@ -27,6 +27,11 @@ fn main() -> anyhow::Result<()> {
     let Cli { scenario, mut opts } = Cli::parse();
     if scenario == Scenario::Ceiling && opts.url.is_none() && !opts.in_process {
         opts.server_exe = Some(std::env::current_exe()?);
+    } else if scenario == Scenario::Curve {
+        opts.ceiling_exe = Some(std::env::current_exe()?);
+        if opts.server_exe.is_none() {
+            opts.server_exe = Some(livebase_beside_this_exe()?);
+        }
     } else if opts.url.is_none() && !opts.in_process && opts.server_exe.is_none() {
         // The server runs as a child process, so its memory and CPU are its own.
         opts.server_exe = Some(livebase_beside_this_exe()?);
@@ -34,7 +39,11 @@ fn main() -> anyhow::Result<()> {
     let json = opts.json;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let figures = rt.block_on(livebase_bench::run(scenario, opts))?;
-    let table = livebase_bench::render_table(&figures);
+    // A curve reads best as its own table; other scenarios as key/value rows.
+    let table = match figures["table"].as_str() {
+        Some(t) if scenario == Scenario::Curve => t.to_string(),
+        _ => livebase_bench::render_table(&figures),
+    };
     if json {
         eprint!("{table}");
         println!("{figures}");

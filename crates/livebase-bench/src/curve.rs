@@ -1,0 +1,98 @@
+//! `curve`: `fanout` against Livebase and `ceiling` against the minimal broadcaster at each of
+//! `--points` subscriber counts, back to back in one run, with the write rate chosen so every
+//! point offers the same `--deliveries` per second (rate = deliveries / subscribers). Each
+//! point reports both servers' p50 / p99, deliveries/s and server CPU per delivery, and
+//! Livebase's figures as ratios to the ceiling's.
+//!
+//! JSON: `deliveries` (offered per second), `points`: one object per subscriber count with
+//! `subscribers`, `rate`, `livebase` and `ceiling` (each `p50_ms`, `p99_ms`,
+//! `deliveries_per_s`, `writes_per_s`, `server_cpu_us_per_delivery`, `lost`, `duplicates`),
+//! and `ratio` (`p99`, `deliveries_per_s`, `cpu_per_delivery`: Livebase / ceiling).
+
+use super::{BenchOptions, Scenario, MAX_RATE};
+use serde_json::{json, Map, Value};
+
+pub(super) async fn run(opts: BenchOptions) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        opts.url.is_none() && opts.database.is_none() && !opts.rule && opts.queries == 1,
+        "curve starts both servers itself (no --url or --database) and measures plain subscriptions"
+    );
+    let (Some(livebase), Some(ceiling)) = (opts.server_exe.clone(), opts.ceiling_exe.clone()) else {
+        anyhow::bail!("curve runs both servers as child processes: run it as `livebase bench curve`");
+    };
+    let mut points = Vec::new();
+    let mut table = String::from(
+        "| subscribers | rate | Livebase p50 / p99 ms | ceiling p50 / p99 ms | p99 ratio | Livebase deliveries/s | ceiling deliveries/s | ratio | CPU µs/delivery L / C | ratio | lost L / C |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for &subscribers in &opts.points {
+        let rate = (opts.deliveries / subscribers as u64).clamp(1, MAX_RATE);
+        let mut at = opts.clone();
+        at.subscribers = subscribers;
+        at.rate = rate;
+        at.points = vec![subscribers];
+        let mut l_opts = at.clone();
+        l_opts.server_exe = Some(livebase.clone());
+        let l = figures(Box::pin(super::run(Scenario::Fanout, l_opts)).await?);
+        let mut c_opts = at;
+        c_opts.server_exe = Some(ceiling.clone());
+        let c = figures(Box::pin(super::run(Scenario::Ceiling, c_opts)).await?);
+        let ratio = |k: &str| {
+            let (a, b) = (l[k].as_f64().unwrap_or(0.0), c[k].as_f64().unwrap_or(0.0));
+            if b > 0.0 {
+                json!(super::round3(a / b))
+            } else {
+                Value::Null
+            }
+        };
+        let ratios = json!({
+            "p99": ratio("p99_ms"),
+            "deliveries_per_s": ratio("deliveries_per_s"),
+            "cpu_per_delivery": ratio("server_cpu_us_per_delivery"),
+        });
+        table.push_str(&format!(
+            "| {subscribers} | {rate}/s | {} / {} | {} / {} | {} | {} | {} | {} | {} / {} | {} | {} / {} |\n",
+            l["p50_ms"],
+            l["p99_ms"],
+            c["p50_ms"],
+            c["p99_ms"],
+            ratios["p99"],
+            l["deliveries_per_s"],
+            c["deliveries_per_s"],
+            ratios["deliveries_per_s"],
+            l["server_cpu_us_per_delivery"],
+            c["server_cpu_us_per_delivery"],
+            ratios["cpu_per_delivery"],
+            l["lost"],
+            c["lost"],
+        ));
+        points.push(json!({
+            "subscribers": subscribers,
+            "rate": rate,
+            "livebase": Value::Object(l),
+            "ceiling": Value::Object(c),
+            "ratio": ratios,
+        }));
+    }
+    Ok(json!({"scenario": "curve", "deliveries": opts.deliveries, "points": points, "table": table}))
+}
+
+/// The figures a curve point keeps of one `fanout` or `ceiling` run.
+fn figures(run: Value) -> Map<String, Value> {
+    let lat = |k: &str| run["latency_ms"][k].clone();
+    let mut m = Map::new();
+    m.insert("p50_ms".into(), lat("p50"));
+    m.insert("p99_ms".into(), lat("p99"));
+    for k in [
+        "deliveries_per_s",
+        "writes_per_s",
+        "server_cpu_us_per_delivery",
+        "server_cpu_percent",
+        "bench_cpu_percent",
+        "lost",
+        "duplicates",
+        "disconnects",
+    ] {
+        m.insert(k.into(), run[k].clone());
+    }
+    m
+}
