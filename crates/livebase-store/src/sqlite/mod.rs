@@ -108,7 +108,8 @@ impl SqliteStore {
         // synchronous=FULL copies the WAL into the database instead. See `checkpointer`.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA busy_timeout = 5000; \
-             PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 0;",
+             PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA journal_size_limit = 67108864;",
         )
         .map_err(internal)?;
         conn.execute_batch(INTERNAL_TABLES).map_err(internal)?;
@@ -155,6 +156,7 @@ impl SqliteStore {
                 .spawn(move || writer::sync_loop(synced_rx, wal, tail, on_batch))
                 .map_err(|e| StoreError::Internal(format!("cannot start sync thread: {e}")))?;
         }
+        let gate = Arc::new(parking_lot::Mutex::new(()));
         let w = Writer {
             conn,
             synced: synced_tx,
@@ -164,11 +166,12 @@ impl SqliteStore {
             retention: opts.retention,
             log_start: start as u64,
             last_trim: std::time::Instant::now(),
+            checkpoint_gate: gate.clone(),
         };
         let ckpt_path = path.clone();
         std::thread::Builder::new()
             .name("livebase-checkpoint".into())
-            .spawn(move || checkpointer(&ckpt_path, move || still_open.strong_count() > 0))
+            .spawn(move || checkpointer(&ckpt_path, &gate, move || still_open.strong_count() > 0))
             .map_err(|e| StoreError::Internal(format!("cannot start checkpoint thread: {e}")))?;
         std::thread::Builder::new()
             .name("livebase-writer".into())
@@ -204,20 +207,48 @@ impl SqliteStore {
     }
 }
 
+/// WAL frames (pages) past which the checkpointer finishes its checkpoint with the writer
+/// paused, so the next transaction starts the WAL over (8,192 frames: 32 MiB of 4 KiB pages).
+const RESTART_FRAMES: i64 = 8192;
+/// A WAL file larger than this (readers kept it from starting over) is truncated, which
+/// blocks the writer while it runs: a last resort for disk space.
+const TRUNCATE_BYTES: u64 = 256 << 20;
+
 /// Copies committed WAL frames into the database file every 200 ms (PASSIVE: never waits for
-/// readers or the writer), truncating the WAL when it has grown past 64 MiB. Runs until the
-/// store is dropped.
-fn checkpointer(path: &Path, alive: impl Fn() -> bool) {
+/// readers or the writer). Under a steady stream of writes a PASSIVE checkpoint never catches
+/// up with the end of the WAL, and SQLite starts a WAL over only once all of it is copied, so
+/// the file would grow until a blocking TRUNCATE (measured: the writer sleeping 78 ms in the
+/// busy handler, the p999 of `bench writes`). Instead, once the WAL holds [`RESTART_FRAMES`],
+/// the checkpointer takes `gate` (the writer holds it for each batch) and copies the few frames
+/// written since its bulk pass: the writer waits only for that short pass, and its next
+/// transaction starts the WAL from the beginning. Runs until the store is dropped.
+fn checkpointer(path: &Path, gate: &parking_lot::Mutex<()>, alive: impl Fn() -> bool) {
     let Ok(conn) = Connection::open(path) else { return };
     // FULL: the database file is synced before the checkpoint lets the WAL be reused.
     let _ = conn.execute_batch("PRAGMA busy_timeout = 50; PRAGMA synchronous = FULL;");
     let wal = path.with_extension("db-wal");
+    let checkpoint = |mode: &str| -> Option<(i64, i64)> {
+        match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(1)?, r.get(2)?))) {
+            Ok(frames) => Some(frames),
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpoint skipped");
+                None
+            }
+        }
+    };
     while alive() {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let big = std::fs::metadata(&wal).map(|m| m.len() > 64 << 20).unwrap_or(false);
-        let mode = if big { "TRUNCATE" } else { "PASSIVE" };
-        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
-            tracing::debug!(error = %e, "checkpoint skipped");
+        if std::fs::metadata(&wal).map(|m| m.len() > TRUNCATE_BYTES).unwrap_or(false) {
+            checkpoint("TRUNCATE");
+            continue;
+        }
+        // `log` is the WAL's length when this pass began: the writer may have appended since,
+        // so a complete pass (`copied == log`) does not mean the WAL can start over.
+        let Some((log, _copied)) = checkpoint("PASSIVE") else { continue };
+        if log >= RESTART_FRAMES {
+            let _paused = gate.lock();
+            let done = checkpoint("PASSIVE");
+            tracing::debug!(log, ?done, "checkpoint finished with the writer paused");
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Writer {
     /// The oldest sequence number still in `_lb_changes`, as far as the writer knows.
     pub log_start: u64,
     pub last_trim: Instant,
+    /// Held for each batch; the checkpointer takes it to finish a checkpoint so the WAL can
+    /// start over (see `checkpointer` in the parent module).
+    pub checkpoint_gate: Arc<parking_lot::Mutex<()>>,
 }
 
 impl Writer {
@@ -61,6 +64,8 @@ impl Drain for Writer {
         if writes.is_empty() {
             return;
         }
+        let gate = self.checkpoint_gate.clone();
+        let _batch = gate.lock();
         let started = Instant::now();
         let n = writes.len();
         let schema = self.schema.read().clone();
