@@ -40,6 +40,8 @@
 //! - `ceiling`: `fanout` (same flags, same keys) against a minimal broadcaster this binary
 //!   runs as its child server (`ceiling.rs`): no store, hub or rules, one pre-encoded frame
 //!   per event written to every socket. The reference fan-out figures are compared with.
+//! - `curve`: `fanout` and `ceiling` back to back at each of `--points` subscriber counts,
+//!   the rate chosen so every point offers `--deliveries` per second (see `curve.rs`).
 //! - `presence`: `--connections` members (default 200) join one channel; one after the
 //!   other each tracks (meta holds its send time) and later leaves; every other member's
 //!   `presence_diff` receipt is timed.
@@ -73,7 +75,10 @@
 //!   frames for records the bench did not write), `disconnects` (subscribers the server
 //!   closed), `latency_ms` (per delivery), `latency_from`: `"writer_send"`,
 //!   `last_subscriber_latency_ms` (per event: until the last subscriber received it; events
-//!   some subscriber never received are left out).
+//!   some subscriber never received are left out), `queries` (distinct queries, `--queries`),
+//!   `query_kind` (with more than one), `server_cpu_us_per_delivery` and
+//!   `server_cpu_us_per_event` (server CPU over the run per delivery and per write; `child`
+//!   only).
 //! - `connections`: `connections` (asked), `open` (handshakes done), `connect_errors`,
 //!   `connect_s` (time to open all), `alive` (answered a ping after the hold), `lost`
 //!   (`connections − alive`), `rss_before_bytes`, `rss_after_bytes`, `bytes_per_connection`
