@@ -223,6 +223,13 @@ struct Queue {
     after: Option<u64>,
 }
 
+impl Queue {
+    fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+}
+
 /// Frames per vectored write at most.
 const IOV: usize = 128;
 
@@ -273,21 +280,14 @@ impl Sock {
                 let Some(first) = partial else { continue };
                 // The socket is full: the rest waits for the flusher.
                 q.busy = true;
-                q.bytes += first.len();
-                q.frames.push_back(first);
-                for f in rest.chain(frames) {
-                    q.bytes += f.len();
-                    q.frames.push_back(f.clone());
-                }
+                q.push(first);
+                rest.chain(frames).for_each(|f| q.push(f.clone()));
                 self.wake.notify_one();
                 return self.check_size(q);
             }
             return true;
         }
-        for f in frames {
-            q.bytes += f.len();
-            q.frames.push_back(f.clone());
-        }
+        frames.for_each(|f| q.push(f.clone()));
         self.check_size(q)
     }
 

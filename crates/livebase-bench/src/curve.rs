@@ -29,7 +29,6 @@ pub(super) async fn run(opts: BenchOptions) -> anyhow::Result<Value> {
         let mut at = opts.clone();
         at.subscribers = subscribers;
         at.rate = rate;
-        at.points = vec![subscribers];
         let mut l_opts = at.clone();
         l_opts.server_exe = Some(livebase.clone());
         let l = figures(Box::pin(super::run(Scenario::Fanout, l_opts)).await?);

@@ -159,10 +159,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         first_error.unwrap_or_default()
     );
     // Subscribers per query: query j has those i with i mod N = j.
-    let due = |n: u64| -> u64 {
-        let (q, per, extra) = (queries as u64, subscribers / queries as u64, subscribers % queries as u64);
-        per + u64::from(n % q < extra)
-    };
+    let q = queries as u64;
+    let due = |n: u64| subscribers / q + u64::from(n % q < subscribers % q);
     let phoenix_subscribers = phoenix.iter().filter(|p| **p).count();
 
     let (stop_tx, stop_rx) = watch::channel(false);

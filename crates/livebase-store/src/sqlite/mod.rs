@@ -227,8 +227,9 @@ fn checkpointer(path: &Path, gate: &parking_lot::Mutex<()>, alive: impl Fn() -> 
     // FULL: the database file is synced before the checkpoint lets the WAL be reused.
     let _ = conn.execute_batch("PRAGMA busy_timeout = 50; PRAGMA synchronous = FULL;");
     let wal = path.with_extension("db-wal");
-    let checkpoint = |mode: &str| -> Option<(i64, i64)> {
-        match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(1)?, r.get(2)?))) {
+    // The WAL's length in frames when the pass began.
+    let checkpoint = |mode: &str| -> Option<i64> {
+        match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1)) {
             Ok(frames) => Some(frames),
             Err(e) => {
                 tracing::debug!(error = %e, "checkpoint skipped");
@@ -242,9 +243,9 @@ fn checkpointer(path: &Path, gate: &parking_lot::Mutex<()>, alive: impl Fn() -> 
             checkpoint("TRUNCATE");
             continue;
         }
-        // `log` is the WAL's length when this pass began: the writer may have appended since,
-        // so a complete pass (`copied == log`) does not mean the WAL can start over.
-        let Some((log, _copied)) = checkpoint("PASSIVE") else { continue };
+        // The writer may have appended since this pass began, so even a pass that copied all
+        // of `log` does not let the WAL start over.
+        let Some(log) = checkpoint("PASSIVE") else { continue };
         if log >= RESTART_FRAMES {
             let _paused = gate.lock();
             let done = checkpoint("PASSIVE");

@@ -37,7 +37,7 @@ pub struct Writer {
     /// The oldest sequence number still in `_lb_changes`, as far as the writer knows.
     pub log_start: u64,
     pub last_trim: Instant,
-    /// Held for each batch; the checkpointer takes it to finish a checkpoint so the WAL can
+    /// Held for each batch's transaction; the checkpointer takes it to finish a checkpoint so the WAL can
     /// start over (see `checkpointer` in the parent module).
     pub checkpoint_gate: Arc<parking_lot::Mutex<()>>,
 }
@@ -64,14 +64,14 @@ impl Drain for Writer {
         if writes.is_empty() {
             return;
         }
-        let gate = self.checkpoint_gate.clone();
-        let _batch = gate.lock();
         let started = Instant::now();
         let n = writes.len();
         let schema = self.schema.read().clone();
         let first_seq = self.next_seq;
         let mut results = Vec::with_capacity(n);
         let mut events = Vec::new();
+        // The checkpointer may only finish its pass between two transactions.
+        let batch = self.checkpoint_gate.lock();
         let outcome = (|| -> rusqlite::Result<()> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             let mut tx = SqliteTx { conn: &self.conn };
@@ -82,6 +82,7 @@ impl Drain for Writer {
             }
             self.conn.execute_batch("COMMIT")
         })();
+        drop(batch);
         if let Err(e) = outcome {
             tracing::error!(error = %e, "group commit failed; {n} request(s) refused");
             let _ = self.conn.execute_batch("ROLLBACK");
