@@ -23,6 +23,8 @@ pub struct AppInner {
     /// What every front end calls: access decided inside.
     pub service: Service,
     pub hub: Hub,
+    /// The write side of realtime sockets.
+    pub writers: Arc<crate::realtime::socket::Writers>,
     pub metrics: Arc<Metrics>,
     pub config: Config,
     pub admin_key: String,

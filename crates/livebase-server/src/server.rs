@@ -45,6 +45,11 @@ impl Server {
     /// accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(mut self) {
         self.app.hub.close_all(1001, "server_shutdown");
+        // Each connection gives its close frame a bounded time to leave, then ends.
+        let until = tokio::time::Instant::now() + crate::realtime::upgrade::CLOSE_DEADLINE * 2;
+        while self.app.hub.connection_count() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         self.app.hub.leave_cluster().await;
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -103,6 +108,7 @@ pub fn router(app: App) -> Router {
         .merge(crate::realtime::phoenix::rest::routes())
         .layer(axum::middleware::from_fn_with_state(app.clone(), record_request))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn(crate::realtime::upgrade::peer_addr))
         .with_state(app)
 }
 
@@ -323,11 +329,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             }
         })
     };
+    let writers = crate::realtime::socket::Writers::start();
+    hub.set_backlog(writers.clone());
     let app = App {
         inner: Arc::new(AppInner {
             service: Service::new(store.clone(), access.clone()),
             store,
             hub,
+            writers,
             metrics,
             config,
             admin_key: admin_key.clone(),
@@ -352,18 +361,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         })
     });
     let task = tokio::spawn(async move {
-        // Small frames must leave at once: Nagle's algorithm would hold them for the peer's
-        // delayed ACK (tens of milliseconds).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let r = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
+        let listener = crate::realtime::upgrade::SharedListener(listener);
+        let r = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<crate::realtime::upgrade::Peer>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "server stopped with an error");
         }

@@ -30,28 +30,25 @@ impl Codec for LineCodec {
     }
 
     fn change(&self, body: &str, sub_id: u64, view: View) -> Frame {
-        Frame::Text(format!("change sub={sub_id} view={view:?} {body}").into())
+        Frame::text(&format!("change sub={sub_id} view={view:?} {body}"))
     }
 
     fn encode(&self, d: Delivery<'_>) -> Option<Frame> {
         let keys = |m: &livebase_server::realtime::codec::PresenceMap| {
             m.iter().map(|(k, v)| format!("{k}@{}", v[0].conn_id)).collect::<Vec<_>>().join(",")
         };
-        Some(Frame::Text(
-            match d {
-                Delivery::Subscribed { sub_id, seq, .. } => format!("subscribed sub={sub_id} seq={seq}"),
-                Delivery::Ok { .. } => "ok".to_string(),
-                Delivery::PresenceState { channel, state } => format!("state {channel} {}", keys(state)),
-                Delivery::PresenceDiff { channel, joins, leaves } => {
-                    format!("diff {channel} +{} -{}", keys(joins), keys(leaves))
-                }
-                Delivery::Broadcast { channel, event, payload, from } => {
-                    format!("broadcast {channel} {event} {payload} from={from}")
-                }
-                other => format!("other {other:?}"),
+        Some(Frame::text(&match d {
+            Delivery::Subscribed { sub_id, seq, .. } => format!("subscribed sub={sub_id} seq={seq}"),
+            Delivery::Ok { .. } => "ok".to_string(),
+            Delivery::PresenceState { channel, state } => format!("state {channel} {}", keys(state)),
+            Delivery::PresenceDiff { channel, joins, leaves } => {
+                format!("diff {channel} +{} -{}", keys(joins), keys(leaves))
             }
-            .into(),
-        ))
+            Delivery::Broadcast { channel, event, payload, from } => {
+                format!("broadcast {channel} {event} {payload} from={from}")
+            }
+            other => format!("other {other:?}"),
+        }))
     }
 }
 
@@ -77,7 +74,7 @@ impl TestConn {
 
 fn connect(hub: &Hub, codec: Arc<dyn Codec>) -> TestConn {
     let (tx, rx) = mpsc::channel(64);
-    let handle = ConnHandle { tx, close: Arc::new(CloseSignal::default()), codec };
+    let handle = ConnHandle { tx: Arc::new(tx), close: Arc::new(CloseSignal::default()), codec };
     let (id, name) = hub.connect(handle, Principal::Admin).ok().expect("connects");
     TestConn { id, name, rx }
 }

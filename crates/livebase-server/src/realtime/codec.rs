@@ -14,27 +14,75 @@
 //! `Arc<dyn Codec>`, and the hub keys its per-event frame cache by that instance.
 
 use super::protocol::{self, ProtoError, Ref, View};
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use livebase_core::{ChangeEvent, Record};
 use livebase_store::Epoch;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
-/// What a connection's queue carries: finished frames, cheap to clone (reference counted).
+/// What a connection's queue carries: a finished server-to-client WebSocket frame, header
+/// included. Server frames are unmasked, so the bytes are the same for every receiver: they
+/// are built once and shared (reference counted) by every queue that carries them.
 #[derive(Debug, Clone)]
-pub enum Frame {
-    Text(Utf8Bytes),
-    Binary(Bytes),
+pub struct Frame {
+    wire: Bytes,
+    /// Where the payload starts (the header's length).
+    at: u8,
+    binary: bool,
 }
 
 impl Frame {
-    pub fn len(&self) -> usize {
-        match self {
-            Frame::Text(t) => t.len(),
-            Frame::Binary(b) => b.len(),
+    pub fn text(payload: &str) -> Frame {
+        Frame::build(OpCode::Data(Data::Text), payload.as_bytes())
+    }
+
+    pub fn binary(payload: &[u8]) -> Frame {
+        Frame::build(OpCode::Data(Data::Binary), payload)
+    }
+
+    /// A close frame with a status code and a reason (at most 123 bytes are kept).
+    pub fn close(code: u16, reason: &str) -> Frame {
+        let mut payload = code.to_be_bytes().to_vec();
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
         }
+        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        Frame::build(OpCode::Control(Control::Close), &payload)
+    }
+
+    pub fn ping() -> Frame {
+        Frame::build(OpCode::Control(Control::Ping), &[])
+    }
+
+    fn build(opcode: OpCode, payload: &[u8]) -> Frame {
+        let header = FrameHeader { opcode, ..FrameHeader::default() };
+        let mut wire = Vec::with_capacity(payload.len() + 10);
+        // Formatting into a Vec cannot fail.
+        let _ = header.format(payload.len() as u64, &mut wire);
+        let at = wire.len() as u8;
+        wire.extend_from_slice(payload);
+        Frame { wire: Bytes::from(wire), at, binary: opcode == OpCode::Data(Data::Binary) }
+    }
+
+    /// The whole frame as it goes on the wire.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.wire[self.at as usize..]
+    }
+
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+
+    pub fn len(&self) -> usize {
+        self.wire.len() - self.at as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -43,10 +91,10 @@ impl Frame {
 
     /// The text of a text frame (tests and logs).
     pub fn as_text(&self) -> Option<&str> {
-        match self {
-            Frame::Text(t) => Some(t.as_str()),
-            Frame::Binary(_) => None,
+        if self.binary {
+            return None;
         }
+        std::str::from_utf8(self.payload()).ok()
     }
 }
 
@@ -211,11 +259,11 @@ impl Codec for NativeCodec {
     }
 
     fn change(&self, body: &str, sub_id: u64, view: View) -> Frame {
-        Frame::Text(protocol::change_frame(body, sub_id, view))
+        Frame::text(&protocol::change_frame(body, sub_id, view))
     }
 
     fn encode(&self, d: Delivery<'_>) -> Option<Frame> {
-        Some(Frame::Text(match d {
+        let text = match d {
             Delivery::Welcome { conn_id, epoch, heartbeat_ms, timeout_ms, cut_off } => protocol::welcome(
                 conn_id,
                 &livebase_core::record::now_timestamp(),
@@ -246,6 +294,7 @@ impl Codec for NativeCodec {
             Delivery::Aggregate { sub_id, seq, groups, removed, full } => {
                 protocol::aggregate(sub_id, seq, full, groups, removed)
             }
-        }))
+        };
+        Some(Frame::text(&text))
     }
 }

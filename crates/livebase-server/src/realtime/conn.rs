@@ -1,32 +1,28 @@
-//! One WebSocket connection: a single task that reads client frames, writes the frames queued
-//! for it (coalesced: many frames, one flush), sends heartbeats and enforces the timeout.
+//! One WebSocket connection: a task that reads client frames, answers them, sends heartbeats
+//! and enforces the timeout. Frames to the client (the hub's deliveries and the answers) go
+//! through the socket's queue and are written by its shard ([`super::socket`]): the task
+//! wakes for what the client sends, not for what it receives.
 
 use super::codec::{Codec, Delivery, Frame, NativeCodec};
-use super::hub::{BroadcastReq, CloseSignal, ConnHandle, Hub, Start, TrackReq};
+use super::hub::{BroadcastReq, CloseSignal, ConnHandle, Hub, Outlet, Start, TrackReq};
 use super::protocol::{self, ClientMsg, ProtoError};
+use super::socket::Sock;
+use super::upgrade::{WsConn, WsUpgrade};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::ratelimit::Bucket;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use futures_util::SinkExt;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// Hard cap handed to the WebSocket codec: beyond it the connection itself fails. Frames
-/// between [`super::Limits::max_frame_bytes`] and this are refused politely.
-pub(crate) const CODEC_MAX_MESSAGE: usize = 1 << 20;
-/// Frames written per flush at most.
-const COALESCE: usize = 64;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 pub async fn upgrade(
     State(app): State<App>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     let param = |name: &str| -> Option<String> {
         q.as_deref().and_then(|q| {
@@ -40,55 +36,44 @@ pub async fn upgrade(
         Some(t) => app.principal_from_token(Some(&t)),
         None => app.principal(&headers),
     };
-
-    // Memory per idle connection is what decides how many fit: the read buffer is allocated up
-    // front (1 KiB; it grows for a larger frame), the write buffer only when frames are
-    // written. Frames queued together are written out together, up to 16 KiB per syscall.
-    let ws = ws
-        .read_buffer_size(1024)
-        .write_buffer_size(16 * 1024)
-        .max_message_size(CODEC_MAX_MESSAGE)
-        .max_frame_size(CODEC_MAX_MESSAGE);
+    let (writers, cap) = (app.writers.clone(), app.hub.limits().queue_frames);
     // A node cut off from the others would serve channels that reach nobody: new
     // connections wait for it to reconnect (close 1013, "try again later"), with the reason.
     if let Err(why) = app.hub.bus_available() {
         tracing::warn!(%why, "refusing a realtime connection");
-        return ws.on_upgrade(move |mut socket| async move {
+        return ws.on_upgrade(writers, cap, move |socket| async move {
             let e = ProtoError::new(&None, "cluster_unreachable", why);
-            let _ = socket.send(Message::Text(e.frame())).await;
-            let close = CloseFrame { code: 1013, reason: Utf8Bytes::from_static("cluster_unreachable") };
-            let _ = socket.send(Message::Close(Some(close))).await;
+            socket.send(Frame::text(&e.frame()));
+            socket.sock.close_after(1013, "cluster_unreachable").await;
+            socket.finish().await;
         });
     }
     match principal {
-        Ok(p) => ws.on_upgrade(move |socket| run(app, socket, p, resume_of)),
+        Ok(p) => ws.on_upgrade(writers, cap, move |socket| run(app, socket, p, resume_of)),
         // Browsers cannot read an HTTP refusal of an upgrade (they see 1006, like a network
         // failure), so a bad token is refused inside the socket: an error frame naming the
         // reason, then close code 4003.
-        Err(e) => ws.on_upgrade(move |socket| refuse(socket, e)),
+        Err(e) => ws.on_upgrade(writers, cap, move |socket| async move {
+            let frame = ProtoError::new(&None, e.code, e.message).frame();
+            socket.send(Frame::text(&frame));
+            socket.sock.close_after(4003, e.code).await;
+            socket.finish().await;
+        }),
     }
 }
 
-async fn refuse(mut socket: WebSocket, e: crate::error::ApiError) {
-    let frame = ProtoError::new(&None, e.code, e.message).frame();
-    let _ = socket.send(Message::Text(frame)).await;
-    let close = CloseFrame { code: 4003, reason: Utf8Bytes::from(e.code) };
-    let _ = socket.send(Message::Close(Some(close))).await;
-}
-
-async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_of: Option<String>) {
+async fn run(app: App, mut socket: WsConn, mut principal: Principal, resume_of: Option<String>) {
     let hub = app.hub.clone();
     let limits = hub.limits().clone();
-    let (tx, mut rx) = mpsc::channel::<Frame>(limits.queue_frames);
+    let out = socket.sock.clone();
     let close = Arc::new(CloseSignal::default());
     let codec = NativeCodec::shared();
-    let conn_handle = ConnHandle { tx: tx.clone(), close: close.clone(), codec: codec.clone() };
+    let conn_handle = ConnHandle { tx: out.clone(), close: close.clone(), codec: codec.clone() };
     let (conn, name) = match hub.connect(conn_handle, principal.clone()) {
         Ok(c) => c,
         Err(_) => {
-            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from_static("too_many_connections") };
-            let _ = socket.send(Message::Close(Some(frame))).await;
-            return;
+            socket.sock.close_after(1013, "too_many_connections").await;
+            return socket.finish().await;
         }
     };
     tracing::info!(conn = %name, who = %principal.scope(), "realtime connection opened");
@@ -101,12 +86,7 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
         timeout_ms: limits.heartbeat_timeout.as_millis() as u64,
     });
     let mut reason = "client_closed";
-    if let Some(welcome) = welcome {
-        if socket.send(message(welcome)).await.is_err() {
-            hub.disconnect(conn, "write_failed");
-            return;
-        }
-    }
+    reply(&out, welcome);
     let mut ticker =
         tokio::time::interval_at(Instant::now() + limits.heartbeat_interval, limits.heartbeat_interval);
     let mut last_seen = Instant::now();
@@ -114,8 +94,6 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
     let mut expired = false;
     // One timer for the token's expiry, reset only when the token changes (not per frame).
     let mut expiry = Box::pin(tokio::time::sleep(expires_in(&principal, expired)));
-    // Registered once: re-creating it per iteration would lock the Notify's waiter list for
-    // every frame written.
     let mut closing = Box::pin(close.notify.notified());
     loop {
         tokio::select! {
@@ -126,24 +104,18 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
                 expiry.as_mut().reset(Instant::now() + expires_in(&principal, expired));
                 hub.pause(conn);
                 let e = ProtoError::new(&None, "token_expired", "the token has expired; send a fresh one with 'auth'");
-                reply(&tx, codec.encode(Delivery::Error(&e)));
+                reply(&out, codec.encode(Delivery::Error(&e)));
             }
             _ = &mut closing => {
-                reason = close_on_signal(&mut socket, &mut rx, &close).await;
+                reason = close_on_signal(&out, &close).await;
                 break;
             }
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break };
-                if let Some(why) = write_queued(&mut socket, &mut rx, frame, closing.as_mut(), &close).await {
-                    reason = why;
-                    break;
-                }
-            }
+            _ = out.failed() => { reason = "write_failed"; break }
             msg = socket.recv() => {
                 let msg = match msg {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
-                        reason = close_on_read_error(&mut socket, &hub, &name, e).await;
+                        reason = close_on_read_error(&out, &hub, &name, e).await;
                         break;
                     }
                     None => { reason = "client_gone"; break }
@@ -154,87 +126,45 @@ async fn run(app: App, mut socket: WebSocket, mut principal: Principal, resume_o
                         if limits.ws_rate > 0.0 {
                             if let Err(wait) = bucket.take(limits.ws_rate, limits.ws_burst, std::time::Instant::now()) {
                                 let e = ProtoError::new(&protocol::peek_ref(t.as_str()), "rate_limited", format!("too many messages; retry in {} ms", wait.as_millis().max(1)));
-                                reply(&tx, codec.encode(Delivery::Error(&e)));
+                                reply(&out, codec.encode(Delivery::Error(&e)));
                                 continue;
                             }
                         }
-                        if handle(&app, &hub, conn, &Reply { tx: &tx, codec: &*codec }, &mut principal, t.as_str()) {
+                        if handle(&app, &hub, conn, &Reply { tx: &out, codec: &*codec }, &mut principal, t.as_str()) {
                             expired = false;
                             expiry.as_mut().reset(Instant::now() + expires_in(&principal, expired));
                         }
                     }
                     Message::Binary(_) => {
                         let e = ProtoError::new(&None, "bad_request", "frames must be JSON text");
-                        reply(&tx, codec.encode(Delivery::Error(&e)));
+                        reply(&out, codec.encode(Delivery::Error(&e)));
                     }
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     Message::Close(_) => break,
                 }
             }
             _ = ticker.tick() => {
                 if last_seen.elapsed() > limits.heartbeat_timeout {
                     reason = "heartbeat_timeout";
-                    let frame = CloseFrame { code: 4002, reason: Utf8Bytes::from_static("heartbeat_timeout") };
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                    socket.sock.close(4002, "heartbeat_timeout").await;
                     break;
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    reason = "write_failed";
-                    break;
-                }
+                reply(&out, Some(Frame::ping()));
             }
         }
     }
     hub.disconnect(conn, reason);
+    socket.finish().await;
     tracing::info!(conn = %name, reason, "realtime connection closed");
 }
 
-/// Writes `first` and the frames queued behind it (up to [`COALESCE`]) with one flush. A
-/// client that stops reading must not pin its task: a close signal wins over the write (the
-/// connection is then closed as [`close_on_signal`] does). Returns why the connection must
-/// end, if it must.
-pub(crate) async fn write_queued(
-    socket: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Frame>,
-    first: Frame,
-    closing: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-    close: &CloseSignal,
-) -> Option<&'static str> {
-    let write = async {
-        socket.feed(message(first)).await?;
-        for _ in 1..COALESCE {
-            match rx.try_recv() {
-                Ok(f) => socket.feed(message(f)).await?,
-                Err(_) => break,
-            }
-        }
-        socket.flush().await
-    };
-    // The write borrows the socket: the close runs once the select has dropped it.
-    tokio::select! {
-        r = write => return r.err().map(|_| "write_failed"),
-        _ = closing => {}
-    }
-    Some(close_on_signal(socket, rx, close).await)
-}
-
-/// How long a close frame may take to write before the connection is dropped without it.
-const CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The hub asked this connection to close (slow consumer, shutdown): frames still queued are
-/// dropped, so the close frame is next on the wire, and it is tried for [`CLOSE_DEADLINE`].
-/// (A slow consumer's socket may stay full; its client learns the reason on its next
-/// connection, see [`super::cutoff`].) Returns the reason.
-pub(crate) async fn close_on_signal(
-    socket: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Frame>,
-    close: &CloseSignal,
-) -> &'static str {
+/// dropped, so the close frame is next on the wire, and it is given
+/// [`super::upgrade::CLOSE_DEADLINE`] to leave. (A slow consumer's socket may stay full; its
+/// client learns the reason on its next connection, see [`super::cutoff`].) Returns the reason.
+pub(crate) async fn close_on_signal(out: &Sock, close: &CloseSignal) -> &'static str {
     let (code, why) = (*close.reason.lock()).unwrap_or((1000, "closed"));
-    rx.close();
-    while rx.try_recv().is_ok() {}
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
-    let _ = tokio::time::timeout(CLOSE_DEADLINE, socket.send(Message::Close(Some(frame)))).await;
+    out.close(code, why).await;
     why
 }
 
@@ -242,7 +172,6 @@ pub(crate) async fn close_on_signal(
 /// names for it, or None when the peer is simply gone (reset, EOF).
 pub(crate) fn read_failure(e: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
     use tokio_tungstenite::tungstenite::error::ProtocolError;
-    use tokio_tungstenite::tungstenite::Error as WsError;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(ws) = err.downcast_ref::<WsError>() {
@@ -263,40 +192,27 @@ pub(crate) fn read_failure(e: &(dyn std::error::Error + 'static)) -> Option<(u16
 
 /// A read failed: close with the code the standard names for it (1009, 1007, 1002) and a
 /// reason, log and count the real cause. Returns the reason for the close metric.
-pub(crate) async fn close_on_read_error(
-    socket: &mut WebSocket,
-    hub: &Hub,
-    name: &str,
-    e: axum::Error,
-) -> &'static str {
+pub(crate) async fn close_on_read_error(out: &Sock, hub: &Hub, name: &str, e: WsError) -> &'static str {
     let Some((code, why)) = read_failure(&e) else {
         tracing::debug!(conn = %name, error = %e, "realtime connection lost");
         return "client_gone";
     };
     hub.metrics().frame_refused(why);
     tracing::warn!(conn = %name, error = %e, code, reason = why, "refused a client frame; closing");
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
-    let _ = tokio::time::timeout(CLOSE_DEADLINE, socket.send(Message::Close(Some(frame)))).await;
+    out.close(code, why).await;
     why
 }
 
-pub(crate) fn message(f: Frame) -> Message {
-    match f {
-        Frame::Text(t) => Message::Text(t),
-        Frame::Binary(b) => Message::Binary(b),
-    }
-}
-
-pub(crate) fn reply(tx: &mpsc::Sender<Frame>, frame: Option<Frame>) {
+pub(crate) fn reply(out: &Sock, frame: Option<Frame>) {
     // A full queue means the hub is already closing this connection as a slow consumer.
     if let Some(f) = frame {
-        let _ = tx.try_send(f);
+        let _ = out.try_send(f);
     }
 }
 
 /// Where the answers to a connection's requests go.
 struct Reply<'a> {
-    tx: &'a mpsc::Sender<Frame>,
+    tx: &'a Sock,
     codec: &'a dyn Codec,
 }
 

@@ -5,7 +5,10 @@
 //!   connection's frames ([`codec::NativeCodec`] for the protocol above).
 //! - [`bus`]: the channel-bus port that carries broadcast and presence between nodes.
 //! - [`hub`]: subscriptions, their index, fan-out, catch-up stitching, channels and presence.
-//! - [`conn`]: one task per WebSocket: reads requests, writes queued frames, heartbeats.
+//! - [`conn`]: one task per WebSocket: reads requests, answers them, heartbeats.
+//! - [`socket`]: the write side of every WebSocket: per-socket queues written by per-core
+//!   shards, whole frames encoded once.
+//! - [`upgrade`]: the listener, and the upgrade that hands a TCP stream to [`socket`].
 //! - [`cutoff`]: recently cut-off connections, reported to their client when it resumes.
 //! - [`phoenix`]: Supabase Realtime's Phoenix protocol on the same hub (supabase-js).
 
@@ -16,6 +19,8 @@ pub mod cutoff;
 pub mod hub;
 pub mod phoenix;
 pub mod protocol;
+pub mod socket;
+pub mod upgrade;
 
 use std::time::Duration;
 

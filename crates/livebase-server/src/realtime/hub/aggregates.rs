@@ -309,7 +309,8 @@ impl Hub {
                     let Some(f) = frames.frame(&c.handle.codec) else { continue };
                     match c.handle.tx.try_send(f) {
                         Ok(()) => *delivered += 1,
-                        Err(_) => slow.push(*conn),
+                        Err(super::registry::Refused::Full) => slow.push(*conn),
+                        Err(super::registry::Refused::Closed) => {}
                     }
                 }
             }

@@ -6,18 +6,17 @@
 //! under the registry lock — so no frame is lost, repeated or reordered.
 
 use super::dispatch::{seen_by, FrameCache};
-use super::registry::{ConnEntry, ConnId, Ops, Query, QueryId, Registry, SubState};
+use super::registry::{ConnEntry, ConnId, Ops, Outlet, Query, QueryId, Registry, SubState};
 use super::Hub;
 use crate::access::Access;
 use crate::auth::Principal;
-use crate::realtime::codec::{Codec, Delivery, Frame};
+use crate::realtime::codec::{Codec, Delivery};
 use crate::realtime::protocol::{ProtoError, Ref};
 use livebase_core::filter::{BoundFilter, Filter};
 use livebase_core::query::ListQuery;
 use livebase_store::StoreError;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// How a subscription starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +42,7 @@ pub struct SetSpec {
 /// A subscription's channel back to its connection: the queue and the codec.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::Sender<Frame>,
+    tx: Arc<dyn Outlet>,
     codec: Arc<dyn Codec>,
 }
 

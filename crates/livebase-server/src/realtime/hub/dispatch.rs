@@ -6,7 +6,7 @@
 //! per-event cache keyed by (codec, view), so a frame is encoded once and its bytes shared.
 //! Frames are pushed with `try_send`: the hub never waits on a client.
 
-use super::registry::{ConnId, Matched, QueryId, Registry, SubState};
+use super::registry::{ConnId, Matched, QueryId, Refused, Registry, SubState};
 use super::Hub;
 use crate::access::Access;
 use crate::auth::Principal;
@@ -95,6 +95,18 @@ impl Hub {
                 }
             };
             self.dispatch(&events);
+            self.wait_for_writers().await;
+        }
+    }
+
+    /// Pauses while the writers hold more than [`super::BACKLOG_QUEUES`] queues' worth of
+    /// frames, for [`super::BACKLOG_PAUSE`] at most.
+    async fn wait_for_writers(&self) {
+        let Some(b) = self.inner.backlog.get() else { return };
+        let limit = self.inner.limits.queue_frames.saturating_mul(super::BACKLOG_QUEUES);
+        let until = tokio::time::Instant::now() + super::BACKLOG_PAUSE;
+        while b.frames() > limit && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 
@@ -174,7 +186,9 @@ impl Hub {
                     SubState::Live(after) if ev.seq <= *after => {}
                     SubState::Live(_) => match c.handle.tx.try_send(frame) {
                         Ok(()) => *delivered += 1,
-                        Err(_) => slow.push(*conn),
+                        Err(Refused::Full) => slow.push(*conn),
+                        // Closing: it is removed when its task ends.
+                        Err(Refused::Closed) => {}
                     },
                     SubState::CatchingUp(buf) if buf.len() >= buffer_cap => slow.push(*conn),
                     SubState::CatchingUp(buf) => buf.push((ev.seq, frame)),

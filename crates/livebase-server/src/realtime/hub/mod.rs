@@ -22,7 +22,7 @@ mod registry;
 
 pub use catchup::{SetSpec, Start};
 pub use channels::{BroadcastReq, TrackReq};
-pub use registry::{CloseSignal, ConnHandle, ConnId, Ops, QueryId};
+pub use registry::{CloseSignal, ConnHandle, ConnId, Ops, Outlet, QueryId, Refused};
 
 use super::bus::{ChannelBus, MemberId, NodeId};
 use super::Limits;
@@ -56,7 +56,24 @@ struct HubInner {
     access: Arc<AccessCache>,
     /// Recently cut-off connections, told to their client on its next connection.
     cut_offs: super::cutoff::CutOffs,
+    /// Frames the connections' writers hold, when they say (see [`Backlog`]).
+    backlog: std::sync::OnceLock<Arc<dyn Backlog>>,
 }
+
+/// How many frames the connections' writers hold and have not written yet, all sockets
+/// together. When it exceeds [`BACKLOG_QUEUES`] connection queues, the whole node is behind
+/// (not one client): dispatch pauses for the writers to catch up, up to [`BACKLOG_PAUSE`] per
+/// run of events, and the events wait in the change log instead of filling the queues until
+/// healthy connections are cut off as slow consumers.
+pub trait Backlog: Send + Sync + 'static {
+    fn frames(&self) -> usize;
+}
+
+/// The node is behind when its writers hold this many connection queues' worth of frames
+/// ([`super::Limits::queue_frames`] each): one slow client can never cause it.
+pub const BACKLOG_QUEUES: usize = 64;
+/// Longest pause of dispatch per run of events (the hub never stalls on its writers).
+pub const BACKLOG_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What a hub is built from.
 pub struct HubParts {
@@ -83,8 +100,14 @@ impl Hub {
                 metrics: p.metrics,
                 access: p.access,
                 cut_offs: Default::default(),
+                backlog: Default::default(),
             }),
         }
+    }
+
+    /// Lets dispatch pause while the connections' writers are behind (see [`Backlog`]).
+    pub fn set_backlog(&self, b: Arc<dyn Backlog>) {
+        let _ = self.inner.backlog.set(b);
     }
 
     fn access(&self) -> Arc<Access> {
@@ -244,6 +267,11 @@ impl Hub {
         self.inner.metrics.set_presence_members(reg.presence_members);
     }
 
+    /// Connections open on this node.
+    pub fn connection_count(&self) -> usize {
+        self.inner.reg.lock().conns.len()
+    }
+
     /// Asks every connection to close (e.g. 1001 when the server shuts down).
     pub fn close_all(&self, code: u16, reason: &'static str) {
         let reg = self.inner.reg.lock();
@@ -255,7 +283,7 @@ impl Hub {
     /// Total frames waiting in outbound queues (sampled for metrics).
     pub fn queue_depth(&self) -> i64 {
         let reg = self.inner.reg.lock();
-        reg.conns.values().map(|c| (c.handle.tx.max_capacity() - c.handle.tx.capacity()) as i64).sum()
+        reg.conns.values().map(|c| c.handle.tx.queued() as i64).sum()
     }
 
     /// Every open channel on this node: its name, the connections that joined it here and

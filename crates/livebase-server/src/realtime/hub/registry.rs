@@ -4,6 +4,7 @@
 use super::super::bus::MemberId;
 use super::super::codec::{Codec, Delivery, Frame};
 use crate::auth::Principal;
+use futures_util::future::BoxFuture;
 use livebase_core::filter::{BoundFilter, Scalar};
 use livebase_core::{ChangeEvent, ChangeOp, Record};
 use parking_lot::Mutex;
@@ -18,9 +19,51 @@ pub type QueryId = u64;
 /// What the hub knows of a connection: its queue, how to tell it to close, and the codec
 /// that turns deliveries into its frames.
 pub struct ConnHandle {
-    pub tx: mpsc::Sender<Frame>,
+    pub tx: Arc<dyn Outlet>,
     pub close: Arc<CloseSignal>,
     pub codec: Arc<dyn Codec>,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full: the connection is a slow consumer.
+    Full,
+    /// The connection is closing; nothing more reaches it.
+    Closed,
+}
+
+/// A connection's outbound queue, as the hub sees it (the port deliveries leave by). A
+/// WebSocket's is [`crate::realtime::socket::Sock`]; an in-process consumer may use a channel.
+pub trait Outlet: Send + Sync + 'static {
+    /// Queues a frame without waiting.
+    fn try_send(&self, frame: Frame) -> Result<(), Refused>;
+    /// Queues a frame, waiting for room (history, which is read at the consumer's pace).
+    fn send(&self, frame: Frame) -> BoxFuture<'_, Result<(), Refused>>;
+    fn is_closed(&self) -> bool;
+    /// Frames queued and not yet handed to the network.
+    fn queued(&self) -> usize;
+}
+
+impl Outlet for mpsc::Sender<Frame> {
+    fn try_send(&self, frame: Frame) -> Result<(), Refused> {
+        mpsc::Sender::try_send(self, frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Refused::Full,
+            mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+        })
+    }
+
+    fn send(&self, frame: Frame) -> BoxFuture<'_, Result<(), Refused>> {
+        Box::pin(async move { mpsc::Sender::send(self, frame).await.map_err(|_| Refused::Closed) })
+    }
+
+    fn is_closed(&self) -> bool {
+        mpsc::Sender::is_closed(self)
+    }
+
+    fn queued(&self) -> usize {
+        self.max_capacity() - self.capacity()
+    }
 }
 
 /// Tells a connection's task to close with a code and reason.

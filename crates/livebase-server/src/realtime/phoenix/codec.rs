@@ -12,7 +12,6 @@
 use super::wire::{self, Vsn};
 use crate::realtime::codec::{Codec, Delivery, Frame, PresenceMap, Sides};
 use crate::realtime::protocol::{Ref, View};
-use axum::extract::ws::Utf8Bytes;
 use livebase_core::{ChangeEvent, ChangeOp, Record};
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
@@ -47,7 +46,7 @@ impl PhoenixCodec {
     }
 
     fn text(&self, join_ref: &Value, reference: &Value, event: &str, payload: &str) -> Frame {
-        Frame::Text(Utf8Bytes::from(wire::frame(self.vsn, join_ref, reference, &self.topic, event, payload)))
+        Frame::text(&wire::frame(self.vsn, join_ref, reference, &self.topic, event, payload))
     }
 
     /// A channel push (no ref).
@@ -66,7 +65,7 @@ impl PhoenixCodec {
 
     fn reply(&self, r: &[Value], ok: bool, response: &Value) -> Frame {
         let (join_ref, reference) = (r.first().unwrap_or(&Value::Null), r.get(1).unwrap_or(&Value::Null));
-        Frame::Text(Utf8Bytes::from(wire::reply(self.vsn, join_ref, reference, &self.topic, ok, response)))
+        Frame::text(&wire::reply(self.vsn, join_ref, reference, &self.topic, ok, response))
     }
 }
 
@@ -211,7 +210,7 @@ impl Codec for PhoenixCodec {
             Delivery::Broadcast { event, payload, .. } => match wire::binary_bytes(payload) {
                 // Raw bytes: to 2.0.0 in a binary frame; 1.0.0 has none, so it gets nothing.
                 Some(bytes) => match self.vsn {
-                    Vsn::V2 => Frame::Binary(wire::user_broadcast(&self.topic, event, &bytes)?.into()),
+                    Vsn::V2 => Frame::binary(&wire::user_broadcast(&self.topic, event, &bytes)?),
                     Vsn::V1 => return None,
                 },
                 None => {
@@ -252,8 +251,8 @@ mod tests {
     fn a_change_is_a_postgres_changes_push_with_its_ids_and_columns() {
         let c = PhoenixCodec::shared(Vsn::V2, "realtime:room1");
         let body = c.change_body(&event(), Sides { new: true, old: true });
-        let Frame::Text(t) = c.change(&body, 7, View::Update) else { panic!("text") };
-        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        let f = c.change(&body, 7, View::Update);
+        let v: Value = serde_json::from_str(f.as_text().expect("text")).unwrap();
         assert_eq!(v[0], Value::Null);
         assert_eq!((v[2].as_str(), v[3].as_str()), (Some("realtime:room1"), Some("postgres_changes")));
         assert_eq!(v[4]["ids"], json!([7]));

@@ -19,13 +19,14 @@ pub mod rest;
 pub mod wire;
 
 use super::codec::{Codec, Frame};
-use super::conn::{close_on_read_error, close_on_signal, reply, write_queued};
+use super::conn::{close_on_read_error, close_on_signal, reply};
 use super::hub::{BroadcastReq, CloseSignal, ConnHandle, ConnId, Hub, Ops, SetSpec, TrackReq};
+use super::socket::Sock;
+use super::upgrade::{WsConn, WsUpgrade};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::ratelimit::Bucket;
 use crate::supabase::keys::{self, KeyError};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,8 +38,8 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 use wire::{Msg, Vsn, WireError};
 
 /// How often a socket checks its channels' token expiry and its idle time.
@@ -58,7 +59,7 @@ pub async fn upgrade(
     State(app): State<App>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     let vsn = match Vsn::parse(param(&q, "vsn").as_deref()) {
         Ok(v) => v,
@@ -81,12 +82,11 @@ pub async fn upgrade(
     if let Err(why) = app.hub.bus_available() {
         return refused(StatusCode::SERVICE_UNAVAILABLE, &why);
     }
-    let ws = ws
-        .read_buffer_size(1024)
-        .write_buffer_size(16 * 1024)
-        .max_message_size(super::conn::CODEC_MAX_MESSAGE)
-        .max_frame_size(super::conn::CODEC_MAX_MESSAGE);
-    ws.on_upgrade(move |socket| Socket::new(app, vsn, principal).run(socket))
+    let (writers, cap) = (app.writers.clone(), app.hub.limits().queue_frames);
+    ws.on_upgrade(writers, cap, move |socket| {
+        let out = socket.sock.clone();
+        Socket::new(app, vsn, principal, out).run(socket)
+    })
 }
 
 /// A joined channel.
@@ -108,30 +108,27 @@ struct Socket {
     vsn: Vsn,
     /// Who the `apikey` of the URL stands for: channels joined without a token act as it.
     principal: Principal,
-    tx: mpsc::Sender<Frame>,
-    rx: Option<mpsc::Receiver<Frame>>,
+    tx: Arc<Sock>,
     close: Arc<CloseSignal>,
     channels: HashMap<String, Channel>,
 }
 
 impl Socket {
-    fn new(app: App, vsn: Vsn, principal: Principal) -> Socket {
+    fn new(app: App, vsn: Vsn, principal: Principal, tx: Arc<Sock>) -> Socket {
         let hub = app.hub.clone();
-        let (tx, rx) = mpsc::channel::<Frame>(hub.limits().queue_frames);
         Socket {
             app,
             hub,
             vsn,
             principal,
             tx,
-            rx: Some(rx),
             close: Arc::new(CloseSignal::default()),
             channels: HashMap::new(),
         }
     }
 
     fn send_text(&self, text: String) {
-        reply(&self.tx, Some(Frame::Text(text.into())));
+        reply(&self.tx, Some(Frame::text(&text)));
     }
 
     fn reply(&self, m: &Msg, ok: bool, response: Value) {
@@ -142,8 +139,8 @@ impl Socket {
         self.send_text(wire::error_reply(self.vsn, join_ref, reference, topic, reason));
     }
 
-    async fn run(mut self, mut socket: WebSocket) {
-        let Some(mut rx) = self.rx.take() else { return };
+    async fn run(mut self, mut socket: WsConn) {
+        let out = self.tx.clone();
         let limits = self.hub.limits().clone();
         tracing::info!(who = %self.principal.scope(), vsn = ?self.vsn, "phoenix socket opened");
         let mut ticker = tokio::time::interval_at(Instant::now() + TICK, TICK);
@@ -156,21 +153,15 @@ impl Socket {
             tokio::select! {
                 biased;
                 _ = &mut closing => {
-                    reason = close_on_signal(&mut socket, &mut rx, &close).await;
+                    reason = close_on_signal(&out, &close).await;
                     break;
                 }
-                frame = rx.recv() => {
-                    let Some(frame) = frame else { break };
-                    if let Some(why) = write_queued(&mut socket, &mut rx, frame, closing.as_mut(), &close).await {
-                        reason = why;
-                        break;
-                    }
-                }
+                _ = out.failed() => { reason = "write_failed"; break }
                 msg = socket.recv() => {
                     let msg = match msg {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
-                            reason = close_on_read_error(&mut socket, &self.hub, "phoenix", e).await;
+                            reason = close_on_read_error(&out, &self.hub, "phoenix", e).await;
                             break;
                         }
                         None => { reason = "client_gone"; break }
@@ -181,7 +172,7 @@ impl Socket {
                         Message::Binary(b) if b.len() > limits.max_frame_bytes => Err(too_large(limits.max_frame_bytes)),
                         Message::Text(t) => wire::decode_text(self.vsn, t.as_str()),
                         Message::Binary(b) => wire::decode_binary(self.vsn, b),
-                        Message::Ping(_) | Message::Pong(_) => continue,
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                         Message::Close(_) => break,
                     };
                     let m = match parsed {
@@ -204,8 +195,7 @@ impl Socket {
                 _ = ticker.tick() => {
                     if last_seen.elapsed() > limits.heartbeat_timeout {
                         reason = "heartbeat_timeout";
-                        let frame = axum::extract::ws::CloseFrame { code: 1000, reason: "heartbeat timeout".into() };
-                        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                        socket.sock.close(1000, "heartbeat timeout").await;
                         break;
                     }
                     self.expire_tokens();
@@ -215,6 +205,7 @@ impl Socket {
         for (_, c) in self.channels.drain() {
             self.hub.disconnect(c.conn, reason);
         }
+        socket.finish().await;
         tracing::info!(reason, "phoenix socket closed");
     }
 
