@@ -219,9 +219,9 @@ impl Sock {
         if drop_queued {
             // A frame being written, or partly written, stays: the close must follow whole frames.
             let keep = if s.partial && !s.writing { s.frames.pop_front() } else { None };
+            // The kept frame is counted already.
             s.delta -= s.frames.len() as isize;
             s.frames.clear();
-            s.delta += isize::from(keep.is_some());
             s.frames.extend(keep);
             s.cut = s.writing;
         }
@@ -425,6 +425,15 @@ impl Sock {
     }
 }
 
+impl Drop for Sock {
+    fn drop(&mut self) {
+        let s = self.state.get_mut();
+        s.delta -= s.frames.len() as isize;
+        let delta = std::mem::take(&mut s.delta);
+        self.shard.queued.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
 impl Outlet for Sock {
     fn try_send(&self, frame: Frame) -> Result<(), Refused> {
         self.push(frame.wire().clone(), false)
@@ -460,5 +469,78 @@ impl Outlet for Sock {
 
     fn queued(&self) -> usize {
         self.state.lock().frames.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    /// Every frame in `wire`, as (opcode, payload); panics on a torn frame.
+    fn frames(wire: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut cur = std::io::Cursor::new(wire);
+        while (cur.position() as usize) < wire.len() {
+            let (h, len) = FrameHeader::parse(&mut cur).expect("a header").expect("a whole header");
+            let at = cur.position() as usize;
+            let end = at + len as usize;
+            assert!(end <= wire.len(), "a torn frame at byte {at}");
+            out.push((h.opcode, wire[at..end].to_vec()));
+            cur.set_position(end as u64);
+        }
+        out
+    }
+
+    /// A reader slower than the writer: the kernel takes part of a vectored write, frames
+    /// queue behind it, and a close that drops the queue meanwhile still leaves whole frames.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_reader_gets_whole_frames_in_order_then_the_close() {
+        for seed in 0..4u64 {
+            let writers = Writers::start();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let _ = socket2::SockRef::from(&server).set_send_buffer_size(4096);
+            let _ = socket2::SockRef::from(&client).set_recv_buffer_size(4096);
+            let sock = writers.open(Arc::new(server), 100_000);
+            let reader = tokio::spawn(async move {
+                let mut wire = Vec::new();
+                let mut buf = [0u8; 1500];
+                loop {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return wire,
+                        Ok(n) => wire.extend_from_slice(&buf[..n]),
+                    }
+                    if wire.len() % 7 == (seed as usize) {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                }
+            });
+            let total = 3_000 + 1_000 * seed as usize;
+            for i in 0..total {
+                let pad = "x".repeat((i * 37 + seed as usize * 11) % 300);
+                sock.try_send(Frame::text(&format!("{i} {pad}"))).expect("room");
+                if i % 500 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5 * seed)).await;
+            sock.close(4001, "slow_consumer").await;
+            sock.shutdown();
+            let got = frames(&reader.await.unwrap());
+            let (close, texts) = got.split_last().expect("frames");
+            assert_eq!(close.0, OpCode::Control(Control::Close), "the close comes last");
+            assert_eq!(&close.1[..2], &4001u16.to_be_bytes());
+            for (n, (op, payload)) in texts.iter().enumerate() {
+                assert_eq!(*op, OpCode::Data(Data::Text));
+                let text = std::str::from_utf8(payload).unwrap();
+                assert_eq!(text.split(' ').next(), Some(n.to_string().as_str()), "in order, none skipped");
+            }
+            assert!(texts.len() <= total);
+            assert_eq!(writers.backlog(), 0, "nothing is counted as held once the socket is gone");
+        }
     }
 }

@@ -100,13 +100,22 @@ impl Hub {
     }
 
     /// Pauses while the writers hold more than [`super::BACKLOG_QUEUES`] queues' worth of
-    /// frames, for [`super::BACKLOG_PAUSE`] at most.
+    /// frames and are getting through them. Writers that make no progress for
+    /// [`super::BACKLOG_PAUSE`] hold frames of clients that stopped reading: dispatch goes on,
+    /// and those clients are cut off as slow consumers when their own queue fills.
     async fn wait_for_writers(&self) {
         let Some(b) = self.inner.backlog.get() else { return };
         let limit = self.inner.limits.queue_frames.saturating_mul(super::BACKLOG_QUEUES);
-        let until = tokio::time::Instant::now() + super::BACKLOG_PAUSE;
-        while b.frames() > limit && tokio::time::Instant::now() < until {
+        let mut low = b.frames();
+        let mut since = tokio::time::Instant::now();
+        while low > limit {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let now = b.frames();
+            if now < low {
+                (low, since) = (now, tokio::time::Instant::now());
+            } else if since.elapsed() >= super::BACKLOG_PAUSE {
+                return;
+            }
         }
     }
 

@@ -62,9 +62,9 @@ struct HubInner {
 
 /// How many frames the connections' writers hold and have not written yet, all sockets
 /// together. When it exceeds [`BACKLOG_QUEUES`] connection queues, the whole node is behind
-/// (not one client): dispatch pauses for the writers to catch up, up to [`BACKLOG_PAUSE`] per
-/// run of events, and the events wait in the change log instead of filling the queues until
-/// healthy connections are cut off as slow consumers.
+/// (not one client): dispatch pauses while the writers catch up, and the events wait in the
+/// change log instead of filling the queues until healthy connections are cut off as slow
+/// consumers. Writers that make no progress for [`BACKLOG_PAUSE`] do not hold it up.
 pub trait Backlog: Send + Sync + 'static {
     fn frames(&self) -> usize;
 }
@@ -72,8 +72,9 @@ pub trait Backlog: Send + Sync + 'static {
 /// The node is behind when its writers hold this many connection queues' worth of frames
 /// ([`super::Limits::queue_frames`] each): one slow client can never cause it.
 pub const BACKLOG_QUEUES: usize = 64;
-/// Longest pause of dispatch per run of events (the hub never stalls on its writers).
-pub const BACKLOG_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long writers may make no progress before dispatch stops waiting for them (the hub
+/// never stalls on clients that stopped reading).
+pub const BACKLOG_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a hub is built from.
 pub struct HubParts {
