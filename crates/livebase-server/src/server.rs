@@ -45,15 +45,16 @@ impl Server {
     /// accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(mut self) {
         self.app.hub.close_all(1001, "server_shutdown");
+        // No new connections from here on (a client told 1001 reconnects at once).
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
         // Each connection gives its close frame a bounded time to leave, then ends.
         let until = tokio::time::Instant::now() + crate::realtime::upgrade::CLOSE_DEADLINE * 2;
         while self.app.hub.connection_count() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         self.app.hub.leave_cluster().await;
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
         let _ = self.task.await;
         if let Some(log) = &self.app.shared_log {
             log.stop().await;

@@ -116,17 +116,17 @@ impl Shard {
     async fn run(self: Arc<Self>) {
         let mut batch: Vec<Arc<Sock>> = Vec::new();
         loop {
-            self.wake.notified().await;
-            loop {
-                std::mem::swap(&mut *self.inbox.lock(), &mut batch);
-                if batch.is_empty() {
-                    break;
-                }
-                for (i, sock) in batch.drain(..).enumerate() {
-                    sock.write_out();
-                    if i % PASS_SLICE == PASS_SLICE - 1 {
-                        tokio::task::yield_now().await;
-                    }
+            // Sockets scheduled while a pass ran are taken by the next one; a shard with
+            // nothing to write sleeps until a socket is scheduled (the wake-up is kept).
+            std::mem::swap(&mut *self.inbox.lock(), &mut batch);
+            if batch.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            for (i, sock) in batch.drain(..).enumerate() {
+                sock.write_out();
+                if i % PASS_SLICE == PASS_SLICE - 1 {
+                    tokio::task::yield_now().await;
                 }
             }
         }
