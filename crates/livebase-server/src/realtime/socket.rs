@@ -180,7 +180,10 @@ impl Sock {
     /// Queues `bytes` (a whole frame); `force` ignores the bound (control frames the
     /// WebSocket library writes, a close).
     fn push(&self, bytes: Bytes, force: bool) -> Result<(), Refused> {
-        let mut s = self.state.lock();
+        self.push_locked(&mut self.state.lock(), bytes, force)
+    }
+
+    fn push_locked(&self, s: &mut State, bytes: Bytes, force: bool) -> Result<(), Refused> {
         if s.closed {
             return Err(Refused::Closed);
         }
@@ -189,7 +192,7 @@ impl Sock {
         }
         s.frames.push_back(bytes);
         s.delta += 1;
-        self.schedule(&mut s);
+        self.schedule(s);
         Ok(())
     }
 
@@ -447,16 +450,10 @@ impl Outlet for Sock {
                 room.as_mut().enable();
                 {
                     let mut s = self.state.lock();
-                    if s.closed {
-                        return Err(Refused::Closed);
+                    match self.push_locked(&mut s, frame.wire().clone(), false) {
+                        Err(Refused::Full) => s.waiting = true,
+                        done => return done,
                     }
-                    if s.frames.len() < self.cap {
-                        s.frames.push_back(frame.wire().clone());
-                        s.delta += 1;
-                        self.schedule(&mut s);
-                        return Ok(());
-                    }
-                    s.waiting = true;
                 }
                 room.await;
             }
