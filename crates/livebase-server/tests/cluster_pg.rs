@@ -103,17 +103,8 @@ async fn every_node_delivers_every_change_in_one_order_and_a_client_resumes_on_a
     create_items(&a.process.url).await;
     let mut subs = Vec::new();
     for n in [&a, &b, &c] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut ws = Ws::connect(&n.process.url, Some(ADMIN_KEY)).await;
-            let r = ws.request(json!({"type": "subscribe", "collection": "items"})).await;
-            if r["type"] == "subscribed" {
-                subs.push((ws, r["epoch"].as_str().unwrap_or_default().to_string()));
-                break;
-            }
-            assert!(Instant::now() < deadline, "node never learned the new collection: {r}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (ws, r) = subscribe_items(&n.process.url).await;
+        subs.push((ws, r["epoch"].as_str().unwrap_or_default().to_string()));
     }
     assert!(subs.iter().all(|(_, e)| e == &subs[0].1 && e.len() == 32), "one epoch on every node");
 
@@ -168,23 +159,12 @@ async fn killing_the_capturing_node_mid_stream_loses_and_duplicates_nothing_on_t
     create_items(&nodes[survivors[0]].process.url).await;
     let mut subs = Vec::new();
     for &i in &survivors {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut ws = Ws::connect(&nodes[i].process.url, Some(ADMIN_KEY)).await;
-            let r = ws.request(json!({"type": "subscribe", "collection": "items"})).await;
-            if r["type"] == "subscribed" {
-                subs.push(ws);
-                break;
-            }
-            assert!(Instant::now() < deadline, "node never learned the new collection: {r}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        subs.push(subscribe_items(&nodes[i].process.url).await.0);
     }
 
-    // A client of the capturing node: it will reconnect to another node and resume.
-    let mut on_dead = Ws::connect(&nodes[lead].process.url, Some(ADMIN_KEY)).await;
-    let r = on_dead.request(json!({"type": "subscribe", "collection": "items"})).await;
-    assert_eq!(r["type"], "subscribed", "{r}");
+    // A client of the capturing node: it will reconnect to another node and resume. (That node
+    // too learns of the collection through the log, a moment after the node that created it.)
+    let (mut on_dead, r) = subscribe_items(&nodes[lead].process.url).await;
     let epoch = r["epoch"].as_str().expect("epoch").to_string();
 
     // A stream of writes through the surviving nodes (REST, each retried until acknowledged,
@@ -277,14 +257,7 @@ async fn the_shared_log_survives_a_nats_restart_and_delivers_what_was_written_me
     let b = node(&nats, &db, "b").await;
     leader(&[&a, &b]).await;
     create_items(&a.process.url).await;
-    let mut watcher = loop {
-        let mut ws = Ws::connect(&b.process.url, Some(ADMIN_KEY)).await;
-        let r = ws.request(json!({"type": "subscribe", "collection": "items"})).await;
-        if r["type"] == "subscribed" {
-            break ws;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut watcher = subscribe_items(&b.process.url).await.0;
     let (s, body) = post(&a.process.url, "/api/collections/items/records", json!({"title": "before"})).await;
     assert_eq!(s, 201, "{body}");
     let before = changes(&mut watcher, 1).await;
@@ -389,4 +362,19 @@ async fn rules_are_decided_on_the_node_that_holds_the_subscriber_whichever_node_
     let owners: Vec<&str> =
         v["items"].as_array().expect("items").iter().filter_map(|r| r["owner"].as_str()).collect();
     assert_eq!(owners, ["ann", "ann"], "{v}");
+}
+
+/// A subscription to `items` on the node at `url`, once that node knows the collection (its
+/// definition reaches the other nodes through the log): the socket and the `subscribed` reply.
+async fn subscribe_items(url: &str) -> (Ws, Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ws = Ws::connect(url, Some(ADMIN_KEY)).await;
+        let r = ws.request(json!({"type": "subscribe", "collection": "items"})).await;
+        if r["type"] == "subscribed" {
+            return (ws, r);
+        }
+        assert!(Instant::now() < deadline, "node never learned the new collection: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
