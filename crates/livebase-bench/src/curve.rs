@@ -7,10 +7,37 @@
 //! JSON: `deliveries` (offered per second), `points`: one object per subscriber count with
 //! `subscribers`, `rate`, `livebase` and `ceiling` (each `p50_ms`, `p99_ms`,
 //! `deliveries_per_s`, `writes_per_s`, `server_cpu_us_per_delivery`, `lost`, `duplicates`),
-//! and `ratio` (`p99`, `deliveries_per_s`, `cpu_per_delivery`: Livebase / ceiling).
+//! and `ratio` (`p99`, `deliveries_per_s`, `cpu_per_delivery`: Livebase / ceiling;
+//! `p99_with_fsync`: Livebase's p99 / (the ceiling's p99 + one fdatasync p99)).
+//!
+//! Livebase's latency includes a durable commit and the ceiling's does not, so the run also
+//! measures the disk: `fsync_ms` (`p50`, `p99`) of [`FSYNC_SAMPLES`] 4 KiB appends, each
+//! followed by `fdatasync`, in the temporary directory the servers' data directories go to.
 
 use super::{BenchOptions, Scenario, MAX_RATE};
 use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::time::Instant;
+
+/// Appends (each with its fdatasync) the disk's figure is taken from.
+pub const FSYNC_SAMPLES: usize = 200;
+
+/// p50 and p99 in ms of a 4 KiB append followed by `fdatasync`, in the temporary directory.
+pub fn measure_fsync() -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::Builder::new().prefix("livebase-bench-fsync-").tempdir()?;
+    let mut f = std::fs::File::create(dir.path().join("probe"))?;
+    let block = [7u8; 4096];
+    let mut ms = Vec::with_capacity(FSYNC_SAMPLES);
+    for _ in 0..FSYNC_SAMPLES {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    Ok((super::round3(at(0.5)), super::round3(at(0.99))))
+}
 
 pub(super) async fn run(opts: BenchOptions) -> anyhow::Result<Value> {
     anyhow::ensure!(
@@ -20,9 +47,10 @@ pub(super) async fn run(opts: BenchOptions) -> anyhow::Result<Value> {
     let (Some(livebase), Some(ceiling)) = (opts.server_exe.clone(), opts.ceiling_exe.clone()) else {
         anyhow::bail!("curve runs both servers as child processes: run it as `livebase bench curve`");
     };
+    let (fsync_p50, fsync_p99) = measure_fsync()?;
     let mut points = Vec::new();
     let mut table = String::from(
-        "| subscribers | rate | Livebase p50 / p99 ms | ceiling p50 / p99 ms | p99 ratio | Livebase deliveries/s | ceiling deliveries/s | ratio | CPU µs/delivery L / C | ratio | lost L / C |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| subscribers | rate | Livebase p50 / p99 ms | ceiling p50 / p99 ms | p99 ratio | p99 ratio, ceiling + fsync | Livebase deliveries/s | ceiling deliveries/s | ratio | CPU µs/delivery L / C | ratio | lost L / C |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for &subscribers in &opts.points {
         let rate = (opts.deliveries / subscribers as u64).clamp(1, MAX_RATE);
@@ -43,18 +71,24 @@ pub(super) async fn run(opts: BenchOptions) -> anyhow::Result<Value> {
                 Value::Null
             }
         };
+        let with_fsync = match (l["p99_ms"].as_f64(), c["p99_ms"].as_f64()) {
+            (Some(a), Some(b)) => json!(super::round3(a / (b + fsync_p99))),
+            _ => Value::Null,
+        };
         let ratios = json!({
             "p99": ratio("p99_ms"),
+            "p99_with_fsync": with_fsync,
             "deliveries_per_s": ratio("deliveries_per_s"),
             "cpu_per_delivery": ratio("server_cpu_us_per_delivery"),
         });
         table.push_str(&format!(
-            "| {subscribers} | {rate}/s | {} / {} | {} / {} | {} | {} | {} | {} | {} / {} | {} | {} / {} |\n",
+            "| {subscribers} | {rate}/s | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} |\n",
             l["p50_ms"],
             l["p99_ms"],
             c["p50_ms"],
             c["p99_ms"],
             ratios["p99"],
+            ratios["p99_with_fsync"],
             l["deliveries_per_s"],
             c["deliveries_per_s"],
             ratios["deliveries_per_s"],
@@ -72,7 +106,13 @@ pub(super) async fn run(opts: BenchOptions) -> anyhow::Result<Value> {
             "ratio": ratios,
         }));
     }
-    Ok(json!({"scenario": "curve", "deliveries": opts.deliveries, "points": points, "table": table}))
+    Ok(json!({
+        "scenario": "curve",
+        "deliveries": opts.deliveries,
+        "fsync_ms": {"p50": fsync_p50, "p99": fsync_p99, "samples": FSYNC_SAMPLES},
+        "points": points,
+        "table": table,
+    }))
 }
 
 /// The figures a curve point keeps of one `fanout` or `ceiling` run.

@@ -53,6 +53,7 @@ pub struct Metrics {
     connections_closed: Labeled<Counter>,
     slow_consumers_dropped: Counter,
     frames_refused: Labeled<Counter>,
+    write_admission_waits: Labeled<Counter>,
     subscriptions: Gauge,
     presence_members: Gauge,
     queue_depth: Gauge,
@@ -89,6 +90,7 @@ impl Metrics {
             connections_closed: Labeled::new(&["reason"], Counter::default),
             slow_consumers_dropped: Counter::default(),
             frames_refused: Labeled::new(&["reason"], Counter::default),
+            write_admission_waits: Labeled::new(&["outcome"], Counter::default),
             subscriptions: Gauge::default(),
             presence_members: Gauge::default(),
             queue_depth: Gauge::default(),
@@ -108,6 +110,11 @@ impl Metrics {
             "livebase_http_request_duration_seconds",
             "HTTP request duration by route template, method and status",
             m.http_requests.clone(),
+        );
+        r.register(
+            "livebase_write_admission_waits",
+            "Writes held back because dispatch was behind the commits, by outcome (caught_up, gave_up)",
+            m.write_admission_waits.clone(),
         );
         r.register(
             "livebase_commit_batch_size",
@@ -259,6 +266,14 @@ impl Metrics {
 
     pub fn slow_consumer_dropped(&self) {
         self.slow_consumers_dropped.inc();
+    }
+
+    /// A write waited for dispatch to catch up (`caught_up`), or waited its longest and went on.
+    pub fn write_admission(&self, caught_up: bool) {
+        let outcome = if caught_up { "caught_up" } else { "gave_up" };
+        self.write_admission_waits.with(&[outcome], |c| {
+            c.inc();
+        });
     }
 
     /// A client frame refused: `reason` is a short fixed word (`frame_too_large`,

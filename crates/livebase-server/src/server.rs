@@ -334,7 +334,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     hub.set_backlog(writers.clone());
     let app = App {
         inner: Arc::new(AppInner {
-            service: Service::new(store.clone(), access.clone()),
+            service: Service::new(store.clone(), access.clone()).with_admission(Arc::new(hub.clone())),
             store,
             hub,
             writers,

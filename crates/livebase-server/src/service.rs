@@ -53,11 +53,21 @@ pub struct Changes {
     pub next_since: Option<u64>,
 }
 
-/// Cheap to clone: two reference counts.
+/// Cheap to clone: a few reference counts.
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
     access: Arc<AccessCache>,
+    admission: Option<Arc<dyn Admission>>,
+}
+
+/// Holds writes back while the node cannot deliver what it already committed (the realtime
+/// hub says when: see `Hub::admit`). Every write of [`Service::write`] and
+/// [`Service::write_where`] passes it before it reaches the store, so under overload the
+/// writers slow down instead of the change log growing a lag no subscriber can catch up with.
+pub trait Admission: Send + Sync + 'static {
+    /// Completes when a write may go on; it never waits without bound.
+    fn admit(&self) -> futures_util::future::BoxFuture<'_, ()>;
 }
 
 /// Renders records as one caller may see them: a record its rules hide (e.g. created for
@@ -91,7 +101,18 @@ fn admin_only(who: &Principal) -> Result<()> {
 
 impl Service {
     pub fn new(store: Arc<dyn Store>, access: Arc<AccessCache>) -> Service {
-        Service { store, access }
+        Service { store, access, admission: None }
+    }
+
+    /// The same service, with its writes held back by `a` (see [`Admission`]).
+    pub fn with_admission(self, a: Arc<dyn Admission>) -> Service {
+        Service { admission: Some(a), ..self }
+    }
+
+    async fn admit(&self) {
+        if let Some(a) = &self.admission {
+            a.admit().await;
+        }
     }
 
     /// The rules of the current schema.
@@ -189,6 +210,7 @@ impl Service {
             Some(Arc::new(move |check: &AccessCheck<'_>| access.authorize(&who, check)))
         };
         let req = WriteRequest { ops, actor: who.actor(), idempotency, authorize };
+        self.admit().await;
         Ok(self.store.write(req).await?)
     }
 
@@ -218,6 +240,7 @@ impl Service {
             }
         });
         let req = WriteRequest { ops, actor: who.actor(), idempotency: None, authorize: Some(authorize) };
+        self.admit().await;
         Ok(self.store.write(req).await?)
     }
 

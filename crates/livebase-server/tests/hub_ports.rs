@@ -201,3 +201,112 @@ async fn broadcast_and_presence_reach_members_on_another_node() {
     hub_c.apply_remote(ChannelEvent::NodeGone { node: NodeId::new("nodea") });
     assert_eq!(c.next().await, format!("diff room:1 + -ada@{}", a.name));
 }
+
+/// A feed the test moves by hand: the first read gets the first event; every later read
+/// waits (in `history`) until the test opens the gate.
+struct GatedFeed {
+    epoch: livebase_store::Epoch,
+    events: Vec<Arc<ChangeEvent>>,
+    head: tokio::sync::watch::Sender<u64>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl livebase_store::ChangeFeed for GatedFeed {
+    fn epoch(&self) -> &livebase_store::Epoch {
+        &self.epoch
+    }
+    fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+    fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+    fn recent(&self, seq: u64, _max: usize) -> livebase_store::feed::Recent {
+        match (seq, *self.open.borrow()) {
+            (0, _) => livebase_store::feed::Recent::Events(self.events[..1].to_vec()),
+            (_, true) => livebase_store::feed::Recent::Events(self.events[seq as usize..].to_vec()),
+            (_, false) => livebase_store::feed::Recent::TooOld,
+        }
+    }
+    fn history(
+        &self,
+        q: livebase_store::ChangeQuery,
+    ) -> livebase_store::BoxFuture<'static, Result<livebase_store::ChangePage, livebase_store::StoreError>>
+    {
+        let mut open = self.open.subscribe();
+        let events: Vec<ChangeEvent> =
+            self.events[q.since as usize..].iter().map(|e| (**e).clone()).collect();
+        let head = self.events.len() as u64;
+        Box::pin(async move {
+            let _ = open.wait_for(|o| *o).await;
+            Ok(livebase_store::ChangePage { events, head })
+        })
+    }
+}
+
+fn event_committed_ago(seq: u64, ago: Duration) -> Arc<ChangeEvent> {
+    let at = time::OffsetDateTime::now_utc() - ago;
+    Arc::new(ChangeEvent {
+        seq,
+        collection: "items".into(),
+        op: livebase_core::ChangeOp::Insert,
+        id: format!("r{seq}"),
+        new: None,
+        old: None,
+        version: 1,
+        actor: None,
+        committed_at: at.format(&time::format_description::well_known::Rfc3339).expect("formats"),
+    })
+}
+
+#[tokio::test]
+async fn writes_wait_while_dispatch_is_behind_the_commits_and_never_without_bound() {
+    use livebase_server::realtime::hub::{Admitted, ADMIT_LAG, ADMIT_WAIT};
+    let t = TestServer::start().await;
+    let app = &t.server.as_ref().expect("running").app;
+    // Event 1 reaches dispatch long after its commit; event 2 is fresh but held back.
+    let events = vec![event_committed_ago(1, ADMIT_LAG * 5), event_committed_ago(2, Duration::ZERO)];
+    let (open, _) = tokio::sync::watch::channel(false);
+    let feed = Arc::new(GatedFeed {
+        epoch: livebase_store::Epoch::new("gated"),
+        events,
+        head: tokio::sync::watch::channel(0).0,
+        open: open.clone(),
+    });
+    let hub = Hub::new(HubParts {
+        store: app.store.clone(),
+        feed: feed.clone(),
+        bus: MemoryBus::new().attach(NodeId::new("n1")),
+        limits: Limits::default(),
+        metrics: Arc::new(Metrics::new()),
+        access: Arc::new(AccessCache::new(app.store.schema(), &[]).expect("rules")),
+    });
+    hub.spawn_dispatcher();
+    assert_eq!(hub.admit().await, Admitted::AtOnce, "a node that keeps up takes writes at once");
+
+    feed.head.send_replace(2);
+    for _ in 0..2000 {
+        if hub.behind() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(hub.behind(), "dispatch reached an event long after its commit");
+
+    // Dispatch stuck: a write waits its longest, then goes on.
+    assert_eq!(hub.admit().await, Admitted::GaveUp);
+    // Dispatch catching up lets the waiting writes go.
+    let waiting = tokio::spawn({
+        let hub = hub.clone();
+        async move { hub.admit().await }
+    });
+    tokio::time::sleep(ADMIT_WAIT / 10).await;
+    assert!(!waiting.is_finished(), "still behind: the write waits");
+    open.send_replace(true);
+    assert_eq!(waiting.await.expect("admit"), Admitted::CaughtUp);
+    assert!(!hub.behind());
+    assert_eq!(hub.admit().await, Admitted::AtOnce);
+    let text = hub.metrics().render();
+    assert!(text.contains(r#"livebase_write_admission_waits_total{outcome="gave_up"} 1"#), "{text}");
+    assert!(text.contains(r#"livebase_write_admission_waits_total{outcome="caught_up"} 1"#), "{text}");
+}

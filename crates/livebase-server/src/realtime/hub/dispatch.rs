@@ -80,6 +80,7 @@ impl Hub {
             let head = *watch.borrow_and_update();
             let from = self.inner.reg.lock().dispatched;
             if from >= head {
+                self.dispatched_at_age(None);
                 if watch.changed().await.is_err() {
                     return;
                 }
@@ -94,7 +95,8 @@ impl Hub {
                     continue;
                 }
             };
-            self.dispatch(&events);
+            let age = self.dispatch(&events);
+            self.dispatched_at_age(age);
             self.wait_for_writers().await;
         }
     }
@@ -120,8 +122,9 @@ impl Hub {
     }
 
     /// Fans a run of consecutive events out to their subscribers. The registry lock is taken
-    /// per event, so subscribes and joins interleave with a long run.
-    pub(super) fn dispatch(&self, events: &[Arc<ChangeEvent>]) {
+    /// per event, so subscribes and joins interleave with a long run. Returns how long after
+    /// its commit the last event was dispatched, in seconds.
+    pub(super) fn dispatch(&self, events: &[Arc<ChangeEvent>]) -> Option<f64> {
         let access = self.access();
         let (mut delivered, mut committed) = (0u64, 0u64);
         let mut head = 0;
@@ -145,16 +148,16 @@ impl Hub {
             }
             head = reg.dispatched;
         }
-        if let Some(last) = events.last() {
-            if let Ok(secs) = time_since(&last.committed_at) {
-                self.inner.metrics.fanout_latency(secs);
-            }
+        let age = events.last().and_then(|last| time_since(&last.committed_at).ok());
+        if let Some(secs) = age {
+            self.inner.metrics.fanout_latency(secs);
         }
         self.inner.metrics.events_committed(committed);
         self.inner.metrics.events_delivered(delivered);
         if committed > 0 {
             self.inner.metrics.set_log_head(head);
         }
+        age
     }
 
     /// Queues one event for every subscriber that sees it; returns the connections whose

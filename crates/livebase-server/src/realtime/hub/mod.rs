@@ -34,7 +34,7 @@ use livebase_store::{ChangeFeed, Store};
 use parking_lot::Mutex;
 use registry::{ConnEntry, Registry, SubState};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -58,6 +58,10 @@ struct HubInner {
     cut_offs: super::cutoff::CutOffs,
     /// Frames the connections' writers hold, when they say (see [`Backlog`]).
     backlog: std::sync::OnceLock<Arc<dyn Backlog>>,
+    /// Dispatch is more than [`ADMIT_LAG`] behind the commits: new writes wait (see
+    /// [`Hub::admit`]) until it has caught up, which `caught_up` tells them.
+    behind: AtomicBool,
+    caught_up: tokio::sync::Notify,
 }
 
 /// How many frames the connections' writers hold and have not written yet, all sockets
@@ -75,6 +79,25 @@ pub const BACKLOG_QUEUES: usize = 64;
 /// How long writers may make no progress before dispatch stops waiting for them (the hub
 /// never stalls on clients that stopped reading).
 pub const BACKLOG_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When dispatch reaches events this long after their commit, the node is behind: it commits
+/// more than it can deliver, and new writes wait (see [`Hub::admit`]). It is back when
+/// dispatch reaches events younger than half of it, or the head of the feed.
+pub const ADMIT_LAG: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest a write waits for dispatch to catch up; then it goes on (a node whose
+/// dispatch is stuck still takes writes, and its lag shows in the metrics).
+pub const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How a write came through [`Hub::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// Dispatch was keeping up.
+    AtOnce,
+    /// It waited until dispatch caught up.
+    CaughtUp,
+    /// It waited [`ADMIT_WAIT`] and went on.
+    GaveUp,
+}
 
 /// What a hub is built from.
 pub struct HubParts {
@@ -102,6 +125,8 @@ impl Hub {
                 access: p.access,
                 cut_offs: Default::default(),
                 backlog: Default::default(),
+                behind: AtomicBool::new(false),
+                caught_up: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -113,6 +138,52 @@ impl Hub {
 
     fn access(&self) -> Arc<Access> {
         self.inner.access.get(&self.inner.store.schema())
+    }
+
+    /// Write admission: completes at once while dispatch keeps up with the commits. While it
+    /// is behind (it reached events more than [`ADMIT_LAG`] after their commit), waits until
+    /// it has caught up, at most [`ADMIT_WAIT`]. Under overload the writers then slow down to
+    /// what the node can deliver, instead of the lag growing in the change log.
+    pub async fn admit(&self) -> Admitted {
+        let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+        let mut waited = false;
+        let outcome = loop {
+            let notified = self.inner.caught_up.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.inner.behind.load(Ordering::Acquire) {
+                break if waited { Admitted::CaughtUp } else { Admitted::AtOnce };
+            }
+            waited = true;
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break Admitted::GaveUp;
+            }
+        };
+        if outcome != Admitted::AtOnce {
+            self.inner.metrics.write_admission(outcome == Admitted::CaughtUp);
+        }
+        outcome
+    }
+
+    /// Whether dispatch is behind the commits now, so writes wait in [`Hub::admit`].
+    pub fn behind(&self) -> bool {
+        self.inner.behind.load(Ordering::Acquire)
+    }
+
+    /// Dispatch reached an event `age` after its commit (`None`: it reached the head).
+    fn dispatched_at_age(&self, age: Option<f64>) {
+        let lag = ADMIT_LAG.as_secs_f64();
+        match age {
+            Some(a) if a > lag => {
+                self.inner.behind.store(true, Ordering::Release);
+            }
+            Some(a) if a > lag / 2.0 => {}
+            _ => {
+                if self.inner.behind.swap(false, Ordering::AcqRel) {
+                    self.inner.caught_up.notify_waiters();
+                }
+            }
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -302,5 +373,13 @@ impl Hub {
                 (n.clone(), members, presence)
             })
             .collect()
+    }
+}
+
+impl crate::service::Admission for Hub {
+    fn admit(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            Hub::admit(self).await;
+        })
     }
 }
