@@ -57,6 +57,7 @@ pub struct Metrics {
     subscriptions: Gauge,
     presence_members: Gauge,
     queue_depth: Gauge,
+    writer_backlog: Gauge,
     log_head: Gauge,
     pg_capture_connected: Gauge,
     cluster_leader: Gauge,
@@ -94,6 +95,7 @@ impl Metrics {
             subscriptions: Gauge::default(),
             presence_members: Gauge::default(),
             queue_depth: Gauge::default(),
+            writer_backlog: Gauge::default(),
             log_head: Gauge::default(),
             pg_capture_connected: Gauge::default(),
             cluster_leader: Gauge::default(),
@@ -172,6 +174,11 @@ impl Metrics {
             "livebase_outbound_queue_depth",
             "Frames waiting in outbound queues, summed over connections (sampled)",
             m.queue_depth.clone(),
+        );
+        r.register(
+            "livebase_writer_backlog_frames",
+            "Frames the socket writers count as not yet written, the figure dispatch pauses on (sampled)",
+            m.writer_backlog.clone(),
         );
         r.register(
             "livebase_log_head_seq",
@@ -294,6 +301,10 @@ impl Metrics {
 
     pub fn set_queue_depth(&self, n: i64) {
         self.queue_depth.set(n);
+    }
+
+    pub fn set_writer_backlog(&self, n: usize) {
+        self.writer_backlog.set(n as i64);
     }
 
     /// The PostgreSQL capture's gauges (see `PgStore::capture_status`).

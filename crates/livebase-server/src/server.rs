@@ -313,6 +313,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             loop {
                 tick.tick().await;
                 metrics.set_queue_depth(hub.queue_depth());
+                metrics.set_writer_backlog(hub.writer_backlog());
                 if let Some(pg) = &postgres {
                     let (connected, lag, captured) = pg.capture_status();
                     metrics.set_pg_capture(connected, lag, captured, pg.slot_retained_bytes().await.ok());

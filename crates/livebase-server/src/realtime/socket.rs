@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -66,10 +66,16 @@ impl Writers {
         })
     }
 
-    /// Frames queued on every socket and not yet written.
+    /// Frames queued on every socket and not yet written (counted when queued; a frame that
+    /// left counts until its writer's next report, so the figure errs high, never low).
     pub fn backlog(&self) -> usize {
-        let n: isize = self.shards.iter().map(|s| s.queued.load(Ordering::Relaxed)).sum();
-        n.max(0) as usize
+        let (pushed, left) = self.shards.iter().fold((0u64, 0u64), |(p, l), s| {
+            (
+                p.wrapping_add(s.pushed.0.load(Ordering::Relaxed)),
+                l.wrapping_add(s.left.0.load(Ordering::Relaxed)),
+            )
+        });
+        (pushed.wrapping_sub(left) as i64).max(0) as usize
     }
 
     /// Stops the shards (the server is shutting down).
@@ -97,8 +103,22 @@ impl Drop for Writers {
 struct Shard {
     inbox: Mutex<Vec<Arc<Sock>>>,
     wake: Notify,
-    /// Frames queued on this shard's sockets and not yet written.
-    queued: AtomicIsize,
+    /// Frames ever queued on this shard's sockets, added by whoever queues them.
+    pushed: Padded,
+    /// Frames that ever left them (written, or dropped with a close or a failure), added by
+    /// the writers. Two lines, so the hub's pushes and the writers' reports do not share one.
+    left: Padded,
+}
+
+/// A counter on a cache line of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Padded {
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 impl Shard {
@@ -165,9 +185,9 @@ struct State {
     /// A close dropped the queue while a write was under way: the writer drops what it took
     /// and did not start.
     cut: bool,
-    /// Change in queued frames not yet added to the shard's count (the writer adds it, so
-    /// the hub's pushes touch no shared counter).
-    delta: isize,
+    /// Frames that left the queue and are not yet added to the shard's `left` (the writer
+    /// adds them once per write, not per frame).
+    left: u64,
 }
 
 enum Step {
@@ -191,7 +211,7 @@ impl Sock {
             return Err(Refused::Full);
         }
         s.frames.push_back(bytes);
-        s.delta += 1;
+        self.shard.pushed.add(1);
         self.schedule(s);
         Ok(())
     }
@@ -223,13 +243,13 @@ impl Sock {
             // A frame being written, or partly written, stays: the close must follow whole frames.
             let keep = if s.partial && !s.writing { s.frames.pop_front() } else { None };
             // The kept frame is counted already.
-            s.delta -= s.frames.len() as isize;
+            s.left += s.frames.len() as u64;
             s.frames.clear();
             s.frames.extend(keep);
             s.cut = s.writing;
         }
         s.frames.push_back(frame.wire().clone());
-        s.delta += 1;
+        self.shard.pushed.add(1);
         s.closed = true;
         self.schedule(&mut s);
     }
@@ -289,7 +309,7 @@ impl Sock {
     fn fail(&self, s: &mut State) {
         s.failed = true;
         s.closed = true;
-        s.delta -= s.frames.len() as isize;
+        s.left += s.frames.len() as u64;
         s.frames.clear();
         s.partial = false;
         self.report(s);
@@ -298,8 +318,8 @@ impl Sock {
     }
 
     fn report(&self, s: &mut State) {
-        if s.delta != 0 {
-            self.shard.queued.fetch_add(std::mem::take(&mut s.delta), Ordering::Relaxed);
+        if s.left != 0 {
+            self.shard.left.add(std::mem::take(&mut s.left));
         }
     }
 
@@ -379,12 +399,12 @@ impl Sock {
                 Ok(w) => w,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
                 Err(_) => {
-                    s.delta -= batch.len() as isize;
+                    s.left += batch.len() as u64;
                     break Step::Failed;
                 }
             };
             if s.failed {
-                s.delta -= batch.len() as isize;
+                s.left += batch.len() as u64;
                 break Step::Failed;
             }
             progressed |= written > 0;
@@ -394,7 +414,7 @@ impl Sock {
                 written -= batch[skipped].len();
                 skipped += 1;
             }
-            s.delta -= skipped as isize;
+            s.left += skipped as u64;
             if skipped == batch.len() {
                 batch.clear();
                 s.partial = false;
@@ -408,7 +428,7 @@ impl Sock {
             let cut = std::mem::take(&mut s.cut);
             if cut {
                 let dropped = batch.len() - skipped - usize::from(started);
-                s.delta -= dropped as isize;
+                s.left += dropped as u64;
             } else {
                 for f in batch.drain(skipped + 1..).rev() {
                     s.frames.push_front(f);
@@ -431,9 +451,8 @@ impl Sock {
 impl Drop for Sock {
     fn drop(&mut self) {
         let s = self.state.get_mut();
-        s.delta -= s.frames.len() as isize;
-        let delta = std::mem::take(&mut s.delta);
-        self.shard.queued.fetch_add(delta, Ordering::Relaxed);
+        let left = s.left + s.frames.len() as u64;
+        self.shard.left.add(left);
     }
 }
 
@@ -539,5 +558,53 @@ mod tests {
             assert!(texts.len() <= total);
             assert_eq!(writers.backlog(), 0, "nothing is counted as held once the socket is gone");
         }
+    }
+
+    /// The node's backlog is what dispatch pauses on: frames count from the moment they are
+    /// queued, also on sockets their shard has not reached yet (a busy shard, not a full
+    /// socket, is what falls behind under load), and stop counting once written.
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_count_as_held_from_the_moment_they_are_queued_until_written() {
+        let writers = Writers::start();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut clients = Vec::new();
+        let mut socks = Vec::new();
+        for _ in 0..4 {
+            clients.push(TcpStream::connect(listener.local_addr().unwrap()).await.unwrap());
+            let (server, _) = listener.accept().await.unwrap();
+            socks.push(writers.open(Arc::new(server), 1_000));
+        }
+        // One thread: no shard runs until this task yields.
+        for i in 0..250 {
+            for sock in &socks {
+                sock.try_send(Frame::text(&format!("{i}"))).expect("room");
+            }
+        }
+        assert_eq!(writers.backlog(), 1_000, "queued, not yet written: all held");
+        let one = Frame::text("0").len();
+        for c in &mut clients {
+            let mut got = vec![0u8; 250 * one];
+            tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut got[..one]))
+                .await
+                .expect("written")
+                .unwrap();
+        }
+        for _ in 0..1000 {
+            if writers.backlog() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(writers.backlog(), 0, "everything written (the kernel took it all)");
+        socks[0].close_with(Frame::close(1000, ""), true);
+        drop(socks);
+        tokio::task::yield_now().await;
+        for _ in 0..1000 {
+            if writers.backlog() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(writers.backlog(), 0, "a close frame counts until written or its socket is gone");
     }
 }

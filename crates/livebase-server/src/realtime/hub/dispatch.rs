@@ -116,19 +116,32 @@ impl Hub {
             if now < low {
                 (low, since) = (now, tokio::time::Instant::now());
             } else if since.elapsed() >= super::BACKLOG_PAUSE {
+                tracing::warn!(
+                    frames = now,
+                    "the connections' writers made no progress for {:?}; dispatch goes on",
+                    super::BACKLOG_PAUSE
+                );
                 return;
             }
         }
     }
 
     /// Fans a run of consecutive events out to their subscribers. The registry lock is taken
-    /// per event, so subscribes and joins interleave with a long run. Returns how long after
-    /// its commit the last event was dispatched, in seconds.
+    /// per event, so subscribes and joins interleave with a long run. The run stops early
+    /// once the writers hold more than their share (see [`Hub::wait_for_writers`]); the
+    /// rest waits in the feed. Returns how long after its commit the last event dispatched
+    /// was, in seconds.
     pub(super) fn dispatch(&self, events: &[Arc<ChangeEvent>]) -> Option<f64> {
         let access = self.access();
         let (mut delivered, mut committed) = (0u64, 0u64);
         let mut head = 0;
+        let mut last = None;
+        let backlog = self.inner.backlog.get();
+        let limit = self.inner.limits.queue_frames.saturating_mul(super::BACKLOG_QUEUES);
         for ev in events {
+            if last.is_some() && backlog.is_some_and(|b| b.frames() > limit) {
+                break;
+            }
             let mut reg = self.inner.reg.lock();
             if ev.seq <= reg.dispatched {
                 continue;
@@ -147,8 +160,9 @@ impl Hub {
                 self.remove_conn(&mut reg, conn);
             }
             head = reg.dispatched;
+            last = Some(ev);
         }
-        let age = events.last().and_then(|last| time_since(&last.committed_at).ok());
+        let age = last.and_then(|last| time_since(&last.committed_at).ok());
         if let Some(secs) = age {
             self.inner.metrics.fanout_latency(secs);
         }

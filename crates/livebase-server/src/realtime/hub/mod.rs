@@ -145,23 +145,23 @@ impl Hub {
     /// it has caught up, at most [`ADMIT_WAIT`]. Under overload the writers then slow down to
     /// what the node can deliver, instead of the lag growing in the change log.
     pub async fn admit(&self) -> Admitted {
+        if !self.inner.behind.load(Ordering::Acquire) {
+            return Admitted::AtOnce;
+        }
         let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
-        let mut waited = false;
         let outcome = loop {
+            // Registered before the check, so a catch-up between the two is not missed.
             let notified = self.inner.caught_up.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if !self.inner.behind.load(Ordering::Acquire) {
-                break if waited { Admitted::CaughtUp } else { Admitted::AtOnce };
+                break Admitted::CaughtUp;
             }
-            waited = true;
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 break Admitted::GaveUp;
             }
         };
-        if outcome != Admitted::AtOnce {
-            self.inner.metrics.write_admission(outcome == Admitted::CaughtUp);
-        }
+        self.inner.metrics.write_admission(outcome == Admitted::CaughtUp);
         outcome
     }
 
@@ -353,6 +353,11 @@ impl Hub {
     }
 
     /// Total frames waiting in outbound queues (sampled for metrics).
+    /// Frames the connections' writers hold, as they count them (see [`Backlog`]).
+    pub fn writer_backlog(&self) -> usize {
+        self.inner.backlog.get().map_or(0, |b| b.frames())
+    }
+
     pub fn queue_depth(&self) -> i64 {
         let reg = self.inner.reg.lock();
         reg.conns.values().map(|c| c.handle.tx.queued() as i64).sum()
