@@ -2,7 +2,9 @@
 //! `--points` subscriber counts, back to back in one run, with the write rate chosen so every
 //! point offers the same `--deliveries` per second (rate = deliveries / subscribers). Each
 //! point reports both servers' p50 / p99, deliveries/s and server CPU per delivery, and
-//! Livebase's figures as ratios to the ceiling's.
+//! Livebase's figures as ratios to the ceiling's. With `--repeat N` each point runs N times,
+//! the two servers alternating, and reports the median of every figure (`runs` keeps each
+//! run's figures).
 //!
 //! JSON: `deliveries` (offered per second), `points`: one object per subscriber count with
 //! `subscribers`, `rate`, `livebase` and `ceiling` (each `p50_ms`, `p99_ms`,
@@ -57,12 +59,16 @@ pub(super) async fn run(opts: BenchOptions) -> anyhow::Result<Value> {
         let mut at = opts.clone();
         at.subscribers = subscribers;
         at.rate = rate;
-        let mut l_opts = at.clone();
-        l_opts.server_exe = Some(livebase.clone());
-        let l = figures(Box::pin(super::run(Scenario::Fanout, l_opts)).await?);
-        let mut c_opts = at;
-        c_opts.server_exe = Some(ceiling.clone());
-        let c = figures(Box::pin(super::run(Scenario::Ceiling, c_opts)).await?);
+        let (mut l_runs, mut c_runs) = (Vec::new(), Vec::new());
+        for _ in 0..opts.repeat {
+            let mut l_opts = at.clone();
+            l_opts.server_exe = Some(livebase.clone());
+            l_runs.push(figures(Box::pin(super::run(Scenario::Fanout, l_opts)).await?));
+            let mut c_opts = at.clone();
+            c_opts.server_exe = Some(ceiling.clone());
+            c_runs.push(figures(Box::pin(super::run(Scenario::Ceiling, c_opts)).await?));
+        }
+        let (l, c) = (median(&l_runs), median(&c_runs));
         let ratio = |k: &str| {
             let (a, b) = (l[k].as_f64().unwrap_or(0.0), c[k].as_f64().unwrap_or(0.0));
             if b > 0.0 {
@@ -104,15 +110,37 @@ pub(super) async fn run(opts: BenchOptions) -> anyhow::Result<Value> {
             "livebase": Value::Object(l),
             "ceiling": Value::Object(c),
             "ratio": ratios,
+            "runs": {"livebase": l_runs, "ceiling": c_runs},
         }));
     }
     Ok(json!({
         "scenario": "curve",
         "deliveries": opts.deliveries,
+        "repeat": opts.repeat,
         "fsync_ms": {"p50": fsync_p50, "p99": fsync_p99, "samples": FSYNC_SAMPLES},
         "points": points,
         "table": table,
     }))
+}
+
+/// Per figure, the median over the runs (the lower middle one of an even count); `lost`,
+/// `duplicates` and `disconnects` are summed instead, so one run's loss always shows.
+fn median(runs: &[Map<String, Value>]) -> Map<String, Value> {
+    let mut m = Map::new();
+    let Some(first) = runs.first() else { return m };
+    for k in first.keys() {
+        let mut xs: Vec<f64> = runs.iter().filter_map(|r| r[k].as_f64()).collect();
+        let v = if ["lost", "duplicates", "disconnects"].contains(&k.as_str()) {
+            json!(xs.iter().sum::<f64>() as u64)
+        } else if xs.is_empty() {
+            Value::Null
+        } else {
+            xs.sort_by(f64::total_cmp);
+            json!(xs[(xs.len() - 1) / 2])
+        };
+        m.insert(k.clone(), v);
+    }
+    m
 }
 
 /// The figures a curve point keeps of one `fanout` or `ceiling` run.

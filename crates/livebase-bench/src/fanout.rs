@@ -170,8 +170,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         .map(|(ws, phoenix)| tokio::spawn(receive(ws, phoenix, shared.clone(), stop_rx.clone())))
         .collect();
 
-    // Writers: enough connections that one slow response does not hold up the schedule.
-    let writers = (opts.rate / 250).clamp(2, 16) as usize;
+    // Writers: enough connections that the offered rate is still offered when a loaded
+    // server takes 20 ms to answer a create (each connection waits for its answer).
+    let writers = opts.writers.unwrap_or((opts.rate / 50).clamp(2, 64) as usize);
     let uri: Uri = format!("/api/collections/{collection}/records").parse()?;
     let duration = opts.duration();
     let cpu = CpuMeter::start(&ctx.target);
@@ -294,6 +295,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Map<String, Value>> {
         figures.insert("first_error".into(), json!(e));
     }
     figures.insert("rate".into(), json!(opts.rate));
+    figures.insert("writers".into(), json!(writers));
     figures.insert("writes".into(), json!(writes));
     figures.insert("write_errors".into(), json!(shared.write_errors.load(Ordering::Relaxed)));
     figures.insert("writes_per_s".into(), json!((writes as f64 / write_span).round()));

@@ -237,6 +237,11 @@ pub struct BenchOptions {
     /// `range` (`k=gte.<j>&k=lt.<j+1>`, checked on every event).
     #[arg(long, value_enum, default_value_t = QueryKind::Eq)]
     pub query_kind: QueryKind,
+    /// fanout, ceiling, curve: the writers' connections, each sending its next create when the
+    /// previous one is answered (or later, when it is not due yet). Default: one per 50
+    /// writes/s offered, 2 to 64 (the rate holds while answers take up to 20 ms).
+    #[arg(long)]
+    pub writers: Option<usize>,
     /// curve: the subscriber counts, one point each.
     #[arg(long, value_delimiter = ',', default_values_t = vec![100, 1000, 5000, 10000])]
     pub points: Vec<usize>,
@@ -244,6 +249,10 @@ pub struct BenchOptions {
     /// the points are comparable; a large value saturates every point.
     #[arg(long, default_value_t = 100_000)]
     pub deliveries: u64,
+    /// curve: runs per point, Livebase and the ceiling alternating; each figure is the median
+    /// over the runs (one sitting's drift and one unlucky tail weigh less).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// curve: the broadcaster executable for the ceiling runs (`livebase-bench` passes itself).
     #[arg(long, hide = true)]
     pub ceiling_exe: Option<PathBuf>,
@@ -278,6 +287,8 @@ impl Default for BenchOptions {
             query_kind: QueryKind::Eq,
             points: vec![100, 1000, 5000, 10000],
             deliveries: 100_000,
+            repeat: 1,
+            writers: None,
             ceiling_exe: None,
             server_exe: None,
         }
@@ -290,6 +301,7 @@ const MAX_CLIENTS: usize = 4096;
 const MAX_SOCKETS: usize = 500_000;
 pub(crate) const MAX_RATE: u64 = 1_000_000;
 const MAX_MISSED: u64 = 10_000_000;
+const MAX_REPEAT: usize = 20;
 /// Beyond the measured phase, no run takes longer than this (setup, grace periods, checks).
 const HARD_CAP_EXTRA: Duration = Duration::from_secs(300);
 
@@ -319,6 +331,10 @@ impl BenchOptions {
             "--deliveries must be 1..={}",
             MAX_RATE * 100
         );
+        if let Some(w) = self.writers {
+            anyhow::ensure!((1..=MAX_CLIENTS).contains(&w), "--writers must be 1..={MAX_CLIENTS}");
+        }
+        anyhow::ensure!((1..=MAX_REPEAT).contains(&self.repeat), "--repeat must be 1..={MAX_REPEAT}");
         if self.url.is_some() {
             anyhow::ensure!(self.admin_key.is_some(), "--url needs --admin-key (or LIVEBASE_ADMIN_KEY)");
         }
