@@ -24,8 +24,9 @@ pub enum Job {
 
 /// A writer thread's side of the queue.
 pub trait Drain {
-    /// Applies and commits one batch; every reply is answered (now or later).
-    fn commit_writes(&mut self, writes: Vec<(WriteRequest, Reply)>);
+    /// Applies and commits one batch; every reply is answered (now or later). `more`: other
+    /// jobs are already waiting behind it.
+    fn commit_writes(&mut self, writes: Vec<(WriteRequest, Reply)>, more: bool);
     fn change_schema(&mut self, change: SchemaChange) -> Result<Arc<Schema>, StoreError>;
     /// Housekeeping, after every batch and (`idle`) whenever the queue was empty for the
     /// idle interval.
@@ -49,7 +50,7 @@ pub fn run(rx: crossbeam_channel::Receiver<Job>, w: &mut impl Drain, idle: Durat
             match job {
                 Job::Write(req, reply) => writes.push((req, reply)),
                 Job::Schema(change, reply) => {
-                    w.commit_writes(std::mem::take(&mut writes));
+                    w.commit_writes(std::mem::take(&mut writes), true);
                     let _ = reply.send(w.change_schema(change));
                 }
             }
@@ -57,7 +58,7 @@ pub fn run(rx: crossbeam_channel::Receiver<Job>, w: &mut impl Drain, idle: Durat
                 pending = rx.try_recv().ok();
             }
         }
-        w.commit_writes(writes);
+        w.commit_writes(writes, !rx.is_empty());
         w.tick(false);
     }
 }

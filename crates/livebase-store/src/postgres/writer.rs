@@ -293,7 +293,7 @@ impl Writer {
 }
 
 impl Drain for Writer {
-    fn commit_writes(&mut self, writes: Vec<(WriteRequest, Reply)>) {
+    fn commit_writes(&mut self, writes: Vec<(WriteRequest, Reply)>, _more: bool) {
         self.apply_batch(writes);
     }
 

@@ -149,17 +149,22 @@ impl SqliteStore {
         let wal = Arc::new(writer::WalSync::new(&path));
         wal.sync().map_err(|e| StoreError::Internal(format!("cannot sync the log: {e}")))?;
         let (synced_tx, synced_rx) = crossbeam_channel::unbounded();
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         {
             let (wal, tail, on_batch) = (wal.clone(), tail.clone(), opts.on_batch.clone());
+            let in_flight = in_flight.clone();
             std::thread::Builder::new()
                 .name("livebase-sync".into())
-                .spawn(move || writer::sync_loop(synced_rx, wal, tail, on_batch))
+                .spawn(move || writer::sync_loop(synced_rx, wal, tail, on_batch, in_flight))
                 .map_err(|e| StoreError::Internal(format!("cannot start sync thread: {e}")))?;
         }
         let gate = Arc::new(parking_lot::Mutex::new(()));
         let w = Writer {
             conn,
             synced: synced_tx,
+            in_flight,
+            tail: tail.clone(),
+            on_batch: opts.on_batch.clone(),
             wal,
             schema: schema.clone(),
             next_seq: head + 1,

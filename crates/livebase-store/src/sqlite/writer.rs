@@ -9,7 +9,9 @@
 //! Commits are pipelined: COMMIT hands the WAL frames to the OS and the batch goes to the
 //! sync thread ([`sync_loop`]), which fdatasyncs the WAL — one sync for every batch committed
 //! meanwhile — and only then pushes the events to the [`LogTail`] and answers the callers.
-//! While one batch is being synced, the next one is already being applied.
+//! While one batch is being synced, the next one is already being applied. A batch with
+//! nothing behind it and nothing being synced is synced and answered by the writer itself:
+//! one thread hand-off fewer for a lone write, the same order.
 
 use super::ddl;
 use super::rows::row_to_record;
@@ -23,6 +25,7 @@ use parking_lot::RwLock;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,11 @@ pub struct Writer {
     pub conn: Connection,
     /// Where committed batches go to be made durable and answered.
     pub synced: crossbeam_channel::Sender<Committed>,
+    /// Batches handed to the sync thread and not yet published by it.
+    pub in_flight: Arc<AtomicUsize>,
+    /// Where a batch the writer syncs itself is published (as the sync thread does).
+    pub tail: Arc<LogTail>,
+    pub on_batch: Option<BatchObserver>,
     pub wal: Arc<WalSync>,
     pub schema: Arc<RwLock<Arc<Schema>>>,
     pub next_seq: u64,
@@ -60,7 +68,7 @@ impl Drain for Writer {
         Writer::change_schema(self, change)
     }
 
-    fn commit_writes(&mut self, mut writes: Vec<(WriteRequest, Reply)>) {
+    fn commit_writes(&mut self, mut writes: Vec<(WriteRequest, Reply)>, more: bool) {
         if writes.is_empty() {
             return;
         }
@@ -102,7 +110,16 @@ impl Drain for Writer {
         // The batch is committed but not yet on disk: the sync thread makes it durable, then
         // publishes its events and answers, while this thread goes on with the next batch.
         let replies = writes.into_iter().map(|(_, reply)| reply).zip(results).collect();
-        let _ = self.synced.send(Committed { events, replies, started });
+        let batch = Committed { events, replies, started };
+        // Nothing behind it and nothing before it still being synced: sync it here (the order
+        // holds, as every earlier batch is published already).
+        if !more && self.in_flight.load(Ordering::Acquire) == 0 {
+            sync_or_abort(&self.wal);
+            publish(batch, &self.tail, &self.on_batch);
+            return;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _ = self.synced.send(batch);
     }
 }
 
@@ -347,26 +364,39 @@ pub fn sync_loop(
     wal: Arc<WalSync>,
     tail: Arc<LogTail>,
     on_batch: Option<BatchObserver>,
+    in_flight: Arc<AtomicUsize>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut done = vec![first];
         done.extend(rx.try_iter());
-        if let Err(e) = wal.sync() {
-            // Committed data whose durability is unknown must not be acknowledged, and it is
-            // already visible to readers: stop, and let recovery decide (as databases do).
-            tracing::error!(error = %e, path = %wal.path.display(), "fdatasync of the write-ahead log failed; aborting");
-            std::process::abort();
-        }
+        sync_or_abort(&wal);
         for c in done {
-            tail.push(c.events.into_iter().map(Arc::new).collect());
-            let n = c.replies.len();
-            for (reply, r) in c.replies {
-                let _ = reply.send(r);
-            }
-            if let Some(obs) = &on_batch {
-                obs(n, c.started.elapsed());
-            }
+            publish(c, &tail, &on_batch);
+            // After the publication: a writer that sees none in flight publishes after it.
+            in_flight.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+/// Makes every committed batch durable, or stops the process.
+fn sync_or_abort(wal: &WalSync) {
+    if let Err(e) = wal.sync() {
+        // Committed data whose durability is unknown must not be acknowledged, and it is
+        // already visible to readers: stop, and let recovery decide (as databases do).
+        tracing::error!(error = %e, path = %wal.path.display(), "fdatasync of the write-ahead log failed; aborting");
+        std::process::abort();
+    }
+}
+
+/// A durable batch: its events go to the tail, then its callers get their answers.
+fn publish(c: Committed, tail: &LogTail, on_batch: &Option<BatchObserver>) {
+    tail.push(c.events.into_iter().map(Arc::new).collect());
+    let n = c.replies.len();
+    for (reply, r) in c.replies {
+        let _ = reply.send(r);
+    }
+    if let Some(obs) = on_batch {
+        obs(n, c.started.elapsed());
     }
 }
 
