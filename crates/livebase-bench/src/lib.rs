@@ -41,7 +41,8 @@
 //!   runs as its child server (`ceiling.rs`): no store, hub or rules, one pre-encoded frame
 //!   per event written to every socket. The reference fan-out figures are compared with.
 //! - `curve`: `fanout` and `ceiling` back to back at each of `--points` subscriber counts,
-//!   the rate chosen so every point offers `--deliveries` per second (see `curve.rs`).
+//!   the rate chosen so every point offers `--deliveries` per second, `--repeat` runs per
+//!   point (medians), and the disk's fdatasync measured in the same run (see `curve.rs`).
 //! - `presence`: `--connections` members (default 200) join one channel; one after the
 //!   other each tracks (meta holds its send time) and later leaves; every other member's
 //!   `presence_diff` receipt is timed.
