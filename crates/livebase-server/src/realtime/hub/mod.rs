@@ -83,7 +83,7 @@ pub const BACKLOG_PAUSE: std::time::Duration = std::time::Duration::from_secs(1)
 /// When dispatch reaches events this long after their commit, the node is behind: it commits
 /// more than it can deliver, and new writes wait (see [`Hub::admit`]). It is back when
 /// dispatch reaches events younger than half of it, or the head of the feed.
-pub const ADMIT_LAG: std::time::Duration = std::time::Duration::from_millis(200);
+pub const ADMIT_LAG: std::time::Duration = std::time::Duration::from_millis(50);
 /// The longest a write waits for dispatch to catch up; then it goes on (a node whose
 /// dispatch is stuck still takes writes, and its lag shows in the metrics).
 pub const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
