@@ -25,7 +25,7 @@ use std::time::Instant;
 pub const FSYNC_SAMPLES: usize = 200;
 
 /// p50 and p99 in ms of a 4 KiB append followed by `fdatasync`, in the temporary directory.
-pub fn measure_fsync() -> anyhow::Result<(f64, f64)> {
+fn measure_fsync() -> anyhow::Result<(f64, f64)> {
     let dir = tempfile::Builder::new().prefix("livebase-bench-fsync-").tempdir()?;
     let mut f = std::fs::File::create(dir.path().join("probe"))?;
     let block = [7u8; 4096];

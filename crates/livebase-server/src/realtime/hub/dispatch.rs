@@ -106,13 +106,12 @@ impl Hub {
     /// [`super::BACKLOG_PAUSE`] hold frames of clients that stopped reading: dispatch goes on,
     /// and those clients are cut off as slow consumers when their own queue fills.
     async fn wait_for_writers(&self) {
-        let Some(b) = self.inner.backlog.get() else { return };
-        let limit = self.inner.limits.queue_frames.saturating_mul(super::BACKLOG_QUEUES);
-        let mut low = b.frames();
+        let limit = self.backlog_limit();
+        let mut low = self.writer_backlog();
         let mut since = tokio::time::Instant::now();
         while low > limit {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            let now = b.frames();
+            let now = self.writer_backlog();
             if now < low {
                 (low, since) = (now, tokio::time::Instant::now());
             } else if since.elapsed() >= super::BACKLOG_PAUSE {
@@ -126,6 +125,11 @@ impl Hub {
         }
     }
 
+    /// The writers' backlog above which the node is behind (see [`super::Backlog`]).
+    fn backlog_limit(&self) -> usize {
+        self.inner.limits.queue_frames.saturating_mul(super::BACKLOG_QUEUES)
+    }
+
     /// Fans a run of consecutive events out to their subscribers. The registry lock is taken
     /// per event, so subscribes and joins interleave with a long run. The run stops early
     /// once the writers hold more than their share (see [`Hub::wait_for_writers`]); the
@@ -136,10 +140,9 @@ impl Hub {
         let (mut delivered, mut committed) = (0u64, 0u64);
         let mut head = 0;
         let mut last = None;
-        let backlog = self.inner.backlog.get();
-        let limit = self.inner.limits.queue_frames.saturating_mul(super::BACKLOG_QUEUES);
+        let limit = self.backlog_limit();
         for ev in events {
-            if last.is_some() && backlog.is_some_and(|b| b.frames() > limit) {
+            if last.is_some() && self.writer_backlog() > limit {
                 break;
             }
             let mut reg = self.inner.reg.lock();

@@ -352,12 +352,13 @@ impl Hub {
         }
     }
 
-    /// Total frames waiting in outbound queues (sampled for metrics).
-    /// Frames the connections' writers hold, as they count them (see [`Backlog`]).
+    /// Frames the connections' writers hold, as they count them (see [`Backlog`]); 0 when
+    /// no writers say.
     pub fn writer_backlog(&self) -> usize {
         self.inner.backlog.get().map_or(0, |b| b.frames())
     }
 
+    /// Total frames waiting in outbound queues (sampled for metrics).
     pub fn queue_depth(&self) -> i64 {
         let reg = self.inner.reg.lock();
         reg.conns.values().map(|c| c.handle.tx.queued() as i64).sum()
